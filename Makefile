@@ -1,0 +1,59 @@
+# The two commands: `make run` (the whole stack, foreground) and `make test` (the suite).
+# Each sets up what it needs: the virtualenv, the project, Redis and Mosquitto.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+VAR_DIR ?= var
+STAMP := $(VENV)/.installed
+SUPERVISORCTL := $(VENV)/bin/supervisorctl -c $(VAR_DIR)/supervisord.conf
+
+.PHONY: run test lint format status stop system-packages clean help
+
+help:
+	@echo "make run     set up and run the whole stack in the foreground (Ctrl-C stops it)"
+	@echo "make test    set up and run the test suite against real Redis, Mosquitto and Celery"
+	@echo "make lint    ruff (lint + format check) and mypy"
+	@echo "make status  the state of each service of a running stack"
+	@echo "make stop    stop a running stack (in reverse start order)"
+
+$(PY):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"' \
+		|| { echo "Python 3.11 or newer is needed (found $(PYTHON)); set PYTHON=/path/to/python3.11"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+		echo "python venv is missing; installing python3-venv"; \
+		apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+system-packages:
+	@scripts/install_system_packages.sh
+
+run: $(STAMP) system-packages
+	@$(PY) scripts/init_env.py .env
+	@exec $(PY) manage.py runstack
+
+test: $(STAMP) system-packages
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+status:
+	@$(SUPERVISORCTL) status || true
+
+stop:
+	@$(SUPERVISORCTL) shutdown
+
+clean:
+	rm -rf $(VENV) $(VAR_DIR) .mypy_cache .ruff_cache .pytest_cache

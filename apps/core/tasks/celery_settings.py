@@ -1,0 +1,193 @@
+"""The one source of truth for Celery queues, task routes, priorities and worker settings.
+
+Worker command lines (`make run`, systemd's `celery@.service`), the Celery app's routing, the
+MQTT subscriber's topic routing and the docs all derive from the constants here. Adding a queue
+or a task means editing this file only; see docs/architecture.md ("Adding a queue").
+
+With the Redis transport Celery priority 0 is the *highest* and 9 the lowest.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any, Final
+
+CELERY_APP: Final = "intelliwiz_config"
+
+# Priorities on the Redis transport: lower number = served first.
+PRIORITY_HIGHEST: Final = 0
+PRIORITY_HIGH: Final = 2
+PRIORITY_NORMAL: Final = 5
+PRIORITY_LOWEST: Final = 9
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A Celery queue and the settings of the worker pool that consumes it."""
+
+    name: str
+    purpose: str
+    priority: int
+    concurrency: int
+    prefetch_multiplier: int
+    soft_time_limit: int  # seconds; the task gets SoftTimeLimitExceeded
+    time_limit: int  # seconds; the child process is killed
+    max_memory_per_child: int  # KiB; the child is replaced after a task that exceeds it
+    max_tasks_per_child: int = 10_000
+
+    @property
+    def node_name(self) -> str:
+        """Worker node name, e.g. `critical@host`, so `inspect ping -d critical@host` works."""
+        return f"{self.name}@{socket.gethostname()}"
+
+
+CRITICAL = QueueSpec(
+    name="critical",
+    purpose="device alerts (panic, SOS, intrusion, fire, medical)",
+    priority=PRIORITY_HIGHEST,
+    concurrency=2,
+    prefetch_multiplier=1,
+    soft_time_limit=30,
+    time_limit=60,
+    max_memory_per_child=200_000,
+)
+HIGH_PRIORITY = QueueSpec(
+    name="high_priority",
+    purpose="guard GPS and geofence checks",
+    priority=PRIORITY_HIGH,
+    concurrency=2,
+    prefetch_multiplier=2,
+    soft_time_limit=30,
+    time_limit=60,
+    max_memory_per_child=200_000,
+)
+GENERAL = QueueSpec(
+    name="general",
+    purpose="telemetry, sensor readings, system health, housekeeping",
+    priority=PRIORITY_NORMAL,
+    concurrency=2,
+    prefetch_multiplier=4,
+    soft_time_limit=120,
+    time_limit=180,
+    max_memory_per_child=300_000,
+)
+ML_TRAINING = QueueSpec(
+    name="ml_training",
+    purpose="model training (tasks may run for hours)",
+    priority=PRIORITY_LOWEST,
+    concurrency=1,
+    prefetch_multiplier=1,
+    soft_time_limit=4 * 3600,
+    time_limit=4 * 3600 + 300,
+    max_memory_per_child=2_000_000,
+    max_tasks_per_child=1,
+)
+EXTERNAL_API = QueueSpec(
+    name="external_api",
+    purpose="every outbound call: MQTT downlink, webhooks, email",
+    priority=PRIORITY_NORMAL,
+    concurrency=2,
+    prefetch_multiplier=4,
+    soft_time_limit=60,
+    time_limit=90,
+    max_memory_per_child=200_000,
+)
+
+QUEUES: Final[tuple[QueueSpec, ...]] = (CRITICAL, HIGH_PRIORITY, GENERAL, ML_TRAINING, EXTERNAL_API)
+QUEUES_BY_NAME: Final = {queue.name: queue for queue in QUEUES}
+DEFAULT_QUEUE: Final = GENERAL
+
+# Task name -> queue. The task's priority is its queue's unless it says otherwise.
+TASK_QUEUES: Final[dict[str, QueueSpec]] = {
+    "apps.mqtt.tasks.process_device_alerts": CRITICAL,
+    "apps.mqtt.tasks.process_guard_gps": HIGH_PRIORITY,
+    "apps.mqtt.tasks.process_device_telemetry": GENERAL,
+    "apps.mqtt.tasks.process_sensor_readings": GENERAL,
+    "apps.mqtt.tasks.process_system_health": GENERAL,
+    "apps.devices.tasks.detect_offline_devices": GENERAL,
+    "apps.monitoring.tasks.canary": GENERAL,
+    "apps.ml.tasks.train_model": ML_TRAINING,
+    "apps.mqtt.tasks.publish_device_command": EXTERNAL_API,
+    "apps.alerts.tasks.send_webhook": EXTERNAL_API,
+    "apps.alerts.tasks.send_email": EXTERNAL_API,
+}
+
+TASK_ROUTES: Final[dict[str, dict[str, Any]]] = {
+    task: {"queue": queue.name, "priority": queue.priority} for task, queue in TASK_QUEUES.items()
+}
+
+# Broker transport: priorities 0..9 on Redis are emulated with one list per step; a message whose
+# worker died without acknowledging it is redelivered after the visibility timeout.
+BROKER_TRANSPORT_OPTIONS: Final[dict[str, Any]] = {
+    "priority_steps": list(range(10)),
+    "sep": ":",
+    "queue_order_strategy": "priority",
+    "visibility_timeout": 3600,
+}
+
+
+def celery_config() -> dict[str, Any]:
+    """Celery settings shared by every process (lower-case Celery names)."""
+    from kombu import Queue
+
+    return {
+        "task_queues": [Queue(queue.name, routing_key=queue.name) for queue in QUEUES],
+        "task_default_queue": DEFAULT_QUEUE.name,
+        "task_default_priority": DEFAULT_QUEUE.priority,
+        "task_routes": TASK_ROUTES,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "broker_transport_options": BROKER_TRANSPORT_OPTIONS,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+    }
+
+
+def worker_argv(queue_name: str, *, loglevel: str = "INFO") -> list[str]:
+    """The `celery worker` command line for the pool that consumes `queue_name`."""
+    try:
+        queue = QUEUES_BY_NAME[queue_name]
+    except KeyError:
+        known = ", ".join(QUEUES_BY_NAME)
+        raise ValueError(f"unknown queue {queue_name!r}; known queues: {known}") from None
+    return [
+        "celery",
+        "-A",
+        CELERY_APP,
+        "worker",
+        "--queues",
+        queue.name,
+        "--hostname",
+        f"{queue.name}@%h",
+        "--concurrency",
+        str(queue.concurrency),
+        "--prefetch-multiplier",
+        str(queue.prefetch_multiplier),
+        "--soft-time-limit",
+        str(queue.soft_time_limit),
+        "--time-limit",
+        str(queue.time_limit),
+        "--max-memory-per-child",
+        str(queue.max_memory_per_child),
+        "--max-tasks-per-child",
+        str(queue.max_tasks_per_child),
+        "--optimization",
+        "fair",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        loglevel,
+    ]
+
+
+def beat_argv(schedule_path: str, *, loglevel: str = "INFO") -> list[str]:
+    return ["celery", "-A", CELERY_APP, "beat", "--schedule", schedule_path, "--loglevel", loglevel]

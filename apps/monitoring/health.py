@@ -1,0 +1,173 @@
+"""Health checks: one cheap round trip per dependency, all in parallel, bounded in time.
+
+Each check is a plain function that raises on failure and may return details. `run_checks`
+runs them concurrently and turns a hang into a timeout, so the endpoint answers in bounded
+time even when a component does not answer at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from paho.mqtt.enums import CallbackAPIVersion
+
+from apps.core.redis_client import state_redis
+from apps.core.tasks.celery_settings import QUEUES
+from apps.mqtt.status import read_statuses
+
+Details = dict[str, Any]
+
+
+class CheckFailed(Exception):
+    """A dependency answered, but not as it should."""
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+    details: Details = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"ok": self.ok, "latency_ms": round(self.latency_ms, 1)}
+        if self.error:
+            result["error"] = self.error
+        result.update(self.details)
+        return result
+
+
+def check_database() -> Details:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        connection.close()
+    return {"vendor": connection.vendor}
+
+
+def check_redis() -> Details:
+    if not state_redis().ping():
+        raise CheckFailed("PING did not answer PONG")
+    return {}
+
+
+async def check_channel_layer() -> Details:
+    layer = get_channel_layer()
+    if layer is None:
+        raise CheckFailed("CHANNEL_LAYERS is not configured")
+    channel = await layer.new_channel("health.")
+    token = uuid.uuid4().hex
+    await layer.send(channel, {"type": "health.ping", "token": token})
+    message = await layer.receive(channel)
+    if message.get("token") != token:
+        raise CheckFailed("round trip returned a different message")
+    return {}
+
+
+def check_mqtt_broker() -> Details:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"health-{uuid.uuid4().hex[:12]}",
+        protocol=mqtt.MQTTv5,
+    )
+    if settings.MQTT_USERNAME:
+        client.username_pw_set(settings.MQTT_USERNAME, settings.MQTT_PASSWORD)
+    deadline = time.monotonic() + settings.HEALTH_CHECK_TIMEOUT
+    try:
+        client.connect(settings.MQTT_HOST, settings.MQTT_PORT, keepalive=10)
+        while not client.is_connected():
+            if time.monotonic() > deadline:
+                raise CheckFailed("no CONNACK from the broker")
+            client.loop(timeout=0.1)
+    finally:
+        client.disconnect()
+    return {}
+
+
+def check_celery_queues() -> dict[str, Details]:
+    """Which worker nodes consume each queue, from one broadcast to every worker."""
+    from intelliwiz_config.celery import app
+
+    timeout = max(0.2, settings.HEALTH_CHECK_TIMEOUT - 0.5)
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    consumers: dict[str, list[str]] = {queue.name: [] for queue in QUEUES}
+    for node, queues in replies.items():
+        for queue in queues:
+            consumers.setdefault(queue["name"], []).append(node)
+    return {name: {"workers": sorted(nodes)} for name, nodes in consumers.items()}
+
+
+def check_mqtt_subscriber() -> Details:
+    statuses = read_statuses(state_redis())
+    connected = [status for status in statuses if status.connected]
+    if not statuses:
+        raise CheckFailed("no subscriber has reported in the last 15 s")
+    if not connected:
+        raise CheckFailed("subscriber is running but not connected to the broker")
+    ages = [s.last_message_age for s in connected if s.last_message_age is not None]
+    return {
+        "subscribers": sorted(status.client_id for status in connected),
+        "last_message_age_s": round(min(ages), 1) if ages else None,
+    }
+
+
+async def _timed(check: Callable[[], Awaitable[Details]], timeout: float) -> CheckResult:
+    started = time.perf_counter()
+    try:
+        details = await asyncio.wait_for(check(), timeout)
+    except TimeoutError:
+        error = f"no answer within {timeout:.1f} s"
+        return CheckResult(False, (time.perf_counter() - started) * 1000, error)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        return CheckResult(False, (time.perf_counter() - started) * 1000, error)
+    return CheckResult(True, (time.perf_counter() - started) * 1000, details=details)
+
+
+def _in_thread(check: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
+    return sync_to_async(check, thread_sensitive=False)
+
+
+async def run_checks() -> dict[str, CheckResult]:
+    timeout = settings.HEALTH_CHECK_TIMEOUT
+    simple: dict[str, Callable[[], Awaitable[Details]]] = {
+        "database": _in_thread(check_database),
+        "redis": _in_thread(check_redis),
+        "channel_layer": check_channel_layer,
+        "mqtt_broker": _in_thread(check_mqtt_broker),
+        "mqtt_subscriber": _in_thread(check_mqtt_subscriber),
+    }
+    names = list(simple)
+    outcomes = await asyncio.gather(
+        *(_timed(simple[name], timeout) for name in names),
+        _timed(_in_thread(check_celery_queues), timeout),
+    )
+    results = dict(zip(names, outcomes[:-1], strict=True))
+    results.update(_per_queue(outcomes[-1]))
+    return results
+
+
+def _per_queue(queues: CheckResult) -> dict[str, CheckResult]:
+    """Split the one Celery broadcast into a check per queue: a queue nobody consumes is down."""
+    results = {}
+    for queue in QUEUES:
+        name = f"workers:{queue.name}"
+        if not queues.ok:
+            results[name] = CheckResult(False, queues.latency_ms, queues.error)
+            continue
+        workers = queues.details.get(queue.name, {}).get("workers", [])
+        error = None if workers else f"no worker consumes the {queue.name} queue"
+        results[name] = CheckResult(bool(workers), queues.latency_ms, error, {"workers": workers})
+    return results

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class MqttConfig(AppConfig):
+    name = "apps.mqtt"
+    label = "mqtt"
+    verbose_name = "MQTT ingest"

@@ -1,0 +1,65 @@
+"""The subscriber's liveness record in Redis, written by the subscriber and read by health checks.
+
+Key `mqtt_subscriber:status:<client_id>` is a hash that expires unless refreshed, so a dead
+subscriber disappears from health by itself instead of looking connected forever.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+STATUS_KEY_PREFIX = "mqtt_subscriber:status:"
+STATUS_TTL_SECONDS = 15
+HEARTBEAT_INTERVAL_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class SubscriberStatus:
+    client_id: str
+    connected: bool
+    updated_at: float
+    last_message_at: float | None
+
+    @property
+    def last_message_age(self) -> float | None:
+        return None if self.last_message_at is None else time.time() - self.last_message_at
+
+
+def write_status(
+    client: redis.Redis[str], client_id: str, *, connected: bool, last_message_at: float | None
+) -> None:
+    key = STATUS_KEY_PREFIX + client_id
+    fields: dict[str | bytes, str] = {
+        "connected": "1" if connected else "0",
+        "updated_at": repr(time.time()),
+        "last_message_at": "" if last_message_at is None else repr(last_message_at),
+    }
+    with client.pipeline() as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, STATUS_TTL_SECONDS)
+        pipe.execute()
+
+
+def clear_status(client: redis.Redis[str], client_id: str) -> None:
+    client.delete(STATUS_KEY_PREFIX + client_id)
+
+
+def read_statuses(client: redis.Redis[str]) -> list[SubscriberStatus]:
+    statuses = []
+    for key in client.scan_iter(match=STATUS_KEY_PREFIX + "*", count=100):
+        fields = client.hgetall(key)
+        if not fields:
+            continue
+        last = fields.get("last_message_at") or None
+        statuses.append(
+            SubscriberStatus(
+                client_id=str(key).removeprefix(STATUS_KEY_PREFIX),
+                connected=fields.get("connected") == "1",
+                updated_at=float(fields.get("updated_at") or 0),
+                last_message_at=float(last) if last else None,
+            )
+        )
+    return statuses

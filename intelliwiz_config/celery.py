@@ -1,0 +1,16 @@
+"""The Celery application: `celery -A intelliwiz_config ...` finds it here."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from apps.core.tasks.celery_settings import celery_config
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "intelliwiz_config.settings")
+
+app = Celery("intelliwiz_config")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(celery_config())
+app.autodiscover_tasks()

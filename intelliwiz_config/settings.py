@@ -1,0 +1,256 @@
+"""Django settings: the only module that reads the environment.
+
+Every variable is documented in `.env.example`. Values are parsed by the small typed helpers
+below, which fail loudly (naming the variable) on a bad value instead of guessing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
+
+from apps.core.logging import configure_logging
+
+django_stubs_ext.monkeypatch()  # lets Django's generic classes be subscripted (ModelAdmin[T])
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# An optional env file (default `.env` at the project root) fills in what the real environment
+# does not set; the real environment always wins. ENV_FILE="" disables it (the tests do).
+_env_file = os.environ.get("ENV_FILE", str(BASE_DIR / ".env"))
+if _env_file:
+    load_dotenv(_env_file, override=False)
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        if default is None:
+            raise ImproperlyConfigured(f"{name} must be set (see .env.example)")
+        return default
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value == "":
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean; use true or false")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# --- Core -----------------------------------------------------------------------------------
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).resolve()
+
+if DEBUG:
+    SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-development-key-only-for-debug")
+else:
+    SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "apps.core",
+    "apps.tenants",
+    "apps.devices",
+    "apps.mqtt",
+    "apps.alerts",
+    "apps.noc",
+    "apps.monitoring",
+    "apps.ml",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "intelliwiz_config.urls"
+ASGI_APPLICATION = "intelliwiz_config.asgi.application"
+AUTH_USER_MODEL = "tenants.User"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+LOGIN_URL = "/admin/login/"
+
+# --- Database: SQLite under VAR_DIR by default, anything dj-database-url reads otherwise ------
+
+_sqlite_path = VAR_DIR / "db.sqlite3"
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{_sqlite_path}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes (Daphne, workers, subscriber) write to one file: WAL lets readers run
+    # beside a writer, IMMEDIATE transactions and a busy timeout make writers queue, not fail.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    DATABASES["default"]["TEST"] = {
+        "NAME": env_str("TEST_SQLITE_PATH", str(VAR_DIR / "test.sqlite3"))
+    }
+
+# --- Redis: one server, one database per role --------------------------------------------
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+_redis = urlsplit(REDIS_URL)
+if _redis.scheme not in {"redis", "rediss"} or not _redis.hostname:
+    raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r} must look like redis://host:port")
+if _redis.path not in {"", "/"}:
+    raise ImproperlyConfigured(
+        f"REDIS_URL={REDIS_URL!r} must not name a database; each role picks its own"
+    )
+REDIS_HOST = _redis.hostname
+REDIS_PORT = _redis.port or 6379
+CELERY_BROKER_URL = f"{REDIS_URL}/0"
+CACHE_REDIS_URL = f"{REDIS_URL}/1"
+CHANNELS_REDIS_URL = f"{REDIS_URL}/2"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_REDIS_URL,
+        "KEY_PREFIX": "cache",
+    }
+}
+
+# --- Channels: Redis DB 2, encrypted outside DEBUG ----------------------------------------
+
+CHANNELS_ENCRYPTION_KEY = os.environ.get("CHANNELS_ENCRYPTION_KEY", "")
+_FERNET_HINT = (
+    "generate one with python -c 'from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())'"
+)
+if CHANNELS_ENCRYPTION_KEY:
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(CHANNELS_ENCRYPTION_KEY)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"CHANNELS_ENCRYPTION_KEY is not a valid Fernet key; {_FERNET_HINT}"
+        ) from None
+elif not DEBUG:
+    raise ImproperlyConfigured(f"CHANNELS_ENCRYPTION_KEY must be set outside DEBUG; {_FERNET_HINT}")
+
+_channel_layer_config: dict[str, object] = {"hosts": [{"address": CHANNELS_REDIS_URL}]}
+if CHANNELS_ENCRYPTION_KEY:
+    _channel_layer_config["symmetric_encryption_keys"] = [CHANNELS_ENCRYPTION_KEY]
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": _channel_layer_config,
+    }
+}
+
+# --- Celery (queues and routes live in apps/core/tasks/celery_settings.py) -----------------
+
+CELERY_RESULT_BACKEND = None
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- MQTT ---------------------------------------------------------------------------------
+
+MQTT_HOST = env_str("MQTT_HOST", "127.0.0.1")
+MQTT_PORT = env_int("MQTT_PORT", 1883, minimum=1)
+MQTT_USERNAME = os.environ.get("MQTT_USERNAME", "")
+MQTT_PASSWORD = os.environ.get("MQTT_PASSWORD", "")
+MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "intelliwiz-subscriber")
+MQTT_SESSION_EXPIRY = env_int("MQTT_SESSION_EXPIRY", 86400, minimum=1)
+MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30, minimum=5)
+MQTT_SHARED_GROUP = os.environ.get("MQTT_SHARED_GROUP", "")
+MQTT_RECONNECT_MAX_DELAY = env_int("MQTT_RECONNECT_MAX_DELAY", 60, minimum=1)
+
+# --- HTTP / the local stack (make run) ---------------------------------------------------------
+
+HTTP_HOST = env_str("HTTP_HOST", "127.0.0.1")
+HTTP_PORT = env_int("HTTP_PORT", 8000, minimum=1)
+HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 1.5)
+DEMO_TENANT = env_str("DEMO_TENANT", "demo")
+DEMO_OPERATOR = env_str("DEMO_OPERATOR", "operator")
+
+# --- Logging ------------------------------------------------------------------------------
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOG_FORMAT = env_str("LOG_FORMAT", "console")
+if LOG_FORMAT not in {"console", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be console or json")
+LOGGING_CONFIG = None
+configure_logging(level=LOG_LEVEL, fmt=LOG_FORMAT)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Install the system services the stack and the tests run for real (Redis, Mosquitto), when missing.
+# Usage: scripts/install_system_packages.sh   (idempotent; does nothing when all are present)
+set -euo pipefail
+
+# command -> Debian package
+declare -A wanted=(
+  [redis-server]=redis-server
+  [redis-cli]=redis-tools
+  [mosquitto]=mosquitto
+  [mosquitto_pub]=mosquitto-clients
+  [mosquitto_sub]=mosquitto-clients
+)
+if [ "${INSTALL_EXTRA_PACKAGES:-}" != "" ]; then
+  for spec in ${INSTALL_EXTRA_PACKAGES}; do wanted[${spec%%=*}]=${spec#*=}; done
+fi
+
+have() { PATH="$PATH:/usr/sbin:/usr/local/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
+
+missing=()
+for cmd in "${!wanted[@]}"; do
+  have "$cmd" || missing+=("${wanted[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+packages=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+
+if [ "$(id -u)" -eq 0 ]; then
+  as_root=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+  as_root=(sudo -n)
+else
+  echo "Missing system packages: ${packages}" >&2
+  echo "Install them once with:  sudo apt-get install -y ${packages}" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "Missing system packages: ${packages}(no apt-get here; install them with your package manager)" >&2
+  exit 1
+fi
+
+echo "Installing system packages: ${packages}"
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -qq
+# shellcheck disable=SC2086
+"${as_root[@]}" apt-get install -y -qq --no-install-recommends ${packages} >/dev/null
+# The stack runs its own Redis and Mosquitto on its own ports; the distribution's services
+# would hold 6379 and 1883, so switch them off where the package manager started them.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  for unit in redis-server mosquitto; do
+    if systemctl is-active --quiet "$unit" 2>/dev/null; then
+      echo "Stopping and disabling the system's $unit service (the stack runs its own)."
+      "${as_root[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+  done
+fi

@@ -1,0 +1,61 @@
+import pytest
+
+from apps.core.tasks import celery_settings
+from apps.core.tasks.celery_settings import QUEUES, QUEUES_BY_NAME, worker_argv
+from intelliwiz_config.celery import app
+
+
+def test_the_runbooks_five_queues_exist():
+    assert [queue.name for queue in QUEUES] == [
+        "critical",
+        "high_priority",
+        "general",
+        "ml_training",
+        "external_api",
+    ]
+
+
+def test_critical_is_served_before_everything_on_redis_where_zero_is_highest():
+    priorities = {queue.name: queue.priority for queue in QUEUES}
+    assert priorities["critical"] == 0
+    assert priorities["critical"] < priorities["high_priority"] < priorities["general"]
+    assert priorities["ml_training"] == max(priorities.values())
+
+
+def test_routes_send_each_kind_to_the_queue_the_architecture_names():
+    routes = celery_settings.TASK_ROUTES
+    assert routes["apps.mqtt.tasks.process_device_alerts"]["queue"] == "critical"
+    assert routes["apps.mqtt.tasks.process_guard_gps"]["queue"] == "high_priority"
+    assert routes["apps.mqtt.tasks.process_device_telemetry"]["queue"] == "general"
+    assert routes["apps.ml.tasks.train_model"]["queue"] == "ml_training"
+    assert routes["apps.mqtt.tasks.publish_device_command"]["queue"] == "external_api"
+    for route in routes.values():
+        assert route["priority"] == QUEUES_BY_NAME[route["queue"]].priority
+
+
+def test_the_celery_app_uses_the_one_source_of_routes_and_safe_delivery():
+    conf = app.conf
+    assert conf.task_routes == celery_settings.TASK_ROUTES
+    assert [queue.name for queue in conf.task_queues] == [queue.name for queue in QUEUES]
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == "json"
+    assert conf.broker_url.endswith("/0")
+
+
+def test_worker_command_line_is_derived_from_the_queue_spec():
+    spec = QUEUES_BY_NAME["general"]
+    argv = worker_argv("general")
+    assert argv[:4] == ["celery", "-A", "intelliwiz_config", "worker"]
+    assert argv[argv.index("--queues") + 1] == "general"
+    assert argv[argv.index("--hostname") + 1] == "general@%h"
+    assert argv[argv.index("--concurrency") + 1] == str(spec.concurrency)
+    assert argv[argv.index("--prefetch-multiplier") + 1] == str(spec.prefetch_multiplier)
+    assert argv[argv.index("--time-limit") + 1] == str(spec.time_limit)
+    assert argv[argv.index("--max-memory-per-child") + 1] == str(spec.max_memory_per_child)
+
+
+def test_an_unknown_queue_is_refused_with_the_known_ones_named():
+    with pytest.raises(ValueError, match=r"unknown queue 'urgent'; known queues: critical, "):
+        worker_argv("urgent")

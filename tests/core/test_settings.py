@@ -1,0 +1,61 @@
+"""Settings fail loudly and by name; each case runs Django in a fresh process."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.services import ROOT
+
+
+def django_check(**overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **overrides}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_production_refuses_to_start_without_a_secret_key():
+    result = django_check(DJANGO_DEBUG="false", DJANGO_SECRET_KEY="")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_production_refuses_to_start_without_a_channels_encryption_key():
+    result = django_check(DJANGO_DEBUG="false", CHANNELS_ENCRYPTION_KEY="")
+    assert result.returncode != 0
+    assert "CHANNELS_ENCRYPTION_KEY must be set outside DEBUG" in result.stderr
+
+
+def test_an_invalid_fernet_key_is_named():
+    result = django_check(CHANNELS_ENCRYPTION_KEY="not-a-key")
+    assert result.returncode != 0
+    assert "CHANNELS_ENCRYPTION_KEY is not a valid Fernet key" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DJANGO_DEBUG", "maybe", "DJANGO_DEBUG='maybe' is not a boolean"),
+        ("MQTT_PORT", "eighty", "MQTT_PORT='eighty' is not a whole number"),
+        ("MQTT_PORT", "0", "MQTT_PORT=0 must be at least 1"),
+        ("REDIS_URL", "redis://127.0.0.1:6379/3", "must not name a database"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT='xml' must be console or json"),
+    ],
+)
+def test_a_bad_value_fails_naming_the_variable(variable: str, value: str, message: str):
+    result = django_check(**{variable: value})
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_the_test_environment_itself_passes_the_checks():
+    result = django_check()
+    assert result.returncode == 0, result.stderr
