@@ -7,14 +7,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VAR_DIR ?= var
 STAMP := $(VENV)/.installed
-SUPERVISORCTL := $(VENV)/bin/supervisorctl -c $(VAR_DIR)/supervisord.conf
 
-.PHONY: run test lint format status stop system-packages clean help
+.PHONY: run test lint bench format status stop system-packages clean help
 
 help:
 	@echo "make run     set up and run the whole stack in the foreground (Ctrl-C stops it)"
 	@echo "make test    set up and run the test suite against real Redis, Mosquitto and Celery"
 	@echo "make lint    ruff (lint + format check) and mypy"
+	@echo "make bench   end-to-end throughput and latency, against a baseline run alongside"
 	@echo "make status  the state of each service of a running stack"
 	@echo "make stop    stop a running stack (in reverse start order)"
 
@@ -40,6 +40,9 @@ run: $(STAMP) system-packages
 test: $(STAMP) system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP) system-packages
+	$(PY) -m bench.run_bench $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -49,11 +52,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-status:
-	@$(SUPERVISORCTL) status || true
+status: $(STAMP)
+	@$(PY) manage.py stackctl status || true
 
-stop:
-	@$(SUPERVISORCTL) shutdown
+stop: $(STAMP)
+	@$(PY) manage.py stackctl shutdown
 
 clean:
 	rm -rf $(VENV) $(VAR_DIR) .mypy_cache .ruff_cache .pytest_cache

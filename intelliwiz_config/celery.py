@@ -7,6 +7,7 @@ import os
 from celery import Celery
 
 from apps.core.tasks.celery_settings import celery_config
+from apps.monitoring import celery_hooks
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "intelliwiz_config.settings")
 
@@ -14,3 +15,4 @@ app = Celery("intelliwiz_config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(celery_config())
 app.autodiscover_tasks()
+celery_hooks.install(app)

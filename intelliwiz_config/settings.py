@@ -7,6 +7,7 @@ below, which fail loudly (naming the variable) on a bad value instead of guessin
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -101,6 +102,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "rest_framework_simplejwt",
+    "drf_spectacular",
     "apps.core",
     "apps.tenants",
     "apps.devices",
@@ -148,7 +151,8 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/noc/"
 
 # --- Database: SQLite under VAR_DIR by default, anything dj-database-url reads otherwise ------
 
@@ -211,7 +215,12 @@ if CHANNELS_ENCRYPTION_KEY:
 elif not DEBUG:
     raise ImproperlyConfigured(f"CHANNELS_ENCRYPTION_KEY must be set outside DEBUG; {_FERNET_HINT}")
 
-_channel_layer_config: dict[str, object] = {"hosts": [{"address": CHANNELS_REDIS_URL}]}
+# A group membership lapses after this many seconds unless renewed; NOC connections renew theirs.
+CHANNELS_GROUP_EXPIRY = env_int("CHANNELS_GROUP_EXPIRY", 86400, minimum=2)
+_channel_layer_config: dict[str, object] = {
+    "hosts": [{"address": CHANNELS_REDIS_URL}],
+    "group_expiry": CHANNELS_GROUP_EXPIRY,
+}
 if CHANNELS_ENCRYPTION_KEY:
     _channel_layer_config["symmetric_encryption_keys"] = [CHANNELS_ENCRYPTION_KEY]
 CHANNEL_LAYERS = {
@@ -220,6 +229,55 @@ CHANNEL_LAYERS = {
         "CONFIG": _channel_layer_config,
     }
 }
+
+# --- API and tokens (REST and the NOC WebSocket share them) ----------------------------------
+
+# HS256 with a key of its own when set (so rotating it does not log out the admin), else the
+# Django secret key. The algorithm is pinned: `alg=none` or any other is refused.
+JWT_SIGNING_KEY = os.environ.get("JWT_SIGNING_KEY", "") or SECRET_KEY
+JWT_ACCESS_MINUTES = env_int("JWT_ACCESS_MINUTES", 15, minimum=1)
+JWT_REFRESH_HOURS = env_int("JWT_REFRESH_HOURS", 24, minimum=1)
+JWT_AUDIENCE = env_str("JWT_AUDIENCE", "intelliwiz-noc")
+JWT_ISSUER = env_str("JWT_ISSUER", "intelliwiz")
+SIMPLE_JWT = {
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": JWT_SIGNING_KEY,
+    "AUDIENCE": JWT_AUDIENCE,
+    "ISSUER": JWT_ISSUER,
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=JWT_ACCESS_MINUTES),
+    "REFRESH_TOKEN_LIFETIME": timedelta(hours=JWT_REFRESH_HOURS),
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "UPDATE_LAST_LOGIN": True,
+    "TOKEN_OBTAIN_SERIALIZER": "apps.noc.auth.TenantTokenObtainPairSerializer",
+}
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "IntelliWiz message bus API",
+    "DESCRIPTION": "Alerts, devices and readings of the caller's tenant.",
+    "VERSION": "1",
+    # Alerts and devices both have a `status` field; each choice set gets a name of its own.
+    "ENUM_NAME_OVERRIDES": {
+        "AlertStatusEnum": "apps.alerts.models.AlertStatus",
+        "DeviceStatusEnum": "apps.devices.models.Device.Status",
+    },
+}
+
+# --- NOC WebSocket ----------------------------------------------------------------------------
+
+# Browsers' Origin must name one of DJANGO_ALLOWED_HOSTS (Channels' origin validator).
+NOC_MAX_MESSAGES_PER_MINUTE = env_int("NOC_MAX_MESSAGES_PER_MINUTE", 100, minimum=1)
+NOC_MAX_FRAME_BYTES = env_int("NOC_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
+# Telemetry updates per client are conflated to at most one per this many milliseconds.
+NOC_TELEMETRY_MIN_INTERVAL_MS = env_int("NOC_TELEMETRY_MIN_INTERVAL_MS", 250, minimum=0)
 
 # --- Celery (queues and routes live in apps/core/tasks/celery_settings.py) -----------------
 
@@ -237,12 +295,46 @@ MQTT_SESSION_EXPIRY = env_int("MQTT_SESSION_EXPIRY", 86400, minimum=1)
 MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30, minimum=5)
 MQTT_SHARED_GROUP = os.environ.get("MQTT_SHARED_GROUP", "")
 MQTT_RECONNECT_MAX_DELAY = env_int("MQTT_RECONNECT_MAX_DELAY", 60, minimum=1)
+# Flow control: QoS 1 messages the broker may have in flight to the subscriber, unacknowledged.
+MQTT_RECEIVE_MAXIMUM = env_int("MQTT_RECEIVE_MAXIMUM", 1000, minimum=1)
+
+# --- Intake: validation, batching -------------------------------------------------------------
+
+MQTT_MAX_PAYLOAD_BYTES = env_int("MQTT_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1)
+MQTT_BATCH_SIZE = env_int("MQTT_BATCH_SIZE", 100, minimum=1)
+MQTT_BATCH_INTERVAL_MS = env_int("MQTT_BATCH_INTERVAL_MS", 50, minimum=1)
+MAX_CLOCK_SKEW_SECONDS = env_int("MAX_CLOCK_SKEW_SECONDS", 300, minimum=0)
+DEVICE_AUTO_REGISTER = env_bool("DEVICE_AUTO_REGISTER", False)
+DEVICE_AUTO_REGISTER_TENANT = os.environ.get("DEVICE_AUTO_REGISTER_TENANT", "")
+if DEVICE_AUTO_REGISTER and not DEVICE_AUTO_REGISTER_TENANT:
+    raise ImproperlyConfigured(
+        "DEVICE_AUTO_REGISTER is on but DEVICE_AUTO_REGISTER_TENANT is empty; "
+        "name the tenant that auto-registered devices join"
+    )
+
+# --- Processing ---------------------------------------------------------------------------
+
+DEVICE_OFFLINE_AFTER = env_int("DEVICE_OFFLINE_AFTER", 300, minimum=10)
+LOW_BATTERY_PERCENT = env_float("LOW_BATTERY_PERCENT", 20.0)
+SYSTEM_RESOURCE_ALERT_PERCENT = env_float("SYSTEM_RESOURCE_ALERT_PERCENT", 90.0)
+SMOKE_ALARM_THRESHOLD = env_float("SMOKE_ALARM_THRESHOLD", 100.0)
+TASK_MAX_RETRIES = env_int("TASK_MAX_RETRIES", 5, minimum=0)
+CIRCUIT_BREAKER_FAILURE_THRESHOLD = env_int("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5, minimum=1)
+CIRCUIT_BREAKER_RESET_SECONDS = env_int("CIRCUIT_BREAKER_RESET_SECONDS", 300, minimum=1)
 
 # --- HTTP / the local stack (make run) ---------------------------------------------------------
 
 HTTP_HOST = env_str("HTTP_HOST", "127.0.0.1")
 HTTP_PORT = env_int("HTTP_PORT", 8000, minimum=1)
 HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 1.5)
+# Required (as `Authorization: Bearer <key>`) by /monitoring/health/ and /metrics/export/ when set.
+MONITORING_API_KEY = os.environ.get("MONITORING_API_KEY", "")
+# Every process writes its metrics here (prometheus_client multiprocess mode); /metrics/export/
+# sums them. Each process needs it in its environment before it imports prometheus_client:
+# `make run` and the systemd units set it.
+PROMETHEUS_MULTIPROC_DIR = Path(
+    env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+).resolve()
 DEMO_TENANT = env_str("DEMO_TENANT", "demo")
 DEMO_OPERATOR = env_str("DEMO_OPERATOR", "operator")
 

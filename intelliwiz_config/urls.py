@@ -1,7 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from apps.monitoring.views import metrics_export
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("noc/", include("apps.noc.urls")),
+    path("api/", include("apps.noc.api.urls")),
     path("monitoring/", include("apps.monitoring.urls")),
+    path("metrics/export/", metrics_export, name="metrics-export"),
 ]

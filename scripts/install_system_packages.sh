@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the system services the stack and the tests run for real (Redis, Mosquitto), when missing.
+# Install the system services the stack and the tests run for real (Redis, Mosquitto, Prometheus),
+# when missing.
 # Usage: scripts/install_system_packages.sh   (idempotent; does nothing when all are present)
 set -euo pipefail
 
@@ -10,6 +11,12 @@ declare -A wanted=(
   [mosquitto]=mosquitto
   [mosquitto_pub]=mosquitto-clients
   [mosquitto_sub]=mosquitto-clients
+  # The suite runs a real Prometheus and promtool against deploy/prometheus/.
+  [prometheus]=prometheus
+  [promtool]=prometheus
+  # scripts/health_check_message_bus.sh
+  [curl]=curl
+  [pgrep]=procps
 )
 if [ "${INSTALL_EXTRA_PACKAGES:-}" != "" ]; then
   for spec in ${INSTALL_EXTRA_PACKAGES}; do wanted[${spec%%=*}]=${spec#*=}; done
@@ -43,10 +50,11 @@ export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update -qq
 # shellcheck disable=SC2086
 "${as_root[@]}" apt-get install -y -qq --no-install-recommends ${packages} >/dev/null
-# The stack runs its own Redis and Mosquitto on its own ports; the distribution's services
-# would hold 6379 and 1883, so switch them off where the package manager started them.
+# The stack runs its own Redis and Mosquitto on its own ports (and the tests their own
+# Prometheus); the distribution's services would hold 6379, 1883 and 9090, so switch them off
+# where the package manager started them.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  for unit in redis-server mosquitto; do
+  for unit in redis-server mosquitto prometheus; do
     if systemctl is-active --quiet "$unit" 2>/dev/null; then
       echo "Stopping and disabling the system's $unit service (the stack runs its own)."
       "${as_root[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true

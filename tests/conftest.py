@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from tests.services import Service, python_service, start_mosquitto, start_redis
 
 # Child services log at INFO so tests can wait for what they say.
 INFO_LOGS = {**os.environ, "LOG_LEVEL": "INFO"}
+_subscriber_ids = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +55,7 @@ def _celery_ping(node: str) -> bool:
 
 @pytest.fixture(scope="session")
 def start_celery_worker(
-    redis_server: Service, scratch_dir: Path
+    redis_server: Service, scratch_dir: Path, django_db_setup: None
 ) -> Iterator[Callable[[str], Service]]:
     """Start a real worker for one queue, with the command line `make run` uses."""
     import socket
@@ -85,18 +87,41 @@ def all_queue_workers(start_celery_worker: Callable[[str], Service]) -> list[Ser
 
 
 @pytest.fixture
-def start_subscriber(
-    redis_server: Service, mosquitto_broker: Service, scratch_dir: Path
-) -> Iterator[Callable[[], Service]]:
-    """Start the MQTT subscriber process the way `make run` does; stopped after the test."""
-    started: list[Service] = []
+def canaries_consumed(redis_client: object, all_queue_workers: list[Service]) -> None:
+    """Each queue's health canary has run since Redis was emptied, as beat makes happen."""
+    from apps.core.redis_client import state_redis
+    from apps.core.tasks.celery_settings import QUEUES
+    from apps.monitoring.tasks import canary_key, send_canary
 
-    def start() -> Service:
+    keys = [canary_key(queue.name) for queue in QUEUES]
+    for queue in QUEUES:
+        send_canary(queue.name)
+    wait_for(
+        lambda: state_redis().exists(*keys) == len(keys),
+        timeout=30,
+        what="every queue's worker to run its health canary",
+    )
+
+
+@pytest.fixture
+def start_subscriber(
+    redis_server: Service, mosquitto_broker: Service, scratch_dir: Path, django_db_setup: None
+) -> Iterator[Callable[..., Service]]:
+    """Start the MQTT subscriber process the way `make run` does; stopped after the test.
+
+    Every start within one test reuses the test's own MQTT client id (so its persistent session
+    survives a restart), and no two tests share a session.
+    """
+    started: list[Service] = []
+    client_id = f"test-subscriber-{next(_subscriber_ids)}"
+
+    def start(**env: str) -> Service:
+        log_path = scratch_dir / "log" / f"{client_id}-{len(started)}.log"
         service = python_service(
             "mqtt_subscriber",
             ["manage.py", "mqtt_subscriber"],
-            scratch_dir / "log" / "mqtt_subscriber.log",
-            env=INFO_LOGS,
+            log_path,
+            env={**INFO_LOGS, "MQTT_CLIENT_ID": client_id, **env},
         )
         started.append(service)
         wait_for(
@@ -109,3 +134,41 @@ def start_subscriber(
     yield start
     for service in started:
         service.stop()
+
+
+@pytest.fixture
+def bus(
+    redis_client: object,
+    all_queue_workers: list[Service],
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+) -> Service:
+    """The running message bus: subscriber plus a worker per queue, on a clean database."""
+    return start_subscriber()
+
+
+def start_daphne(log_path: Path, **env: str) -> tuple[Service, int]:
+    """Daphne serving the project on a free port, as `make run` starts it."""
+    import sys
+
+    from tests.environment import free_port
+    from tests.services import port_open
+
+    port = free_port()
+    daphne = str(Path(sys.executable).parent / "daphne")
+    service = Service(
+        "daphne",
+        [daphne, "-b", "127.0.0.1", "-p", str(port), "intelliwiz_config.asgi:application"],
+        log_path,
+        env={**INFO_LOGS, **env},
+    )
+    wait_for(lambda: port_open(port), timeout=30, what=f"daphne on port {port}")
+    return service, port
+
+
+@pytest.fixture(scope="session")
+def daphne_server(redis_server: Service, scratch_dir: Path, django_db_setup: None) -> Iterator[int]:
+    """The port of a real Daphne serving HTTP and the NOC WebSocket."""
+    service, port = start_daphne(scratch_dir / "log" / "daphne.log")
+    yield port
+    service.stop()

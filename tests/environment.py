@@ -32,6 +32,12 @@ os.environ.update(
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(32),
         "CHANNELS_ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "VAR_DIR": str(SCRATCH / "var"),
+        # Before anything imports prometheus_client: this process and the services the tests
+        # start write their metrics where /metrics/export/ reads them, as under `make run`.
+        "PROMETHEUS_MULTIPROC_DIR": str(SCRATCH / "var" / "prometheus"),
+        # The test database itself: worker and subscriber processes started by the tests
+        # read and write the same file as the test (pytest-django creates it fresh).
+        "DATABASE_URL": f"sqlite:///{SCRATCH / 'test.sqlite3'}",
         "TEST_SQLITE_PATH": str(SCRATCH / "test.sqlite3"),
         "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}",
         "MQTT_HOST": "127.0.0.1",
@@ -43,9 +49,13 @@ os.environ.update(
 )
 (SCRATCH / "var").mkdir(parents=True, exist_ok=True)
 (SCRATCH / "var" / "static").mkdir(exist_ok=True)
+(SCRATCH / "var" / "prometheus").mkdir(exist_ok=True)
 
 
 def pytest_unconfigure() -> None:
     import shutil
 
+    if os.environ.get("TEST_KEEP_SCRATCH"):
+        print(f"\ntest scratch directory kept: {SCRATCH}")
+        return
     shutil.rmtree(SCRATCH, ignore_errors=True)

@@ -7,17 +7,23 @@ end. Waits poll a condition until a deadline; nothing sleeps for a fixed time.
 from __future__ import annotations
 
 import getpass
+import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from tests.environment import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SBIN = "/usr/sbin:/usr/local/sbin:/sbin"
@@ -153,3 +159,111 @@ def descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def mqtt_publish(
+    port: int, messages: list[tuple[str, bytes | str]], *, qos: int = 1, timeout: float = 60
+) -> None:
+    """Publish with a real MQTT client and return once the broker has acknowledged every one."""
+    import uuid
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"test-publisher-{uuid.uuid4().hex[:8]}"
+    )
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise TimeoutError(f"broker did not acknowledge message {info.mid}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# --- `make run`'s whole stack (manage.py runstack) -----------------------------------------
+
+
+class Stack(Service):
+    """`manage.py runstack` on free ports with its own VAR_DIR, as `make run` starts it."""
+
+    def __init__(self, var_dir: Path, log_path: Path, **overrides: str) -> None:
+        self.env = self.environment(var_dir, **overrides)
+        super().__init__("stack", [sys.executable, "manage.py", "runstack"], log_path, env=self.env)
+
+    @staticmethod
+    def environment(var_dir: Path, **overrides: str) -> dict[str, str]:
+        # As under `make run`, runstack picks the metrics directory (under VAR_DIR, emptied at
+        # start) and hands it to each process; the test session's own must not leak in.
+        inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        return {
+            **inherited,
+            "VAR_DIR": str(var_dir),
+            "HTTP_PORT": str(free_port()),
+            "MQTT_PORT": str(free_port()),
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}",
+            "MQTT_CLIENT_ID": "stack-test-subscriber",
+            "LOG_LEVEL": "INFO",
+            **overrides,
+        }
+
+    @property
+    def http_port(self) -> int:
+        return int(self.env["HTTP_PORT"])
+
+    def get(self, path: str) -> urllib.request.Request:
+        """A request to the stack's Daphne, with the monitoring API key when it has one."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}")
+        if self.env.get("MONITORING_API_KEY"):
+            request.add_header("Authorization", f"Bearer {self.env['MONITORING_API_KEY']}")
+        return request
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            request = self.get("/monitoring/health/")
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (http only)
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def failing(self) -> set[str]:
+        """The names of the health checks that fail now."""
+        return {name for name, check in self.health()[1]["checks"].items() if not check["ok"]}
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        try:
+            wait_for(lambda: self.health()[0] == 200, timeout=timeout, interval=0.5, what="health")
+        except TimeoutError:
+            raise AssertionError(
+                f"the stack never became healthy; its output:\n{self.log()}"
+            ) from None
+
+    def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        supervisorctl = str(Path(sys.executable).parent / "supervisorctl")
+        conf = str(Path(self.env["VAR_DIR"]) / "supervisord.conf")
+        return subprocess.run(
+            [supervisorctl, "-c", conf, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+
+def metric(name: str, **labels: str) -> float:
+    """A metric summed over every process of the test run (prometheus multiprocess files)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return registry.get_sample_value(name, labels) or 0.0

@@ -12,6 +12,7 @@ import errno
 import getpass
 import ipaddress
 import os
+import secrets
 import shutil
 import socket
 import string
@@ -214,7 +215,7 @@ def programs(paths: StackPaths) -> list[Program]:
     for queue in QUEUES:
         command = [python, "-m", "apps.core.worker", queue.name]
         result.append(Program(queue.name, command, 40, f"celery-{queue.name}", group="celery"))
-    beat = beat_argv(str(paths.var_dir / "celerybeat-schedule"))
+    beat = beat_argv(str(paths.var_dir / "celerybeat-schedule"), loglevel=settings.LOG_LEVEL)
     result.append(Program("celerybeat", [venv_executable("celery"), *beat[1:]], 50, "celerybeat"))
     subscriber = [python, manage, "mqtt_subscriber"]
     result.append(Program("mqtt_subscriber", subscriber, 60, "mqtt_subscriber"))
@@ -223,11 +224,14 @@ def programs(paths: StackPaths) -> list[Program]:
 
 def supervisor_config(paths: StackPaths, stack: list[Program]) -> str:
     base_dir = settings.BASE_DIR
+    secret = secrets.token_urlsafe(16)
     lines = [
         "; Written by `manage.py runstack` on every start; edit apps/core/stack.py instead.",
         "[unix_http_server]",
         f"file={paths.run_dir / 'supervisor.sock'}",
         "chmod=0700",
+        # A fresh secret per start; the socket is private (0700) anyway.
+        f"username=stack\npassword={secret}",
         "",
         "[supervisord]",
         "nodaemon=true",
@@ -242,6 +246,7 @@ def supervisor_config(paths: StackPaths, stack: list[Program]) -> str:
         "",
         "[supervisorctl]",
         f"serverurl=unix://{paths.run_dir / 'supervisor.sock'}",
+        f"username=stack\npassword={secret}",
         "",
     ]
     groups: dict[str, list[Program]] = {}
@@ -265,7 +270,10 @@ def supervisor_config(paths: StackPaths, stack: list[Program]) -> str:
             "stdout_logfile_maxbytes=50MB",
             "stdout_logfile_backups=3",
             "redirect_stderr=true",
-            'environment=PYTHONUNBUFFERED="1"',
+            # Every process writes its metrics where /metrics/export/ reads them; it must be
+            # in the environment before the process imports prometheus_client.
+            'environment=PYTHONUNBUFFERED="1",PROMETHEUS_MULTIPROC_DIR='
+            + _quote_value(str(settings.PROMETHEUS_MULTIPROC_DIR)),
             "",
         ]
     for group, members in groups.items():
@@ -284,11 +292,26 @@ def _quote(part: str) -> str:
     return f'"{escaped}"' if any(ch.isspace() for ch in escaped) else escaped
 
 
+def _quote_value(value: str) -> str:
+    escaped = value.replace("%", "%%").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def reset_metrics_dir() -> None:
+    """Start the metrics from zero: files left by an earlier run's pids would be summed in."""
+    directory: Path = settings.PROMETHEUS_MULTIPROC_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+
+
 def prepare(paths: StackPaths) -> list[Program]:
     for directory in (paths.var_dir, paths.log_dir, paths.run_dir):
         directory.mkdir(parents=True, exist_ok=True)
     preflight(paths)
+    reset_metrics_dir()
     write_service_configs(paths)
     stack = programs(paths)
     paths.supervisor_conf.write_text(supervisor_config(paths, stack))
+    paths.supervisor_conf.chmod(0o600)  # holds the control socket's password
     return stack

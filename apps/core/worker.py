@@ -19,7 +19,11 @@ def main(argv: list[str]) -> None:
     if len(argv) != 1 or argv[0] not in QUEUES_BY_NAME:
         known = " | ".join(QUEUES_BY_NAME)
         sys.exit(f"usage: python -m apps.core.worker {{{known}}}")
-    command = worker_argv(argv[0], loglevel=os.environ.get("LOG_LEVEL", "INFO"))
+    # Settings (and so LOG_LEVEL, from the environment or .env) are read by settings.py only.
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "intelliwiz_config.settings")
+    from django.conf import settings
+
+    command = worker_argv(argv[0], loglevel=settings.LOG_LEVEL)
     # The celery script that sits next to this interpreter (the project's venv), else PATH.
     sibling = os.path.join(os.path.dirname(sys.executable), "celery")
     executable = sibling if os.path.exists(sibling) else shutil.which("celery")

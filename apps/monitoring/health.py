@@ -22,10 +22,20 @@ from django.db import connection
 from paho.mqtt.enums import CallbackAPIVersion
 
 from apps.core.redis_client import state_redis
-from apps.core.tasks.celery_settings import QUEUES
+from apps.core.tasks.celery_settings import CANARY_INTERVAL_SECONDS, QUEUES, QueueSpec
+from apps.monitoring.tasks import read_canaries
 from apps.mqtt.status import read_statuses
 
 Details = dict[str, Any]
+
+# A queue is consumed while its latest canary ran within this bound. A busy but healthy pool can
+# hold a canary back by one running task (canaries go first, but do not preempt), so queues whose
+# tasks may run longer get their hard time limit instead.
+CANARY_MAX_AGE_SECONDS = 4 * CANARY_INTERVAL_SECONDS
+
+
+def canary_max_age(queue: QueueSpec) -> int:
+    return max(CANARY_MAX_AGE_SECONDS, queue.time_limit)
 
 
 class CheckFailed(Exception):
@@ -109,6 +119,10 @@ def check_celery_queues() -> dict[str, Details]:
     return {name: {"workers": sorted(nodes)} for name, nodes in consumers.items()}
 
 
+def check_canaries() -> Details:
+    return dict(read_canaries(state_redis()))
+
+
 def check_mqtt_subscriber() -> Details:
     statuses = read_statuses(state_redis())
     connected = [status for status in statuses if status.connected]
@@ -153,21 +167,43 @@ async def run_checks() -> dict[str, CheckResult]:
     outcomes = await asyncio.gather(
         *(_timed(simple[name], timeout) for name in names),
         _timed(_in_thread(check_celery_queues), timeout),
+        _timed(_in_thread(check_canaries), timeout),
     )
-    results = dict(zip(names, outcomes[:-1], strict=True))
-    results.update(_per_queue(outcomes[-1]))
+    results = dict(zip(names, outcomes[:-2], strict=True))
+    results.update(_per_queue(outcomes[-2], outcomes[-1]))
     return results
 
 
-def _per_queue(queues: CheckResult) -> dict[str, CheckResult]:
-    """Split the one Celery broadcast into a check per queue: a queue nobody consumes is down."""
+def _per_queue(queues: CheckResult, canaries: CheckResult) -> dict[str, CheckResult]:
+    """One check per queue from the Celery broadcast and the canaries: a queue is up when a
+    worker subscribes to it *and* its latest canary ran recently."""
     results = {}
+    latency_ms = max(queues.latency_ms, canaries.latency_ms)
+    now = time.time()
     for queue in QUEUES:
         name = f"workers:{queue.name}"
         if not queues.ok:
-            results[name] = CheckResult(False, queues.latency_ms, queues.error)
+            results[name] = CheckResult(False, latency_ms, queues.error)
             continue
         workers = queues.details.get(queue.name, {}).get("workers", [])
-        error = None if workers else f"no worker consumes the {queue.name} queue"
-        results[name] = CheckResult(bool(workers), queues.latency_ms, error, {"workers": workers})
+        consumed_at = canaries.details.get(queue.name)
+        age = None if consumed_at is None else max(0.0, now - consumed_at)
+        details = {"workers": workers, "canary_age_s": None if age is None else round(age, 1)}
+        if not workers:
+            error = f"no worker consumes the {queue.name} queue"
+        elif not canaries.ok:
+            error = f"canary unreadable: {canaries.error}"
+        elif age is None:
+            error = (
+                f"no canary from the {queue.name} queue has run yet "
+                f"(celerybeat sends one every {CANARY_INTERVAL_SECONDS} s)"
+            )
+        elif age > canary_max_age(queue):
+            error = (
+                f"the {queue.name} queue is not being consumed: its last canary ran "
+                f"{age:.0f} s ago (limit {canary_max_age(queue)} s)"
+            )
+        else:
+            error = None
+        results[name] = CheckResult(error is None, latency_ms, error, details)
     return results

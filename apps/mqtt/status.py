@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import redis
 
 STATUS_KEY_PREFIX = "mqtt_subscriber:status:"
+# Set by `manage.py drain`: subscribers hand on what they hold, then leave the broker (their
+# sessions stay, so the broker keeps new messages) until `manage.py drain --resume`.
+INTAKE_PAUSED_KEY = "mqtt_subscriber:intake_paused"
 STATUS_TTL_SECONDS = 15
 HEARTBEAT_INTERVAL_SECONDS = 5
 
@@ -22,6 +25,7 @@ class SubscriberStatus:
     connected: bool
     updated_at: float
     last_message_at: float | None
+    paused: bool = False
 
     @property
     def last_message_age(self) -> float | None:
@@ -29,11 +33,17 @@ class SubscriberStatus:
 
 
 def write_status(
-    client: redis.Redis[str], client_id: str, *, connected: bool, last_message_at: float | None
+    client: redis.Redis[str],
+    client_id: str,
+    *,
+    connected: bool,
+    last_message_at: float | None,
+    paused: bool = False,
 ) -> None:
     key = STATUS_KEY_PREFIX + client_id
     fields: dict[str | bytes, str] = {
         "connected": "1" if connected else "0",
+        "paused": "1" if paused else "0",
         "updated_at": repr(time.time()),
         "last_message_at": "" if last_message_at is None else repr(last_message_at),
     }
@@ -60,6 +70,19 @@ def read_statuses(client: redis.Redis[str]) -> list[SubscriberStatus]:
                 connected=fields.get("connected") == "1",
                 updated_at=float(fields.get("updated_at") or 0),
                 last_message_at=float(last) if last else None,
+                paused=fields.get("paused") == "1",
             )
         )
     return statuses
+
+
+def pause_intake(client: redis.Redis[str]) -> None:
+    client.set(INTAKE_PAUSED_KEY, repr(time.time()))
+
+
+def resume_intake(client: redis.Redis[str]) -> None:
+    client.delete(INTAKE_PAUSED_KEY)
+
+
+def intake_paused(client: redis.Redis[str]) -> bool:
+    return bool(client.exists(INTAKE_PAUSED_KEY))

@@ -1,41 +1,51 @@
 """The MQTT subscriber: the bus's front door.
 
+A thin loop of small steps: read from the broker, validate each message (apps/mqtt/intake.py),
+group valid ones per route, hand each group to Celery as one task, and acknowledge the MQTT
+messages only once that task is in Redis. Rejected messages go to the dead-letter store first,
+then are acknowledged. Whatever fails, an unacknowledged message stays with the broker, which
+redelivers it; idempotency keys make the redelivery harmless.
+
 It holds one persistent MQTT 5 session (fixed client id, clean start off, session expiry), so
-QoS 1 messages published while it is down are delivered when it comes back. Run it with
+QoS 1 messages published while it is down are delivered when it returns. Run it with
 `python manage.py mqtt_subscriber` (what `make run` and `mqtt-subscriber.service` do).
 """
 
 from __future__ import annotations
 
-import contextlib
+import random
 import signal
-import threading
 import time
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
 from django.conf import settings
-from paho.mqtt.enums import CallbackAPIVersion
+from django.db import close_old_connections
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from apps.core.models import DeadLetter
 from apps.core.redis_client import state_redis
+from apps.core.tasks.celery_settings import TASK_QUEUES, TOPIC_ROUTES
+from apps.monitoring import metrics
 from apps.mqtt import status
+from apps.mqtt.intake import Envelope, Intake, Reason, Rejection
 
 log = structlog.get_logger(__name__)
 
-# Topic prefix -> subscription QoS. Only topics under these prefixes are accepted.
-ALLOWED_TOPIC_PREFIXES: dict[str, int] = {
-    "device/": 1,
-    "guard/": 1,
-    "sensor/": 1,
-    "alert/": 1,
-    "system/": 1,
-}
+# Topic prefixes the bus accepts, with the QoS of their subscription. The routes (which task,
+# queue and priority) live in apps/core/tasks/celery_settings.py: TOPIC_ROUTES.
+ALLOWED_TOPIC_PREFIXES: dict[str, int] = {prefix: 1 for prefix in TOPIC_ROUTES}
+# Routes flushed the moment a message arrives, without waiting to fill a batch.
+IMMEDIATE_ROUTES = frozenset({TOPIC_ROUTES["alert/"]})
+PAUSE_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,9 @@ class SubscriberConfig:
     username: str
     password: str
     reconnect_max_delay: int
+    receive_maximum: int
+    batch_size: int
+    batch_interval: float
 
     @classmethod
     def from_settings(cls) -> SubscriberConfig:
@@ -62,6 +75,9 @@ class SubscriberConfig:
             username=settings.MQTT_USERNAME,
             password=settings.MQTT_PASSWORD,
             reconnect_max_delay=settings.MQTT_RECONNECT_MAX_DELAY,
+            receive_maximum=settings.MQTT_RECEIVE_MAXIMUM,
+            batch_size=settings.MQTT_BATCH_SIZE,
+            batch_interval=settings.MQTT_BATCH_INTERVAL_MS / 1000,
         )
 
     def subscriptions(self) -> list[tuple[str, int]]:
@@ -71,25 +87,71 @@ class SubscriberConfig:
         return filters
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """An MQTT message we owe the broker an acknowledgement for, on a given connection."""
+
+    mid: int
+    qos: int
+    connection: int
+
+
+@dataclass
+class Batch:
+    envelopes: list[Envelope] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    opened_at: float = 0.0
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)  # noqa: S311  (jitter, not cryptography)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
 class Subscriber:
-    def __init__(self, config: SubscriberConfig) -> None:
+    def __init__(self, config: SubscriberConfig, intake: Intake | None = None) -> None:
         self.config = config
-        self.stopping = threading.Event()
+        self.intake = intake or Intake()
+        self.stopping = False
         self.last_message_at: float | None = None
-        self.client = mqtt.Client(
+        self.connection = 0  # incremented per connection: acks never cross connections
+        self.batches: dict[str, Batch] = defaultdict(Batch)
+        self.rejections: list[tuple[Rejection, Delivery]] = []
+        self.retry_flush_at = 0.0
+        self.flush_backoff = Backoff(0.5, 30)
+        self.connect_backoff = Backoff(1, config.reconnect_max_delay)
+        self.next_connect_at = 0.0
+        self.next_report_at = 0.0
+        self.next_pause_check_at = 0.0
+        self.paused = False
+        self.outage_logged = False
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
+            client_id=self.config.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        if config.username:
-            self.client.username_pw_set(config.username, config.password)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=config.reconnect_max_delay)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        if self.config.username:
+            client.username_pw_set(self.config.username, self.config.password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
 
-    # --- paho callbacks (run on paho's network thread) ----------------------------------
+    # --- paho callbacks (called from client.loop() in this thread) ------------------------
 
     def _on_connect(
         self,
@@ -108,6 +170,8 @@ class Subscriber:
                 hint="check MQTT_USERNAME / MQTT_PASSWORD and the broker's ACL",
             )
             return
+        self.connection += 1
+        self.connect_backoff.reset()
         log.info(
             "Connected to MQTT Broker",
             host=self.config.host,
@@ -126,62 +190,248 @@ class Subscriber:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if not self.stopping.is_set():
-            log.warning(
-                "Disconnected from MQTT Broker; reconnecting with backoff",
-                reason=str(reason_code),
-            )
+        if not self.stopping:
+            log.warning("Disconnected from MQTT Broker; reconnecting", reason=str(reason_code))
         self._report()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.last_message_at = time.time()
-        log.info("MQTT message received", topic=message.topic, bytes=len(message.payload))
-        client.ack(message.mid, message.qos)
+        received_at = time.time()
+        self.last_message_at = received_at
+        delivery = Delivery(message.mid, message.qos, self.connection)
+        topic = message.topic
+        payload = bytes(message.payload)
+        prefix = topic.split("/", 1)[0] + "/"
+        metrics.MQTT_MESSAGES_RECEIVED.labels(
+            prefix=prefix if prefix in ALLOWED_TOPIC_PREFIXES else "other"
+        ).inc()
+        try:
+            outcome = self.intake.check(topic, payload, received_at)
+        except Exception as exc:
+            # Nothing a device sends may stop the loop; keep the message for inspection.
+            log.exception("intake failed on a message", topic=topic)
+            outcome = Rejection(
+                Reason.INTERNAL, f"{type(exc).__name__}: {exc}", topic, payload, received_at
+            )
+        if isinstance(outcome, Rejection):
+            metrics.MQTT_MESSAGES_REJECTED.labels(reason=outcome.reason.value).inc()
+            log.warning(
+                "MQTT message rejected",
+                topic=topic,
+                reason=outcome.reason.value,
+                detail=outcome.detail,
+            )
+            self.rejections.append((outcome, delivery))
+            return
+        batch = self.batches[outcome.task_name]
+        if not batch.envelopes:
+            batch.opened_at = time.monotonic()
+        batch.envelopes.append(outcome)
+        batch.deliveries.append(delivery)
 
-    # --- main loop ----------------------------------------------------------------------
+    # --- flushing: enqueue, then acknowledge -------------------------------------------------
+
+    def _due(self, batch: Batch, task_name: str, now: float, force: bool) -> bool:
+        if not batch.envelopes:
+            return False
+        return (
+            force
+            or task_name in IMMEDIATE_ROUTES
+            or len(batch.envelopes) >= self.config.batch_size
+            or now - batch.opened_at >= self.config.batch_interval
+        )
+
+    def flush(self, *, force: bool = False) -> bool:
+        """Write dead letters and enqueue due batches; True when nothing due is left behind."""
+        now = time.monotonic()
+        if now < self.retry_flush_at and not force:
+            return False
+        try:
+            self._flush_rejections()
+            for task_name, batch in list(self.batches.items()):
+                if self._due(batch, task_name, now, force):
+                    self._enqueue(task_name, batch)
+                    del self.batches[task_name]
+        except Exception as exc:
+            delay = self.flush_backoff.next_delay()
+            self.retry_flush_at = time.monotonic() + delay
+            held = sum(len(b.envelopes) for b in self.batches.values()) + len(self.rejections)
+            if not self.outage_logged:
+                log.error(
+                    "cannot hand messages on; holding them unacknowledged so the broker keeps them",
+                    error=f"{type(exc).__name__}: {exc}",
+                    held=held,
+                    retry_in_s=round(delay, 1),
+                    hint="check that Redis (REDIS_URL) and the database (DATABASE_URL) are up",
+                )
+                self.outage_logged = True
+            close_old_connections()
+            return False
+        if self.outage_logged:
+            log.info("message hand-off recovered; acknowledging held messages")
+            self.outage_logged = False
+        self.flush_backoff.reset()
+        return True
+
+    def _flush_rejections(self) -> None:
+        if not self.rejections:
+            return
+        keep = DeadLetter.PAYLOAD_KEEP_BYTES
+        DeadLetter.objects.bulk_create(
+            [
+                DeadLetter(
+                    stage=DeadLetter.Stage.INTAKE,
+                    reason=rejection.reason.value,
+                    detail=rejection.detail,
+                    topic=rejection.topic[:512],
+                    payload=rejection.payload[:keep],
+                    payload_size=len(rejection.payload),
+                    received_at=datetime.fromtimestamp(rejection.received_at, tz=UTC),
+                )
+                for rejection, _ in self.rejections
+            ]
+        )
+        for rejection, delivery in self.rejections:
+            metrics.DEAD_LETTERS.labels(stage="intake", reason=rejection.reason.value).inc()
+            self._ack(delivery)
+        self.rejections.clear()
+
+    def _enqueue(self, task_name: str, batch: Batch) -> None:
+        from intelliwiz_config.celery import app
+
+        # Routing (queue and priority) comes from task_routes in celery_settings.
+        app.send_task(task_name, args=[[envelope.to_message() for envelope in batch.envelopes]])
+        queue = TASK_QUEUES[task_name].name
+        metrics.MQTT_MESSAGES_ENQUEUED.labels(queue=queue).inc(len(batch.envelopes))
+        metrics.MQTT_BATCH_SIZE.labels(queue=queue).observe(len(batch.envelopes))
+        for delivery in batch.deliveries:
+            self._ack(delivery)
+
+    def _ack(self, delivery: Delivery) -> None:
+        # An ack on a later connection could acknowledge a different message with the same
+        # packet id; the broker redelivers instead, and the idempotency key absorbs it.
+        if delivery.qos > 0 and delivery.connection == self.connection:
+            self.client.ack(delivery.mid, delivery.qos)
+
+    # --- main loop ------------------------------------------------------------------------
 
     def _report(self) -> None:
+        connected = self.client.is_connected() and not self.stopping
+        metrics.MQTT_SUBSCRIBER_CONNECTED.labels(client_id=self.config.client_id).set(
+            1 if connected else 0
+        )
         try:
             status.write_status(
                 state_redis(),
                 self.config.client_id,
-                connected=self.client.is_connected() and not self.stopping.is_set(),
+                connected=connected,
                 last_message_at=self.last_message_at,
+                paused=self.paused,
             )
-        except Exception as exc:
+        except Exception as exc:  # Redis down must not stop the loop
             log.warning("could not record subscriber status in Redis", error=str(exc))
 
-    def run(self) -> None:
+    def _connect(self) -> None:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.config.session_expiry
+        properties.ReceiveMaximum = self.config.receive_maximum
+        try:
+            self.client.connect(
+                self.config.host,
+                self.config.port,
+                keepalive=self.config.keepalive,
+                clean_start=False,
+                properties=properties,
+            )
+        except OSError as exc:
+            delay = self.connect_backoff.next_delay()
+            self.next_connect_at = time.monotonic() + delay
+            log.warning(
+                "cannot reach the MQTT broker; retrying",
+                host=self.config.host,
+                port=self.config.port,
+                error=str(exc),
+                retry_in_s=round(delay, 1),
+                hint="is the broker up? check MQTT_HOST / MQTT_PORT",
+            )
+
+    def step(self) -> None:
+        """One turn of the loop: network I/O, due flushes, a periodic status report."""
+        now = time.monotonic()
+        if now >= self.next_pause_check_at:
+            self._follow_pause_flag()
+            self.next_pause_check_at = now + PAUSE_CHECK_SECONDS
+        # No socket: neither connected nor connecting (paho closes it when a connection drops).
+        if self.client.socket() is None and now >= self.next_connect_at and not self.paused:
+            self._connect()
+        if self.client.socket() is not None:
+            rc = self.client.loop(timeout=min(0.01, self.config.batch_interval))
+            if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                self.next_connect_at = now + self.connect_backoff.next_delay()
+        else:
+            time.sleep(0.05)
+        self.flush()
+        if now >= self.next_report_at:
+            self._report()
+            self.next_report_at = now + status.HEARTBEAT_INTERVAL_SECONDS
+
+    def _follow_pause_flag(self) -> None:
+        """`manage.py drain` pauses intake: hand on what we hold, then leave the broker."""
+        try:
+            paused = status.intake_paused(state_redis())
+        except Exception:  # Redis down: keep doing what we did; flush() reports the outage
+            return
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if paused:
+            log.warning(
+                "intake paused by an operator (manage.py drain); new messages wait in the broker",
+                hint="resume with manage.py drain --resume",
+            )
+            self._leave_broker()
+        else:
+            log.info("intake resumed")
+            self.next_connect_at = 0.0
+        self._report()
+
+    def run(self) -> None:
         log.info(
             "MQTT subscriber starting",
             host=self.config.host,
             port=self.config.port,
             client_id=self.config.client_id,
+            batch_size=self.config.batch_size,
+            batch_interval_ms=int(self.config.batch_interval * 1000),
         )
-        self.client.connect_async(
-            self.config.host,
-            self.config.port,
-            keepalive=self.config.keepalive,
-            clean_start=False,
-            properties=properties,
-        )
-        self.client.loop_start()
         try:
-            while not self.stopping.wait(status.HEARTBEAT_INTERVAL_SECONDS):
-                self._report()
+            while not self.stopping:
+                self.step()
         finally:
-            self.client.disconnect()
-            self.client.loop_stop()
-            # Best effort: the key expires by itself if Redis is unreachable now.
-            with contextlib.suppress(Exception):
-                status.clear_status(state_redis(), self.config.client_id)
-            log.info("MQTT subscriber stopped")
+            self._shutdown()
+
+    def _leave_broker(self) -> None:
+        """Hand on what we hold and acknowledge it, then disconnect; the session stays."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not self.flush(force=True):
+            self.client.loop(timeout=0.1)
+        for _ in range(20):  # let the acknowledgements reach the broker
+            if not self.client.want_write():
+                break
+            self.client.loop(timeout=0.05)
+        self.client.disconnect()
+
+    def _shutdown(self) -> None:
+        self._leave_broker()
+        try:
+            status.clear_status(state_redis(), self.config.client_id)
+        except Exception as exc:  # the key expires by itself
+            log.warning("could not clear subscriber status", error=str(exc))
+        metrics.MQTT_SUBSCRIBER_CONNECTED.labels(client_id=self.config.client_id).set(0)
+        log.info("MQTT subscriber stopped")
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         log.info("MQTT subscriber stopping", signal=signal.Signals(signum).name)
-        self.stopping.set()
+        self.stopping = True
 
 
 def main() -> None:

@@ -1,7 +1,13 @@
-"""WebSocket routes. The NOC dashboard consumer joins here (see the NOC issue)."""
+"""WebSocket routes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from django.urls import path
+
+from apps.noc.consumers import NocDashboardConsumer
+
+websocket_urlpatterns: list[Any] = [
+    path("ws/noc/dashboard/", NocDashboardConsumer.as_asgi()),
+]

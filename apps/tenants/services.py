@@ -17,6 +17,9 @@ def ensure_demo_operator(tenant_name: str, username: str, password_file: Path) -
     user, created = User.objects.get_or_create(
         username=username, defaults={"tenant": tenant, "is_staff": True}
     )
+    from apps.noc.auth import grant_operator_permissions
+
+    grant_operator_permissions(user)
     if created or not password_file.exists():
         password = secrets.token_urlsafe(12)
         user.set_password(password)

@@ -6,11 +6,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.test import Client
 
-from apps.monitoring.health import CheckResult, _per_queue
+from apps.core.tasks.celery_settings import QUEUES
+from apps.monitoring.health import CheckResult, _per_queue, canary_max_age
 from tests.services import Service
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,6 +23,7 @@ def running_bus(
     redis_client: object,
     mosquitto_broker: Service,
     all_queue_workers: list[Service],
+    canaries_consumed: None,
     start_subscriber: Callable[[], Service],
 ) -> Service:
     return start_subscriber()
@@ -75,6 +78,7 @@ def test_health_is_200_with_every_component_named_when_all_are_up(
     assert set(body["checks"]) == expected
     assert all(check["ok"] for check in body["checks"].values())
     assert body["checks"]["workers:critical"]["workers"] == [f"critical@{socket.gethostname()}"]
+    assert 0 <= body["checks"]["workers:critical"]["canary_age_s"] < 60
     assert "latency_ms" in body["checks"]["redis"]
 
 
@@ -108,20 +112,55 @@ def test_health_answers_within_its_bound_when_the_broker_hangs(
     assert elapsed < 2.0
 
 
+def every_queue_subscribed() -> CheckResult:
+    details = {queue.name: {"workers": [f"{queue.name}@h"]} for queue in QUEUES}
+    return CheckResult(ok=True, latency_ms=5.0, details=details)
+
+
+def canaries_run(seconds_ago: float, **overrides: Any) -> CheckResult:
+    details = {queue.name: time.time() - seconds_ago for queue in QUEUES} | overrides
+    return CheckResult(ok=True, latency_ms=1.0, details=details)
+
+
 def test_a_queue_without_a_consumer_fails_its_own_check():
     broadcast = CheckResult(
         ok=True,
         latency_ms=5.0,
         details={"critical": {"workers": ["critical@h"]}, "general": {"workers": []}},
     )
-    results = _per_queue(broadcast)
+    results = _per_queue(broadcast, canaries_run(1))
     assert results["workers:critical"].ok is True
     assert results["workers:general"].ok is False
     assert results["workers:general"].error == "no worker consumes the general queue"
     assert results["workers:ml_training"].ok is False
 
 
+def test_a_queue_whose_worker_answers_but_runs_no_canary_fails_its_own_check():
+    critical = QUEUES[0]
+    stale = canary_max_age(critical) + 5
+    results = _per_queue(
+        every_queue_subscribed(), canaries_run(1, critical=time.time() - stale, general=None)
+    )
+    assert results["workers:high_priority"].ok is True
+    assert results["workers:critical"].ok is False
+    assert "critical queue is not being consumed: its last canary ran" in str(
+        results["workers:critical"].error
+    )
+    assert results["workers:general"].ok is False
+    assert "no canary from the general queue has run yet" in str(results["workers:general"].error)
+
+
+def test_a_long_running_pool_is_given_its_time_limit_before_its_canary_counts_as_late():
+    ml_training = next(queue for queue in QUEUES if queue.name == "ml_training")
+    an_hour = 3600.0
+    assert canary_max_age(ml_training) > an_hour
+    results = _per_queue(every_queue_subscribed(), canaries_run(an_hour))
+    assert results["workers:ml_training"].ok is True
+    assert results["workers:critical"].ok is False
+
+
 def test_every_queue_check_fails_when_the_broadcast_itself_fails():
-    results = _per_queue(CheckResult(ok=False, latency_ms=1500.0, error="no answer within 1.5 s"))
+    failed = CheckResult(ok=False, latency_ms=1500.0, error="no answer within 1.5 s")
+    results = _per_queue(failed, canaries_run(1))
     assert {name for name, result in results.items() if not result.ok} == set(results)
     assert all(result.error == "no answer within 1.5 s" for result in results.values())

@@ -106,11 +106,22 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     "apps.mqtt.tasks.process_sensor_readings": GENERAL,
     "apps.mqtt.tasks.process_system_health": GENERAL,
     "apps.devices.tasks.detect_offline_devices": GENERAL,
+    # Default route only: beat sends one canary to *every* queue with queue= (BEAT_SCHEDULE).
     "apps.monitoring.tasks.canary": GENERAL,
     "apps.ml.tasks.train_model": ML_TRAINING,
     "apps.mqtt.tasks.publish_device_command": EXTERNAL_API,
     "apps.alerts.tasks.send_webhook": EXTERNAL_API,
     "apps.alerts.tasks.send_email": EXTERNAL_API,
+}
+
+# MQTT topic prefix -> the task that processes its messages (and so, through TASK_QUEUES, the
+# queue and priority). The subscriber accepts exactly these prefixes.
+TOPIC_ROUTES: Final[dict[str, str]] = {
+    "alert/": "apps.mqtt.tasks.process_device_alerts",
+    "guard/": "apps.mqtt.tasks.process_guard_gps",
+    "device/": "apps.mqtt.tasks.process_device_telemetry",
+    "sensor/": "apps.mqtt.tasks.process_sensor_readings",
+    "system/": "apps.mqtt.tasks.process_system_health",
 }
 
 TASK_ROUTES: Final[dict[str, dict[str, Any]]] = {
@@ -127,6 +138,46 @@ BROKER_TRANSPORT_OPTIONS: Final[dict[str, Any]] = {
 }
 
 
+def broker_list_keys(queue_name: str) -> list[str]:
+    """The Redis lists holding a queue's waiting messages, one per priority step.
+
+    kombu's Redis transport (Channel._q_for_pri) keeps step 0 under the bare queue name and
+    step n under `<queue><sep><n>`, with `sep` and the steps from BROKER_TRANSPORT_OPTIONS.
+    """
+    sep = BROKER_TRANSPORT_OPTIONS["sep"]
+    steps: list[int] = BROKER_TRANSPORT_OPTIONS["priority_steps"]
+    return [queue_name if step == 0 else f"{queue_name}{sep}{step}" for step in steps]
+
+
+# The health canary: a tiny task sent to each queue at top priority; the worker that runs it
+# records when, so health can tell a queue that is consumed from one whose worker merely answers.
+CANARY_TASK: Final = "apps.monitoring.tasks.canary"
+CANARY_INTERVAL_SECONDS: Final = 15
+
+
+def canary_options(queue_name: str) -> dict[str, Any]:
+    """apply_async options that put a canary at the head of `queue_name`."""
+    return {"queue": queue_name, "priority": PRIORITY_HIGHEST}
+
+
+# Periodic tasks run by Celery beat: name -> task, interval in seconds, arguments, options.
+BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
+    "detect-offline-devices": {
+        "task": "apps.devices.tasks.detect_offline_devices",
+        "schedule": 60.0,
+    },
+    **{
+        f"health-canary-{queue.name}": {
+            "task": CANARY_TASK,
+            "schedule": CANARY_INTERVAL_SECONDS,
+            "args": (queue.name,),
+            "options": canary_options(queue.name),
+        }
+        for queue in QUEUES
+    },
+}
+
+
 def celery_config() -> dict[str, Any]:
     """Celery settings shared by every process (lower-case Celery names)."""
     from kombu import Queue
@@ -138,7 +189,9 @@ def celery_config() -> dict[str, Any]:
         "task_routes": TASK_ROUTES,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": True,
+        # A task that fails outright (say the database is down while it dead-letters) stays
+        # unacknowledged and comes back after the visibility timeout instead of vanishing.
+        "task_acks_on_failure_or_timeout": False,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -146,6 +199,7 @@ def celery_config() -> dict[str, Any]:
         "result_backend": None,
         "broker_transport_options": BROKER_TRANSPORT_OPTIONS,
         "broker_connection_retry_on_startup": True,
+        "beat_schedule": BEAT_SCHEDULE,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "timezone": "UTC",

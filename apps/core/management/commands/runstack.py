@@ -114,8 +114,11 @@ class _Forwarder:
 
 
 def _health(url: str) -> tuple[bool, list[str]]:
+    request = urllib.request.Request(url)  # noqa: S310 (our own URL)
+    if settings.MONITORING_API_KEY:
+        request.add_header("Authorization", f"Bearer {settings.MONITORING_API_KEY}")
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (our own URL)
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
             return response.status == 200, []
     except urllib.error.HTTPError as exc:
         try:

@@ -1,0 +1,177 @@
+"""The device registry and what devices report. Every row belongs to a tenant.
+
+Readings carry the message's idempotency key under a unique constraint, so a redelivered
+message can never add a second row.
+"""
+
+from __future__ import annotations
+
+import math
+
+from django.db import models
+
+from apps.tenants.models import Tenant
+
+
+class Device(models.Model):
+    class Kind(models.TextChoices):
+        SENSOR = "sensor", "Sensor"
+        PANIC_BUTTON = "panic_button", "Panic button"
+        GPS_TRACKER = "gps_tracker", "Guard GPS tracker"
+        GATEWAY = "gateway", "Gateway"
+        DOOR = "door", "Door sensor"
+        SMOKE = "smoke", "Smoke detector"
+        CAMERA = "camera", "Camera"
+        OTHER = "other", "Other"
+
+    class Status(models.TextChoices):
+        ONLINE = "ONLINE", "Online"
+        OFFLINE = "OFFLINE", "Offline"
+        LOW_BATTERY = "LOW_BATTERY", "Low battery"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="devices")
+    # The id devices use in their topics (`device/<device_id>/telemetry`): unique system-wide,
+    # because the topic is how a message finds its tenant.
+    device_id = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OTHER)
+    name = models.CharField(max_length=100, blank=True)
+    site = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.ONLINE)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    battery = models.FloatField(null=True, blank=True)
+    signal = models.FloatField(null=True, blank=True)
+    auto_registered = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["device_id"]
+        indexes = [models.Index(fields=["tenant", "status"])]
+
+    def __str__(self) -> str:
+        return self.device_id
+
+
+class Guard(models.Model):
+    """A guard on patrol; its tracker publishes on `guard/<device_id>/gps`."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="guards")
+    name = models.CharField(max_length=100)
+    device = models.OneToOneField(
+        Device, on_delete=models.SET_NULL, null=True, blank=True, related_name="guard"
+    )
+    on_duty = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Geofence(models.Model):
+    """An area guards must stay in: a circle (centre + radius) or a polygon of [lat, lon]."""
+
+    class Shape(models.TextChoices):
+        CIRCLE = "circle", "Circle"
+        POLYGON = "polygon", "Polygon"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="geofences")
+    name = models.CharField(max_length=100)
+    shape = models.CharField(max_length=10, choices=Shape.choices)
+    center_lat = models.FloatField(null=True, blank=True)
+    center_lon = models.FloatField(null=True, blank=True)
+    radius_m = models.FloatField(null=True, blank=True)
+    polygon = models.JSONField(default=list, blank=True)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def contains(self, lat: float, lon: float) -> bool:
+        if self.shape == self.Shape.CIRCLE:
+            if self.center_lat is None or self.center_lon is None or self.radius_m is None:
+                return False
+            return haversine_m(lat, lon, self.center_lat, self.center_lon) <= self.radius_m
+        return point_in_polygon(lat, lon, [(float(p[0]), float(p[1])) for p in self.polygon])
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres."""
+    earth_radius_m = 6_371_000.0
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi, dlmb = math.radians(lat2 - lat1), math.radians(lon2 - lon1)
+    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
+    return 2 * earth_radius_m * math.asin(math.sqrt(a))
+
+
+def point_in_polygon(lat: float, lon: float, polygon: list[tuple[float, float]]) -> bool:
+    """Ray casting; adequate for site-sized polygons that do not cross the antimeridian."""
+    inside = False
+    count = len(polygon)
+    for i in range(count):
+        lat_i, lon_i = polygon[i]
+        lat_j, lon_j = polygon[i - 1]
+        if (lon_i > lon) != (lon_j > lon):
+            crossing = (lat_j - lat_i) * (lon - lon_i) / (lon_j - lon_i) + lat_i
+            if lat < crossing:
+                inside = not inside
+    return inside
+
+
+class Reading(models.Model):
+    """What every stored device message has: tenant, device, times and its idempotency key."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+    idempotency_key = models.CharField(max_length=160, unique=True)
+    recorded_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+        ordering = ["-recorded_at"]
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__} {self.idempotency_key}"
+
+
+class TelemetryReading(Reading):
+    battery = models.FloatField(null=True, blank=True)
+    signal = models.FloatField(null=True, blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    connectivity = models.CharField(max_length=32, blank=True)
+
+    class Meta(Reading.Meta):
+        indexes = [models.Index(fields=["device", "recorded_at"])]
+
+
+class GuardLocation(Reading):
+    lat = models.FloatField()
+    lon = models.FloatField()
+    accuracy = models.FloatField(null=True, blank=True)
+    inside_geofence = models.BooleanField(null=True)
+
+    class Meta(Reading.Meta):
+        indexes = [models.Index(fields=["device", "recorded_at"])]
+
+
+class SensorReading(Reading):
+    sensor_type = models.CharField(max_length=32)
+    value = models.FloatField(null=True, blank=True)
+    state = models.CharField(max_length=32, blank=True)
+
+    class Meta(Reading.Meta):
+        indexes = [models.Index(fields=["device", "recorded_at"])]
+
+
+class SystemHealthSample(Reading):
+    cpu = models.FloatField(null=True, blank=True)
+    memory = models.FloatField(null=True, blank=True)
+    disk = models.FloatField(null=True, blank=True)
+    uptime = models.BigIntegerField(null=True, blank=True)
+
+    class Meta(Reading.Meta):
+        indexes = [models.Index(fields=["device", "recorded_at"])]

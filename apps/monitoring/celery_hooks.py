@@ -1,0 +1,119 @@
+"""What every Celery process does for monitoring, installed once on the app (intelliwiz_config).
+
+- Each published task carries a `published_at` header, so /metrics/export/ can tell the age of
+  the oldest message waiting in a queue (Celery itself stores no send time).
+- Each worker writes a heartbeat per queue it consumes, from its own event loop, so
+  `celery_worker_up` costs one Redis SCAN per scrape instead of a broadcast to every worker.
+- A pool child that exits has its live gauges removed from the multiprocess directory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+from celery import Celery, bootsteps, signals
+from django.conf import settings
+
+from apps.core.redis_client import state_redis
+
+log = structlog.get_logger(__name__)
+
+PUBLISHED_AT_HEADER = "published_at"
+HEARTBEAT_KEY_PREFIX = "worker_heartbeat:"
+HEARTBEAT_INTERVAL_SECONDS = 5
+# A worker is up while its last heartbeat is younger than this; its key is kept for an hour
+# after, so a dead worker shows as 0 rather than vanishing from the metrics at once.
+HEARTBEAT_STALE_AFTER_SECONDS = 3 * HEARTBEAT_INTERVAL_SECONDS
+HEARTBEAT_KEY_TTL_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class WorkerHeartbeat:
+    queue: str
+    hostname: str
+    seen_at: float
+
+    @property
+    def up(self) -> bool:
+        return time.time() - self.seen_at < HEARTBEAT_STALE_AFTER_SECONDS
+
+
+def heartbeat_key(queue: str, hostname: str) -> str:
+    return f"{HEARTBEAT_KEY_PREFIX}{queue}:{hostname}"
+
+
+def read_worker_heartbeats(client: redis.Redis[str]) -> list[WorkerHeartbeat]:
+    keys = list(client.scan_iter(match=HEARTBEAT_KEY_PREFIX + "*", count=100))
+    if not keys:
+        return []
+    heartbeats = []
+    for key, value in zip(keys, client.mget(keys), strict=True):
+        if value is None:  # expired between SCAN and MGET
+            continue
+        queue, _, hostname = key.removeprefix(HEARTBEAT_KEY_PREFIX).partition(":")
+        heartbeats.append(WorkerHeartbeat(queue, hostname, float(value)))
+    return heartbeats
+
+
+class QueueHeartbeat(bootsteps.StartStopStep):
+    """Consumer bootstep: while the worker consumes, refresh one heartbeat key per queue.
+
+    It runs on the consumer's timer, so a worker whose event loop is stuck stops beating too.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_entry: Any = None
+
+    def start(self, parent: Any) -> None:
+        self.beat(parent)
+        self.timer_entry = parent.timer.call_repeatedly(
+            HEARTBEAT_INTERVAL_SECONDS, self.beat, (parent,), priority=10
+        )
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+    shutdown = stop
+
+    def beat(self, consumer: Any) -> None:
+        queues = [queue.name for queue in consumer.task_consumer.queues]
+        now = repr(time.time())
+        try:
+            with state_redis().pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.set(heartbeat_key(queue, consumer.hostname), now)
+                    pipe.expire(heartbeat_key(queue, consumer.hostname), HEARTBEAT_KEY_TTL_SECONDS)
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("Could not write the worker heartbeat to Redis", error=str(exc))
+
+
+def stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is not None:
+        headers.setdefault(PUBLISHED_AT_HEADER, time.time())
+
+
+def forget_exited_child(pid: int | None = None, **_: Any) -> None:
+    from apps.monitoring.exporter import forget_process
+
+    if pid is not None and settings.PROMETHEUS_MULTIPROC_DIR.is_dir():
+        forget_process(pid, settings.PROMETHEUS_MULTIPROC_DIR)
+
+
+def install(app: Celery) -> None:
+    app.steps["consumer"].add(QueueHeartbeat)
+    signals.before_task_publish.connect(
+        stamp_publish_time, weak=False, dispatch_uid="monitoring.stamp_publish_time"
+    )
+    signals.worker_process_shutdown.connect(
+        forget_exited_child, weak=False, dispatch_uid="monitoring.forget_exited_child"
+    )

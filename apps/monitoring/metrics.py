@@ -1,0 +1,173 @@
+"""Every Prometheus metric of the system, declared once.
+
+Processes record into these objects; `/metrics/export/` aggregates every process on the host
+(prometheus_client multiprocess mode, PROMETHEUS_MULTIPROC_DIR) and adds gauges read from Redis
+at scrape time (queue depths, oldest message age, workers per queue, breaker states).
+Dashboards and alert rules in deploy/ must only use names declared here; a test checks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
+
+# In multiprocess mode each declaration below opens a file in this directory at once.
+settings.PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+
+# --- MQTT intake (the subscriber) ---------------------------------------------------------
+
+MQTT_MESSAGES_RECEIVED = Counter(
+    "mqtt_messages_received_total",
+    "MQTT messages received by the subscriber, by topic prefix",
+    ["prefix"],
+)
+MQTT_MESSAGES_REJECTED = Counter(
+    "mqtt_messages_rejected_total",
+    "MQTT messages rejected before queueing, by reason",
+    ["reason"],
+)
+MQTT_MESSAGES_ENQUEUED = Counter(
+    "mqtt_messages_enqueued_total",
+    "MQTT messages handed to Celery (acknowledged to the broker afterwards), by queue",
+    ["queue"],
+)
+DEAD_LETTERS = Counter(
+    "dead_letters_total",
+    "Messages written to the dead-letter store, by stage and reason",
+    ["stage", "reason"],
+)
+MQTT_SUBSCRIBER_CONNECTED = Gauge(
+    "celery_mqtt_subscriber_connected",
+    "1 while this subscriber process holds a connection to the MQTT broker",
+    ["client_id"],
+    multiprocess_mode="livemax",
+)
+MQTT_BATCH_SIZE = Histogram(
+    "mqtt_batch_size",
+    "Messages per task flushed by the subscriber, by queue",
+    ["queue"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
+)
+
+# --- Celery tasks -------------------------------------------------------------------------
+
+TASKS_RECEIVED = Counter(
+    "celery_tasks_received_total", "Tasks started by a worker", ["task", "queue"]
+)
+TASKS_SUCCEEDED = Counter(
+    "celery_tasks_succeeded_total", "Tasks that finished without error", ["task", "queue"]
+)
+TASKS_FAILED = Counter(
+    "celery_tasks_failed_total", "Tasks that failed for good (dead-lettered)", ["task", "queue"]
+)
+TASKS_RETRIED = Counter(
+    "celery_tasks_retried_total", "Task retries scheduled after an error", ["task", "queue"]
+)
+TASK_RUNTIME = Histogram(
+    "celery_task_runtime_seconds",
+    "Task run time",
+    ["task", "queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+MESSAGES_PROCESSED = Counter(
+    "bus_messages_processed_total",
+    "Device messages stored by the processing tasks, by kind (duplicates excluded)",
+    ["kind"],
+)
+MESSAGES_DUPLICATE = Counter(
+    "bus_messages_duplicate_total",
+    "Redelivered device messages recognised by their idempotency key and skipped, by kind",
+    ["kind"],
+)
+END_TO_END_LATENCY = Histogram(
+    "bus_end_to_end_latency_seconds",
+    "From MQTT receipt by the subscriber to the NOC broadcast, by kind",
+    ["kind"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+# --- NOC fan-out --------------------------------------------------------------------------
+
+WEBSOCKET_BROADCAST_SUCCESS = Counter(
+    "celery_websocket_broadcast_success_total",
+    "Broadcasts handed to the channel layer, by event type",
+    ["message_type"],
+)
+WEBSOCKET_BROADCAST_FAILURE = Counter(
+    "celery_websocket_broadcast_failure_total",
+    "Broadcasts the channel layer refused or failed, by event type",
+    ["message_type"],
+)
+WEBSOCKET_CONNECTIONS = Gauge(
+    "websocket_connections_active",
+    "Open NOC WebSocket connections",
+    multiprocess_mode="livesum",
+)
+
+# --- Outbound calls -----------------------------------------------------------------------
+
+CIRCUIT_BREAKER_TRANSITIONS = Counter(
+    "circuit_breaker_transitions_total",
+    "Circuit breaker state changes, by service and new state",
+    ["service", "state"],
+)
+
+# --- Read from Redis at scrape time (apps/monitoring/exporter.py) -------------------------
+
+
+@dataclass(frozen=True)
+class ScrapeGauge:
+    """A gauge computed by /metrics/export/ from Redis on each scrape, not recorded by a process."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...] = ()
+
+    def family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=list(self.labels))
+
+
+QUEUE_DEPTH = ScrapeGauge(
+    "celery_queue_depth", "Tasks waiting in each queue, all priority levels", ("queue",)
+)
+QUEUE_OLDEST_MESSAGE_AGE = ScrapeGauge(
+    "celery_queue_oldest_message_age_seconds",
+    "Age of the oldest task waiting in each queue (0 when empty)",
+    ("queue",),
+)
+QUEUE_CANARY_AGE = ScrapeGauge(
+    "celery_queue_canary_age_seconds",
+    "Seconds since a worker last ran each queue's health canary (absent: never)",
+    ("queue",),
+)
+WORKER_UP = ScrapeGauge(
+    "celery_worker_up",
+    "1 while a worker node's heartbeat for the queue it consumes is fresh, 0 once it is stale",
+    ("queue", "hostname"),
+)
+MQTT_SUBSCRIBERS_CONNECTED = ScrapeGauge(
+    "celery_mqtt_subscriber_connected_total",
+    "MQTT subscribers currently connected to the broker (the runbook's alert name)",
+)
+CIRCUIT_BREAKER_STATE = ScrapeGauge(
+    "circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", ("service",)
+)
+BUS_STATE_READABLE = ScrapeGauge(
+    "message_bus_redis_up",
+    "1 when this scrape could read the bus state (queues, workers, breakers) from Redis",
+)
+
+
+def exported_names() -> frozenset[str]:
+    """Every series name /metrics/export/ can emit, with the suffixes Prometheus adds."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    names = {value.name for value in globals().values() if isinstance(value, ScrapeGauge)}
+    for value in globals().values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                names.update(family.name + suffix for suffix in suffixes[family.type])
+    return frozenset(names)

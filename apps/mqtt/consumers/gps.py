@@ -1,0 +1,62 @@
+"""guard/<id>/gps: store positions; leaving every active geofence raises GEOFENCE_VIOLATION."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apps.alerts.models import AlertType, Severity
+from apps.alerts.services import AlertSignal, raise_alert
+from apps.core.tasks.base import Batch, Outcome
+from apps.devices.models import Geofence, GuardLocation
+from apps.mqtt.consumers.common import reading_fields, telemetry_updates
+from apps.mqtt.schemas import GpsPayload
+
+
+def process(batch: Batch) -> Outcome:
+    outcome = Outcome()
+    tenant_ids = {device.tenant_id for device in batch.devices.values()}
+    fences: dict[int, list[Geofence]] = {tenant_id: [] for tenant_id in tenant_ids}
+    for fence in Geofence.objects.filter(tenant_id__in=tenant_ids, active=True):
+        fences[fence.tenant_id].append(fence)
+
+    rows: list[GuardLocation] = []
+    updates: dict[str, dict[str, Any]] = {}
+    for envelope in batch.messages:
+        payload = GpsPayload.model_validate(envelope.payload)
+        device = batch.device(envelope)
+        tenant_fences = fences[device.tenant_id]
+        inside = (
+            any(fence.contains(payload.lat, payload.lon) for fence in tenant_fences)
+            if tenant_fences
+            else None
+        )
+        rows.append(
+            GuardLocation(
+                **reading_fields(batch, envelope, payload.timestamp),
+                lat=payload.lat,
+                lon=payload.lon,
+                accuracy=payload.accuracy,
+                inside_geofence=inside,
+            )
+        )
+        if inside is False:
+            names = ", ".join(fence.name for fence in tenant_fences)
+            signal = AlertSignal(
+                device=device,
+                alert_type=AlertType.GEOFENCE_VIOLATION,
+                severity=Severity.HIGH,
+                seen_at=payload.timestamp,
+                message=f"outside every active geofence ({names})",
+                lat=payload.lat,
+                lon=payload.lon,
+            )
+            outcome.events.append(raise_alert(signal))
+        updates[envelope.source_id] = {
+            "lat": payload.lat,
+            "lon": payload.lon,
+            "inside_geofence": inside,
+            "recorded_at": payload.timestamp.isoformat(),
+        }
+    GuardLocation.objects.bulk_create(rows)
+    outcome.events.extend(telemetry_updates(updates, batch))
+    return outcome

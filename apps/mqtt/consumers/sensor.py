@@ -1,0 +1,82 @@
+"""sensor/<id>/<kind>: store readings; per-type threshold rules raise alerts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from apps.alerts.models import AlertType, Severity
+from apps.alerts.services import AlertSignal, raise_alert
+from apps.core.tasks.base import Batch, Outcome
+from apps.devices.models import SensorReading
+from apps.mqtt.consumers.common import reading_fields, telemetry_updates
+from apps.mqtt.schemas import SensorPayload
+
+
+@dataclass(frozen=True)
+class SensorRule:
+    sensor_type: str
+    fires: Callable[[SensorPayload], bool]
+    alert_type: str
+    severity: str
+    describe: Callable[[SensorPayload], str]
+
+
+def _smoke_over_threshold(payload: SensorPayload) -> bool:
+    return payload.value is not None and payload.value > settings.SMOKE_ALARM_THRESHOLD
+
+
+RULES: tuple[SensorRule, ...] = (
+    SensorRule(
+        "smoke",
+        _smoke_over_threshold,
+        AlertType.FIRE,
+        Severity.CRITICAL,
+        lambda p: f"smoke level {p.value:g} above {settings.SMOKE_ALARM_THRESHOLD:g}",
+    ),
+    SensorRule(
+        "door",
+        lambda p: p.state == "FORCED",
+        AlertType.INTRUSION,
+        Severity.CRITICAL,
+        lambda p: "door forced open",
+    ),
+)
+
+
+def process(batch: Batch) -> Outcome:
+    outcome = Outcome()
+    rows: list[SensorReading] = []
+    updates: dict[str, dict[str, Any]] = {}
+    for envelope in batch.messages:
+        payload = SensorPayload.model_validate(envelope.payload)
+        rows.append(
+            SensorReading(
+                **reading_fields(batch, envelope, payload.timestamp),
+                sensor_type=payload.type,
+                value=payload.value,
+                state=payload.state or "",
+            )
+        )
+        for rule in RULES:
+            if rule.sensor_type == payload.type and rule.fires(payload):
+                signal = AlertSignal(
+                    device=batch.device(envelope),
+                    alert_type=rule.alert_type,
+                    severity=rule.severity,
+                    seen_at=payload.timestamp,
+                    message=rule.describe(payload),
+                )
+                outcome.events.append(raise_alert(signal))
+        updates[envelope.source_id] = {
+            "sensor_type": payload.type,
+            "value": payload.value,
+            "state": payload.state,
+            "recorded_at": payload.timestamp.isoformat(),
+        }
+    SensorReading.objects.bulk_create(rows)
+    outcome.events.extend(telemetry_updates(updates, batch))
+    return outcome

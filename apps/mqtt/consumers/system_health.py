@@ -1,0 +1,61 @@
+"""system/<id>/health: store samples; CPU, memory or disk above the limit raises an alert."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from apps.alerts.models import AlertType, Severity
+from apps.alerts.services import AlertSignal, clear_alert, raise_alert
+from apps.core.tasks.base import Batch, Outcome
+from apps.devices.models import SystemHealthSample
+from apps.mqtt.consumers.common import reading_fields, telemetry_updates
+from apps.mqtt.schemas import SystemHealthPayload
+
+
+def process(batch: Batch) -> Outcome:
+    outcome = Outcome()
+    rows: list[SystemHealthSample] = []
+    latest: dict[str, SystemHealthPayload] = {}
+    for envelope in batch.messages:
+        payload = SystemHealthPayload.model_validate(envelope.payload)
+        rows.append(
+            SystemHealthSample(
+                **reading_fields(batch, envelope, payload.timestamp),
+                cpu=payload.cpu,
+                memory=payload.memory,
+                disk=payload.disk,
+                uptime=payload.uptime,
+            )
+        )
+        current = latest.get(envelope.source_id)
+        if current is None or payload.timestamp >= current.timestamp:
+            latest[envelope.source_id] = payload
+    SystemHealthSample.objects.bulk_create(rows)
+
+    limit = settings.SYSTEM_RESOURCE_ALERT_PERCENT
+    updates: dict[str, dict[str, Any]] = {}
+    for source_id, payload in latest.items():
+        device = batch.devices[source_id]
+        resources = {"cpu": payload.cpu, "memory": payload.memory, "disk": payload.disk}
+        over = {
+            name: value for name, value in resources.items() if value is not None and value > limit
+        }
+        if over:
+            detail = ", ".join(f"{name} {value:g} %" for name, value in over.items())
+            signal = AlertSignal(
+                device=device,
+                alert_type=AlertType.SYSTEM_HEALTH,
+                severity=Severity.HIGH,
+                seen_at=payload.timestamp,
+                message=f"{detail} (limit {limit:g} %)",
+            )
+            outcome.events.append(raise_alert(signal))
+        else:
+            cleared = clear_alert(device, AlertType.SYSTEM_HEALTH, "resources back under the limit")
+            if cleared:
+                outcome.events.append(cleared)
+        updates[source_id] = {**resources, "recorded_at": payload.timestamp.isoformat()}
+    outcome.events.extend(telemetry_updates(updates, batch))
+    return outcome

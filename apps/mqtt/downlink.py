@@ -1,0 +1,83 @@
+"""Commands to devices over MQTT, on one persistent connection per worker process.
+
+Publish errors are raised, never swallowed, so the circuit breaker sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from django.conf import settings
+from paho.mqtt.enums import CallbackAPIVersion
+
+log = structlog.get_logger(__name__)
+
+COMMAND_TOPIC = "command/{device_id}/{command}"
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
+class DownlinkError(Exception):
+    pass
+
+
+class Downlink:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._lock = threading.Lock()
+        self._client: mqtt.Client | None = None
+
+    def _connected_client(self) -> mqtt.Client:
+        if self._client is not None and self._client.is_connected():
+            return self._client
+        if self._client is not None:
+            self._client.loop_stop()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"downlink-{uuid.uuid4().hex[:12]}",
+            protocol=mqtt.MQTTv5,
+        )
+        if settings.MQTT_USERNAME:
+            client.username_pw_set(settings.MQTT_USERNAME, settings.MQTT_PASSWORD)
+        connected = threading.Event()
+        client.on_connect = lambda *args: connected.set()
+        try:
+            client.connect(self.host, self.port, keepalive=30)
+        except OSError as exc:
+            raise DownlinkError(
+                f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}"
+            ) from exc
+        client.loop_start()
+        if not connected.wait(PUBLISH_TIMEOUT_SECONDS) or not client.is_connected():
+            client.loop_stop()
+            raise DownlinkError(
+                f"MQTT broker at {self.host}:{self.port} did not accept the connection"
+            )
+        self._client = client
+        return client
+
+    def publish(self, device_id: str, command: str, params: dict[str, Any]) -> None:
+        topic = COMMAND_TOPIC.format(device_id=device_id, command=command)
+        body = json.dumps({"command": command, "params": params})
+        with self._lock:
+            info = self._connected_client().publish(topic, body, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise DownlinkError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        info.wait_for_publish(timeout=PUBLISH_TIMEOUT_SECONDS)
+        if not info.is_published():
+            raise DownlinkError(f"broker did not acknowledge the command on {topic} in time")
+
+
+_downlink: Downlink | None = None
+
+
+def downlink() -> Downlink:
+    """This process's downlink (created on first use, so after a worker forks)."""
+    global _downlink
+    if _downlink is None:
+        _downlink = Downlink(settings.MQTT_HOST, settings.MQTT_PORT)
+    return _downlink

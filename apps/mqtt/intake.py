@@ -1,0 +1,159 @@
+"""Validation of one MQTT message, before anything is queued.
+
+`Intake.check()` turns (topic, payload bytes) into either an `Envelope` (what the processing
+task receives) or a `Rejection` with a stated reason. It is used by the subscriber and by
+`manage.py dead_letters replay`, so a replayed message passes exactly the same checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from django.conf import settings
+from pydantic import ValidationError
+
+from apps.core.tasks.celery_settings import TOPIC_ROUTES
+from apps.mqtt import schemas
+from apps.mqtt.directory import DeviceDirectory
+
+log = structlog.get_logger(__name__)
+
+
+class Reason(StrEnum):
+    TOPIC = "topic"
+    SIZE = "size"
+    ENCODING = "encoding"
+    JSON = "json"
+    NOT_OBJECT = "not_object"
+    SCHEMA = "schema"
+    ID_MISMATCH = "id_mismatch"
+    UNKNOWN_DEVICE = "unknown_device"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    INTERNAL = "internal_error"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A validated message on its way to a processing task (JSON-serialisable)."""
+
+    key: str
+    topic: str
+    source_id: str
+    kind: str
+    payload: dict[str, Any]
+    received_at: float
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Envelope:
+        return cls(**message)
+
+    @property
+    def task_name(self) -> str:
+        return TOPIC_ROUTES[self.topic[: self.topic.index("/") + 1]]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: Reason
+    detail: str
+    topic: str
+    payload: bytes
+    received_at: float
+
+
+def idempotency_key(source_id: str, msg_id: str | None, topic: str, payload: bytes) -> str:
+    """The device's own message id when it sends one, else a hash of topic and payload."""
+    if msg_id:
+        return f"{source_id}:{msg_id}"
+    digest = hashlib.sha256(topic.encode() + b"\n" + payload).hexdigest()
+    return f"sha256:{digest}"
+
+
+def _schema_detail(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(part) for part in item["loc"]) or "payload"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class Intake:
+    def __init__(self, directory: DeviceDirectory | None = None) -> None:
+        self.directory = directory or DeviceDirectory()
+        self.max_bytes: int = settings.MQTT_MAX_PAYLOAD_BYTES
+        self.max_skew = timedelta(seconds=settings.MAX_CLOCK_SKEW_SECONDS)
+
+    def check(
+        self, topic: str, payload: bytes, received_at: float | None = None
+    ) -> Envelope | Rejection:
+        received_at = time.time() if received_at is None else received_at
+
+        def reject(reason: Reason, detail: str) -> Rejection:
+            return Rejection(reason, detail, topic, payload, received_at)
+
+        try:
+            parsed = schemas.parse_topic(topic)
+        except schemas.TopicError as exc:
+            return reject(Reason.TOPIC, str(exc))
+        if len(payload) > self.max_bytes:
+            return reject(
+                Reason.SIZE,
+                f"payload is {len(payload)} bytes; the limit is {self.max_bytes} "
+                "(MQTT_MAX_PAYLOAD_BYTES)",
+            )
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return reject(
+                Reason.ENCODING, f"payload is not UTF-8 ({exc.reason} at byte {exc.start})"
+            )
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
+            return reject(Reason.JSON, f"payload is not JSON: {exc}")
+        if not isinstance(document, dict):
+            return reject(
+                Reason.NOT_OBJECT, f"payload is a JSON {type(document).__name__}, not an object"
+            )
+        try:
+            message = parsed.kind.model.model_validate(document)
+        except ValidationError as exc:
+            return reject(Reason.SCHEMA, _schema_detail(exc))
+        claimed = message.claimed_source()
+        if claimed is not None and claimed != parsed.source_id:
+            return reject(
+                Reason.ID_MISMATCH,
+                f"payload {message.source_field}={claimed!r} does not match topic id "
+                f"{parsed.source_id!r}",
+            )
+        now = datetime.fromtimestamp(received_at, tz=UTC)
+        if message.timestamp - now > self.max_skew:
+            return reject(
+                Reason.FUTURE_TIMESTAMP,
+                f"timestamp {message.timestamp.isoformat()} is more than "
+                f"{int(self.max_skew.total_seconds())} s ahead of the server clock",
+            )
+        if not self.directory.admit(parsed.source_id, parsed.prefix):
+            return reject(
+                Reason.UNKNOWN_DEVICE,
+                f"device {parsed.source_id!r} is not registered "
+                "(manage.py register_device, or DEVICE_AUTO_REGISTER)",
+            )
+        return Envelope(
+            key=idempotency_key(parsed.source_id, message.msg_id, topic, payload),
+            topic=topic,
+            source_id=parsed.source_id,
+            kind=parsed.kind.name,
+            payload=message.model_dump(mode="json"),
+            received_at=received_at,
+        )

@@ -1,0 +1,25 @@
+"""`/api/`: tokens, alerts, devices, readings, and the OpenAPI schema describing them."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from apps.noc.api.views import AlertViewSet, DeviceViewSet
+
+app_name = "api"
+
+router = DefaultRouter()
+router.register("alerts", AlertViewSet, basename="alert")
+router.register("devices", DeviceViewSet, basename="device")
+
+urlpatterns = [
+    # The obtain view's serializer (tokens that carry the tenant) is set in SIMPLE_JWT.
+    path("token/", TokenObtainPairView.as_view(), name="token-obtain"),
+    path("token/refresh/", TokenRefreshView.as_view(), name="token-refresh"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("", include(router.urls)),
+]

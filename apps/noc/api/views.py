@@ -1,0 +1,219 @@
+"""The REST API: alerts (read and act on), devices, readings — all of the caller's tenant only.
+
+Every queryset starts from `request.user.tenant`, so another tenant's id is simply not found
+(404, never 403) and a user without a tenant sees nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db import transaction
+from django.db.models import QuerySet
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException
+from rest_framework.generics import get_object_or_404
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer, Serializer
+from rest_framework.views import APIView
+
+from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
+from apps.alerts.services import TransitionError, transition
+from apps.devices.models import Device
+from apps.noc.api.serializers import (
+    READING_SERIALIZERS,
+    AlertFilterSerializer,
+    AlertNoteSerializer,
+    AlertSerializer,
+    DeviceDetailSerializer,
+    DeviceFilterSerializer,
+    DeviceSerializer,
+    ReadingQuerySerializer,
+    readings_of,
+)
+from apps.noc.auth import ALERT_ACTION_PERMISSION, NOC_PERMISSION
+from apps.noc.broadcast import broadcast_events
+from apps.tenants.models import User
+
+
+class HasNocAccess(BasePermission):
+    message = f"This needs the {NOC_PERMISSION} permission."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user.is_authenticated and request.user.has_perm(NOC_PERMISSION))
+
+
+class CanActOnAlerts(BasePermission):
+    message = f"Acting on alerts needs the {ALERT_ACTION_PERMISSION} permission."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(
+            request.user.is_authenticated and request.user.has_perm(ALERT_ACTION_PERMISSION)
+        )
+
+
+class AlertConflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+def caller_tenant_id(request: Request) -> int | None:
+    user = request.user
+    return user.tenant_id if isinstance(user, User) else None
+
+
+def validated_query(serializer_class: type[Serializer[Any]], request: Request) -> dict[str, Any]:
+    """Query parameters checked by a serializer; a bad one is a 400 that names it."""
+    # A plain dict, not the QueryDict: DRF would read an absent boolean in form data as false.
+    query = serializer_class(data=request.query_params.dict())
+    query.is_valid(raise_exception=True)
+    return dict(query.validated_data)
+
+
+def alert_action(summary: str) -> Callable[[Callable[..., Response]], Any]:
+    """A POST on one alert that moves it to another status (needs the alert action permission)."""
+
+    def decorate(method: Callable[..., Response]) -> Any:
+        as_action = action(
+            detail=True, methods=["post"], permission_classes=[HasNocAccess, CanActOnAlerts]
+        )(method)
+        return extend_schema(
+            summary=summary,
+            request=AlertNoteSerializer,
+            responses={
+                200: AlertSerializer,
+                409: OpenApiResponse(description="The alert's status does not allow this move."),
+            },
+        )(as_action)
+
+    return decorate
+
+
+ALERT_FILTER_LOOKUPS = {
+    "status": "status",
+    "severity": "severity",
+    "alert_type": "alert_type",
+    "device": "source_id",
+    "site": "device__site",
+}
+
+
+@extend_schema_view(list=extend_schema(parameters=[AlertFilterSerializer]))
+class AlertViewSet(viewsets.ReadOnlyModelViewSet[Alert]):
+    """The tenant's alerts, newest first."""
+
+    serializer_class = AlertSerializer
+    permission_classes = [HasNocAccess]
+
+    def get_queryset(self) -> QuerySet[Alert]:
+        tenant_id = caller_tenant_id(self.request)
+        if tenant_id is None:
+            return Alert.objects.none()
+        alerts = (
+            Alert.objects.filter(tenant_id=tenant_id)
+            .select_related("device")
+            .order_by("-last_seen", "-id")
+        )
+        if self.action != "list":
+            return alerts
+        filters = validated_query(AlertFilterSerializer, self.request)
+        active = filters.pop("active", None)
+        if active is True:
+            alerts = alerts.filter(status__in=ACTIVE_STATUSES)
+        elif active is False:
+            alerts = alerts.exclude(status__in=ACTIVE_STATUSES)
+        return alerts.filter(
+            **{ALERT_FILTER_LOOKUPS[name]: value for name, value in filters.items()}
+        )
+
+    @alert_action("Acknowledge an alert")
+    def acknowledge(self, request: Request, pk: str) -> Response:
+        return self._move(request, AlertStatus.ACKNOWLEDGED)
+
+    @alert_action("Start work on an alert (IN_PROGRESS)")
+    def start(self, request: Request, pk: str) -> Response:
+        return self._move(request, AlertStatus.IN_PROGRESS)
+
+    @alert_action("Resolve an alert")
+    def resolve(self, request: Request, pk: str) -> Response:
+        return self._move(request, AlertStatus.RESOLVED)
+
+    @alert_action("Close an alert as a false alarm")
+    def false_alarm(self, request: Request, pk: str) -> Response:
+        return self._move(request, AlertStatus.FALSE_ALARM)
+
+    def _move(self, request: Request, to_status: str) -> Response:
+        body = AlertNoteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        operator = request.user
+        assert isinstance(operator, User)  # HasNocAccess let only authenticated users in
+        with transaction.atomic():
+            # Locked, so two operators acting at once cannot both move it from the same status.
+            alert = get_object_or_404(
+                self.get_queryset().select_for_update(of=("self",)), pk=self.kwargs["pk"]
+            )
+            try:
+                event = transition(alert, to_status, by=operator, note=body.validated_data["note"])
+            except TransitionError as exc:
+                raise AlertConflict(str(exc)) from None
+            transaction.on_commit(lambda: broadcast_events([event]))
+        return Response(AlertSerializer(alert).data)
+
+
+READINGS_RESPONSE = PolymorphicProxySerializer(
+    component_name="Reading",
+    serializers=list(READING_SERIALIZERS.values()),
+    resource_type_field_name=None,
+    many=True,
+)
+
+
+@extend_schema_view(list=extend_schema(parameters=[DeviceFilterSerializer]))
+class DeviceViewSet(viewsets.ReadOnlyModelViewSet[Device]):
+    """The tenant's devices; the detail adds the latest telemetry, location and sensor reading."""
+
+    permission_classes = [HasNocAccess]
+    lookup_field = "device_id"
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self) -> QuerySet[Device]:
+        tenant_id = caller_tenant_id(self.request)
+        if tenant_id is None:
+            return Device.objects.none()
+        devices = Device.objects.filter(tenant_id=tenant_id).order_by("device_id")
+        if self.action != "list":
+            return devices
+        return devices.filter(**validated_query(DeviceFilterSerializer, self.request))
+
+    def get_serializer_class(self) -> type[BaseSerializer[Device]]:
+        return DeviceDetailSerializer if self.action == "retrieve" else DeviceSerializer
+
+    @extend_schema(
+        summary="A device's readings of one kind, newest first, in [since, until)",
+        parameters=[ReadingQuerySerializer],
+        responses=READINGS_RESPONSE,
+    )
+    @action(detail=True, methods=["get"])
+    def readings(self, request: Request, device_id: str) -> Response:
+        device = self.get_object()
+        query = validated_query(ReadingQuerySerializer, request)
+        serializer_class = READING_SERIALIZERS[query["kind"]]
+        readings = readings_of(serializer_class, device)
+        if "since" in query:
+            readings = readings.filter(recorded_at__gte=query["since"])
+        if "until" in query:
+            readings = readings.filter(recorded_at__lt=query["until"])
+        paginator = self.paginator  # typed for devices, so used directly for readings
+        assert paginator is not None  # REST_FRAMEWORK sets DEFAULT_PAGINATION_CLASS
+        page = paginator.paginate_queryset(readings, request, view=self)
+        return paginator.get_paginated_response(serializer_class(page, many=True).data)

@@ -1,0 +1,90 @@
+"""Who may watch a tenant's NOC: JWTs (REST and WebSocket alike) and the NOC permissions.
+
+Tokens are signed with HS256 only (pinned; `alg=none` and every other algorithm are refused),
+carry `aud`, `iss`, `exp`, `iat`, `nbf` and the user's `tenant_id`, and are checked in full
+on every use. The WebSocket takes them from the `Authorization: Bearer` header only: a token in
+a URL ends up in access logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import Permission
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, Token
+
+from apps.tenants.models import User
+
+NOC_PERMISSION = "alerts.view_noc_dashboard"
+ALERT_ACTION_PERMISSION = "alerts.change_alert"
+REQUIRED_CLAIMS = ("exp", "iat", "nbf", "aud", "iss", "tenant_id")
+
+# WebSocket close codes: 4401 "who are you?", 4403 "not for you".
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+class TokenRefusedError(Exception):
+    def __init__(self, reason: str, close_code: int = CLOSE_UNAUTHENTICATED) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+
+
+def _with_tenant(token: Token, user: User) -> Token:
+    token["tenant_id"] = user.tenant_id
+    token["nbf"] = token["iat"]
+    return token
+
+
+class TenantTokenObtainPairSerializer(TokenObtainPairSerializer):
+    """`/api/token/`: the pair carries the user's tenant."""
+
+    @classmethod
+    def get_token(cls, user: Any) -> Token:
+        return _with_tenant(super().get_token(user), user)
+
+
+def issue_refresh_token(user: User) -> RefreshToken:
+    token = _with_tenant(RefreshToken.for_user(user), user)
+    assert isinstance(token, RefreshToken)
+    return token
+
+
+def issue_access_token(user: User) -> str:
+    return str(issue_refresh_token(user).access_token)
+
+
+def user_from_token(raw: str) -> tuple[User, dict[str, Any]]:
+    """The active user a valid access token names, with its claims; else TokenRefusedError."""
+    try:
+        token = AccessToken(raw.encode())  # type: ignore[arg-type]
+    except TokenError as exc:
+        raise TokenRefusedError(f"invalid token: {exc}") from None
+    claims = dict(token.payload)
+    missing = [claim for claim in REQUIRED_CLAIMS if claims.get(claim) is None]
+    if missing:
+        raise TokenRefusedError(f"token lacks {', '.join(missing)}")
+    try:
+        user = User.objects.select_related("tenant").get(pk=claims["user_id"], is_active=True)
+    except (User.DoesNotExist, KeyError, ValueError):
+        raise TokenRefusedError("token names no active user") from None
+    if user.tenant_id is None or user.tenant_id != claims["tenant_id"]:
+        raise TokenRefusedError("token's tenant does not match the user's")
+    return user, claims
+
+
+def require_noc_access(user: User) -> None:
+    if user.tenant_id is None:
+        raise TokenRefusedError("user belongs to no tenant")
+    if not user.has_perm(NOC_PERMISSION):
+        raise TokenRefusedError(f"user lacks {NOC_PERMISSION}", CLOSE_FORBIDDEN)
+
+
+def grant_operator_permissions(user: User) -> None:
+    """What an operator needs: watch the NOC and act on alerts."""
+    codenames = [perm.split(".", 1)[1] for perm in (NOC_PERMISSION, ALERT_ACTION_PERMISSION)]
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="alerts", codename__in=codenames)
+    )

@@ -1,0 +1,288 @@
+"""`/ws/noc/dashboard/`: one tenant's live stream of alerts, device states and telemetry.
+
+Authentication happens before anything is sent or any group joined: a JWT in the
+`Authorization: Bearer` header, or the session of a logged-in dashboard user whose browser
+sent an allowed Origin. Refusals close with 4401 (who are you?) or 4403 (not for you); the
+handshake completes only to carry that code. Handler names equal event types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from typing import Any
+
+import structlog
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import transaction
+from pydantic import ValidationError
+
+from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
+from apps.alerts.services import TransitionError, serialize_alert, transition
+from apps.devices.models import Device
+from apps.devices.status import device_state
+from apps.monitoring import metrics
+from apps.noc import auth
+from apps.noc.broadcast import broadcast_events
+from apps.noc.groups import tenant_group
+from apps.noc.messages import (
+    AcknowledgeAlert,
+    Filters,
+    Heartbeat,
+    ResolveAlert,
+    Subscribe,
+    Unsubscribe,
+    client_message,
+)
+from apps.tenants.models import User
+
+log = structlog.get_logger(__name__)
+
+CLOSE_TOO_MANY_MESSAGES = 4429
+# Application codes: Daphne (autobahn) may only send 1000 or 3000-4999.
+CLOSE_MESSAGE_TOO_BIG = 4009
+SNAPSHOT_ALERTS = 500
+SNAPSHOT_DEVICES = 2000
+
+
+def _bearer_token(scope: dict[str, Any]) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"authorization":
+            kind, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if kind.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def _has_origin(scope: dict[str, Any]) -> bool:
+    return any(name.lower() == b"origin" for name, _ in scope.get("headers", []))
+
+
+@database_sync_to_async
+def _authenticate(scope: dict[str, Any]) -> tuple[User, float | None]:
+    """The user and, for a token, when it expires; raises auth.TokenRefusedError."""
+    if b"token=" in scope.get("query_string", b"") or b"jwt=" in scope.get("query_string", b""):
+        raise auth.TokenRefusedError("tokens are not accepted in the URL; use the header")
+    raw = _bearer_token(scope)
+    expires_at: float | None = None
+    if raw is not None:
+        user, claims = auth.user_from_token(raw)
+        expires_at = float(claims["exp"])
+    else:
+        session_user = scope.get("user")
+        if session_user is None or not session_user.is_authenticated:
+            raise auth.TokenRefusedError("no credentials: send Authorization: Bearer <token>")
+        if not _has_origin(scope):
+            raise auth.TokenRefusedError("a session needs the browser's Origin header")
+        user = User.objects.select_related("tenant").get(pk=session_user.pk)
+    auth.require_noc_access(user)
+    return user, expires_at
+
+
+class NocDashboardConsumer(AsyncWebsocketConsumer):
+    user: User
+    tenant_id: int
+    group: str
+
+    async def connect(self) -> None:
+        self.seq = 0
+        self.filters: Filters | None = Filters()
+        self.recent: deque[float] = deque()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.pending_telemetry: dict[str, dict[str, Any]] = {}
+        self.pending_messages = 0
+        self.telemetry_flush: asyncio.Task[None] | None = None
+        self.joined = False
+        try:
+            self.user, expires_at = await _authenticate(self.scope)
+        except auth.TokenRefusedError as refusal:
+            log.info("NOC connection refused", reason=str(refusal), code=refusal.close_code)
+            await self.accept()
+            await self.close(code=refusal.close_code)
+            return
+        assert self.user.tenant_id is not None
+        self.tenant_id = self.user.tenant_id
+        self.group = tenant_group(self.tenant_id)
+        await self.accept()
+        metrics.WEBSOCKET_CONNECTIONS.inc()
+        self.joined = True
+        await self.send(text_data=json.dumps({"type": "connected", "tenant_id": self.tenant_id}))
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.tasks.append(asyncio.create_task(self._renew_membership()))
+        if expires_at is not None:
+            self.tasks.append(asyncio.create_task(self._close_at(expires_at)))
+        await self._send_event("snapshot", await self._snapshot())
+        log.info("NOC client connected", user=self.user.username, tenant_id=self.tenant_id)
+
+    async def disconnect(self, code: int) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.telemetry_flush:
+            self.telemetry_flush.cancel()
+        if self.joined:
+            self.joined = False
+            metrics.WEBSOCKET_CONNECTIONS.dec()
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    # --- background duties ------------------------------------------------------------------
+
+    async def _renew_membership(self) -> None:
+        """Re-join before the channel layer's group expiry, so a long session never goes deaf."""
+        interval = max(1.0, settings.CHANNELS_GROUP_EXPIRY / 4)
+        while True:
+            await asyncio.sleep(interval)
+            await self.channel_layer.group_add(self.group, self.channel_name)
+
+    async def _close_at(self, expires_at: float) -> None:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        log.info("NOC token expired; closing", user=self.user.username)
+        await self._send_event("error", {"error": "token expired; reconnect with a new one"})
+        await self.close(code=auth.CLOSE_UNAUTHENTICATED)
+
+    # --- client → server --------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > settings.NOC_MAX_FRAME_BYTES:
+            await self.close(code=CLOSE_MESSAGE_TOO_BIG)
+            return
+        now = time.monotonic()
+        self.recent.append(now)
+        while self.recent and now - self.recent[0] > 60:
+            self.recent.popleft()
+        if len(self.recent) > settings.NOC_MAX_MESSAGES_PER_MINUTE:
+            log.warning("NOC client over its message rate; closing", user=self.user.username)
+            await self.close(code=CLOSE_TOO_MANY_MESSAGES)
+            return
+        if text_data is None:
+            await self._send_event("error", {"error": "send JSON text frames"})
+            return
+        try:
+            message = client_message.validate_json(text_data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "message"
+            await self._send_event("error", {"error": f"{where}: {first['msg']}"})
+            return
+        if isinstance(message, Heartbeat):
+            await self._send_event("heartbeat_ack", {"server_time": time.time()})
+        elif isinstance(message, Subscribe):
+            self.filters = message.filters
+            await self._send_event("subscribed", {"filters": message.filters.model_dump()})
+        elif isinstance(message, Unsubscribe):
+            self.filters = None
+            await self._send_event("unsubscribed", {})
+        elif isinstance(message, AcknowledgeAlert | ResolveAlert):
+            await self._act_on_alert(message)
+
+    async def _act_on_alert(self, message: AcknowledgeAlert | ResolveAlert) -> None:
+        target = (
+            AlertStatus.ACKNOWLEDGED
+            if isinstance(message, AcknowledgeAlert)
+            else AlertStatus.RESOLVED
+        )
+        error = await self._transition(message.alert_id, target, message.note)
+        if error:
+            await self._send_event("error", {"error": error, "alert_id": message.alert_id})
+        else:
+            await self._send_event(
+                "action_done", {"action": message.type, "alert_id": message.alert_id}
+            )
+
+    @database_sync_to_async
+    def _transition(self, alert_id: int, target: str, note: str) -> str | None:
+        if not self.user.has_perm(auth.ALERT_ACTION_PERMISSION):
+            return f"you lack {auth.ALERT_ACTION_PERMISSION}"
+        with transaction.atomic():
+            alert = (
+                Alert.objects.select_for_update()
+                .select_related("device")
+                .filter(pk=alert_id, tenant_id=self.tenant_id)
+                .first()
+            )
+            if alert is None:
+                return "no such alert"
+            try:
+                event = transition(alert, target, by=self.user, note=note)
+            except TransitionError as exc:
+                return str(exc)
+            transaction.on_commit(lambda: broadcast_events([event]))
+        return None
+
+    # --- server → client: handlers named after the event types ---------------------------------
+
+    async def critical_alert(self, event: dict[str, Any]) -> None:
+        if self._alert_wanted(event["data"]):
+            await self._send_event("critical_alert", event["data"])
+
+    async def alert_updated(self, event: dict[str, Any]) -> None:
+        if self._alert_wanted(event["data"]):
+            await self._send_event("alert_updated", event["data"])
+
+    async def device_status(self, event: dict[str, Any]) -> None:
+        if self._device_wanted(event["data"]):
+            await self._send_event("device_status", event["data"])
+
+    async def task_progress(self, event: dict[str, Any]) -> None:
+        if self.filters is not None:
+            await self._send_event("task_progress", event["data"])
+
+    async def telemetry_update(self, event: dict[str, Any]) -> None:
+        """Conflated per device: a client gets the latest values at most every N ms."""
+        wanted = [d for d in event["data"].get("devices", []) if self._device_wanted(d)]
+        for device in wanted:
+            self.pending_telemetry[device["device_id"]] = device
+        if wanted:
+            self.pending_messages += int(event["data"].get("messages", len(wanted)))
+        if self.pending_telemetry and self.telemetry_flush is None:
+            self.telemetry_flush = asyncio.create_task(self._flush_telemetry())
+
+    async def _flush_telemetry(self) -> None:
+        await asyncio.sleep(settings.NOC_TELEMETRY_MIN_INTERVAL_MS / 1000)
+        devices, self.pending_telemetry = list(self.pending_telemetry.values()), {}
+        messages, self.pending_messages = self.pending_messages, 0
+        self.telemetry_flush = None
+        if devices:
+            await self._send_event("telemetry_update", {"devices": devices, "messages": messages})
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _alert_wanted(self, alert: dict[str, Any]) -> bool:
+        if self.filters is None:
+            return False
+        filters = self.filters
+        return (
+            (filters.site is None or alert.get("site") == filters.site)
+            and (filters.severity is None or alert.get("severity") in filters.severity)
+            and (filters.device is None or alert.get("source_id") == filters.device)
+        )
+
+    def _device_wanted(self, device: dict[str, Any]) -> bool:
+        if self.filters is None:
+            return False
+        filters = self.filters
+        return (filters.site is None or device.get("site") == filters.site) and (
+            filters.device is None or device.get("device_id") == filters.device
+        )
+
+    async def _send_event(self, message_type: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self.send(text_data=json.dumps({"type": message_type, "seq": self.seq, **data}))
+
+    @database_sync_to_async
+    def _snapshot(self) -> dict[str, Any]:
+        alerts = (
+            Alert.objects.filter(tenant_id=self.tenant_id, status__in=ACTIVE_STATUSES)
+            .select_related("device")
+            .order_by("-last_seen")[:SNAPSHOT_ALERTS]
+        )
+        devices = Device.objects.filter(tenant_id=self.tenant_id)[:SNAPSHOT_DEVICES]
+        return {
+            "alerts": [serialize_alert(alert) for alert in alerts],
+            "devices": [device_state(device) for device in devices],
+        }

@@ -1,0 +1,49 @@
+"""The messages a NOC client may send, one typed model each."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _ClientMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Filters(_ClientMessage):
+    site: str | None = Field(default=None, max_length=100)
+    severity: list[Literal["CRITICAL", "HIGH", "MEDIUM", "LOW"]] | None = None
+    device: str | None = Field(default=None, max_length=64)
+
+
+class Subscribe(_ClientMessage):
+    type: Literal["subscribe"]
+    filters: Filters = Filters()
+
+
+class Unsubscribe(_ClientMessage):
+    type: Literal["unsubscribe"]
+
+
+class AcknowledgeAlert(_ClientMessage):
+    type: Literal["acknowledge_alert"]
+    alert_id: int
+    note: str = Field(default="", max_length=1000)
+
+
+class ResolveAlert(_ClientMessage):
+    type: Literal["resolve_alert"]
+    alert_id: int
+    note: str = Field(default="", max_length=1000)
+
+
+class Heartbeat(_ClientMessage):
+    type: Literal["heartbeat"]
+
+
+ClientMessage = Annotated[
+    Subscribe | Unsubscribe | AcknowledgeAlert | ResolveAlert | Heartbeat,
+    Field(discriminator="type"),
+]
+client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)

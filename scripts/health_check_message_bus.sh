@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Message bus health check: one line per component, exit 0 when all are healthy, 1 otherwise.
+#
+#   scripts/health_check_message_bus.sh          (message-bus-health.timer runs it every 60 s)
+#
+# Hosts, ports and keys come from the variables the application reads (REDIS_URL, MQTT_HOST,
+# MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD, HTTP_HOST, HTTP_PORT, MONITORING_API_KEY), with
+# `make run`'s defaults; the project's .env fills in what the environment does not set, as it
+# does for the application. No `set -e`: every check runs and reports, the exit code sums up.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON="$ROOT/.venv/bin/python"
+CELERY="$ROOT/.venv/bin/celery"
+CHECK_TIMEOUT=${CHECK_TIMEOUT:-5}
+
+load_env_file() {
+  local file=$1 line key value
+  [ -r "$file" ] || return 0
+  while IFS= read -r line || [ -n "$line" ]; do
+    [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+    key=${BASH_REMATCH[1]}
+    value=${BASH_REMATCH[2]}
+    [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]] && value=${BASH_REMATCH[1]}
+    [ -n "${!key:-}" ] || export "$key=$value"
+  done <"$file"
+}
+load_env_file "${ENV_FILE-$ROOT/.env}"
+# These short-lived checks record no metric worth exporting.
+unset PROMETHEUS_MULTIPROC_DIR
+export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-intelliwiz_config.settings}
+
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+MQTT_HOST=${MQTT_HOST:-127.0.0.1}
+MQTT_PORT=${MQTT_PORT:-1883}
+HTTP_PORT=${HTTP_PORT:-8000}
+case ${HTTP_HOST:-127.0.0.1} in
+  0.0.0.0 | "::" | "[::]") HTTP_HOST=127.0.0.1 ;;  # listening everywhere: ask locally
+  *) HTTP_HOST=${HTTP_HOST:-127.0.0.1} ;;
+esac
+BASE_URL="http://$HTTP_HOST:$HTTP_PORT"
+curl_auth=()
+[ -n "${MONITORING_API_KEY:-}" ] && curl_auth=(-H "Authorization: Bearer $MONITORING_API_KEY")
+mqtt_auth=()
+[ -n "${MQTT_USERNAME:-}" ] && mqtt_auth=(-u "$MQTT_USERNAME" -P "${MQTT_PASSWORD:-}")
+
+failed=()
+report() {  # report NAME OK|FAIL DETAIL
+  printf '%-4s %-28s %s\n' "$2" "$1" "$3"
+  [ "$2" = OK ] || failed+=("$1")
+}
+one_line() { tr '\n' ' ' | sed 's/[[:space:]]*$//' | cut -c1-200; }
+
+# Redis: the Celery broker and the bus state.
+answer=$(timeout "$CHECK_TIMEOUT" redis-cli -u "$REDIS_URL" ping 2>&1)
+if [ "$answer" = PONG ]; then
+  report redis OK "PONG from $REDIS_URL"
+else
+  report redis FAIL "no PONG from $REDIS_URL: $(one_line <<<"$answer")"
+fi
+
+# MQTT broker: it publishes its uptime on $SYS every few seconds.
+# shellcheck disable=SC2016  # $SYS is the broker's topic, not a shell variable
+if uptime=$(mosquitto_sub -h "$MQTT_HOST" -p "$MQTT_PORT" "${mqtt_auth[@]}" \
+  -t '$SYS/broker/uptime' -C 1 -W "$CHECK_TIMEOUT" 2>&1) && [ -n "$uptime" ]; then
+  report "mqtt broker" OK "$MQTT_HOST:$MQTT_PORT up $uptime"
+else
+  report "mqtt broker" FAIL "no \$SYS/broker/uptime from $MQTT_HOST:$MQTT_PORT: $(one_line <<<"$uptime")"
+fi
+
+# Celery: one ping broadcast; every queue's worker node on this host must answer it.
+host=$(hostname)
+queues=$(cd "$ROOT" && "$PYTHON" -c \
+  'from apps.core.tasks.celery_settings import QUEUES; print(" ".join(q.name for q in QUEUES))')
+pongs=$(cd "$ROOT" && timeout $((CHECK_TIMEOUT + 10)) "$CELERY" -A intelliwiz_config \
+  inspect ping --timeout 3 --json 2>/dev/null)
+for queue in $queues; do
+  if grep -q "\"$queue@$host\"" <<<"$pongs"; then
+    report "celery $queue" OK "$queue@$host answered ping"
+  else
+    report "celery $queue" FAIL "no answer to ping from $queue@$host"
+  fi
+done
+
+# The subscriber process on this host (`manage.py mqtt_subscriber`, under supervisor or systemd).
+if pids=$(pgrep -f -- 'manage.py mqtt_subscriber'); then
+  report "mqtt subscriber process" OK "pid $(one_line <<<"$pids")"
+else
+  report "mqtt subscriber process" FAIL "no 'manage.py mqtt_subscriber' process on $host"
+fi
+
+# Channel layer: a message sent to a fresh channel comes back, through Redis DB 2.
+if layer=$(cd "$ROOT" && timeout $((CHECK_TIMEOUT + 10)) "$PYTHON" - 2>&1 <<'EOF'
+import asyncio
+import django
+
+django.setup()
+from apps.monitoring.health import check_channel_layer
+
+asyncio.run(check_channel_layer())
+EOF
+); then
+  report "channel layer" OK "round trip through Redis"
+else
+  report "channel layer" FAIL "$(tail -n 1 <<<"$layer")"
+fi
+
+# Metrics: the endpoint answers and carries the Celery gauges read from Redis.
+if metrics=$(curl -sS --max-time "$CHECK_TIMEOUT" -f "${curl_auth[@]}" \
+  "$BASE_URL/metrics/export/" 2>&1) && grep -q '^celery_queue_depth{' <<<"$metrics"; then
+  report "metrics endpoint" OK "$BASE_URL/metrics/export/ has the celery gauges"
+else
+  report "metrics endpoint" FAIL "$BASE_URL/metrics/export/: $(one_line <<<"$metrics")"
+fi
+
+# The application's own view: 200, or 503 naming what is down.
+body_file=$(mktemp)
+trap 'rm -f "$body_file"' EXIT
+status=$(curl -sS --max-time $((CHECK_TIMEOUT + 5)) -o "$body_file" -w '%{http_code}' \
+  "${curl_auth[@]}" "$BASE_URL/monitoring/health/" 2>&1)
+if [ "$status" = 200 ]; then
+  report "/monitoring/health/" OK "200 healthy"
+else
+  down=$("$PYTHON" -c '
+import json, sys
+try:
+    checks = json.load(open(sys.argv[1]))["checks"]
+except (ValueError, KeyError):
+    sys.exit(0)
+down = [name + " (" + check.get("error", "down") + ")" for name, check in checks.items() if not check["ok"]]
+print(", ".join(down))
+' "$body_file" 2>/dev/null)
+  report "/monitoring/health/" FAIL "HTTP $status${down:+; down: $down}"
+fi
+
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "All message bus components healthy"
+  exit 0
+fi
+joined=$(printf '%s, ' "${failed[@]}")
+echo "UNHEALTHY: ${joined%, }"
+exit 1

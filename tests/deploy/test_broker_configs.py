@@ -1,0 +1,189 @@
+"""deploy/mosquitto/ and deploy/redis/: the production configs run, and the ACL holds."""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import redis
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.environment import free_port
+from tests.services import ROOT, Service, executable, port_open, wait_for
+
+DEPLOY = ROOT / "deploy"
+ACCOUNTS = {"intelliwiz": "app-secret", "dev-001": "secret-1", "dev-002": "secret-2"}
+
+
+def rewrite(text: str, lines: dict[str, str]) -> str:
+    """Replace each line that starts with a key of `lines` by its value."""
+    result = []
+    for line in text.splitlines():
+        result.append(next((new for old, new in lines.items() if line.startswith(old)), line))
+    return "\n".join(result) + "\n"
+
+
+@pytest.fixture
+def production_mosquitto(tmp_path: Path) -> Iterator[int]:
+    """deploy/mosquitto/mosquitto.conf and acl.example, with only paths and ports changed."""
+    passwd = tmp_path / "passwd"
+    passwd.touch()
+    for user, password in ACCOUNTS.items():
+        subprocess.run(
+            [executable("mosquitto_passwd"), "-b", str(passwd), user, password],
+            check=True,
+            capture_output=True,
+        )
+    self_signed = [
+        "openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-keyout", str(tmp_path / "server.key"), "-out", str(tmp_path / "server.crt"),
+    ]  # fmt: skip
+    subprocess.run(self_signed, check=True, capture_output=True)
+    (tmp_path / "data").mkdir()
+    port, tls_port = free_port(), free_port()
+    conf = rewrite(
+        (DEPLOY / "mosquitto" / "mosquitto.conf").read_text(),
+        {
+            "password_file ": f"password_file {passwd}",
+            "acl_file ": f"acl_file {DEPLOY / 'mosquitto' / 'acl.example'}",
+            "listener 1883 ": f"listener {port} 127.0.0.1",
+            "listener 8883": f"listener {tls_port} 127.0.0.1",
+            "certfile ": f"certfile {tmp_path / 'server.crt'}",
+            "keyfile ": f"keyfile {tmp_path / 'server.key'}",
+            "persistence_location ": f"persistence_location {tmp_path / 'data'}/",
+            "log_dest ": f"log_dest stdout\nuser {getpass.getuser()}",
+        },
+    )
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    service = Service(
+        "mosquitto",
+        [executable("mosquitto"), "-c", str(tmp_path / "mosquitto.conf")],
+        tmp_path / "mosquitto.log",
+    )
+    try:
+        wait_for(lambda: port_open(port) and port_open(tls_port), timeout=10, what="mosquitto")
+        yield port
+    finally:
+        service.stop()
+
+
+@dataclass
+class Session:
+    """A connected MQTT 5 client that records what it receives and what the broker granted."""
+
+    client: mqtt.Client
+    received: list[str] = field(default_factory=list)
+    granted: dict[int, list[int]] = field(default_factory=dict)
+
+    def subscribe(self, topic: str) -> list[int]:
+        _result, mid = self.client.subscribe(topic, qos=1)
+        return wait_for(lambda: self.granted.get(mid), timeout=5, what=f"SUBACK for {topic}")
+
+    def publish(self, topic: str) -> None:
+        self.client.publish(topic, b"{}", qos=1).wait_for_publish(timeout=5)
+
+
+@pytest.fixture
+def connect(production_mosquitto: int) -> Iterator[Any]:
+    sessions: list[Session] = []
+
+    def open_session(user: str, password: str) -> Session:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{user}-{uuid.uuid4().hex[:6]}",
+            protocol=mqtt.MQTTv5,
+        )
+        session = Session(client)
+        client.on_message = lambda _c, _u, message: session.received.append(message.topic)
+        client.on_subscribe = lambda _c, _u, mid, codes, _p: session.granted.__setitem__(
+            mid, [code.value for code in codes]
+        )
+        client.username_pw_set(user, password)
+        client.connect("127.0.0.1", production_mosquitto)
+        client.loop_start()
+        sessions.append(session)
+        wait_for(client.is_connected, timeout=5, what=f"{user} to connect")
+        return session
+
+    yield open_session
+    for session in sessions:
+        session.client.disconnect()
+        session.client.loop_stop()
+
+
+def test_a_device_publishes_only_under_its_own_id(connect: Any):
+    app = connect("intelliwiz", ACCOUNTS["intelliwiz"])
+    assert app.subscribe("#") == [1]
+    device = connect("dev-001", ACCOUNTS["dev-001"])
+
+    device.publish("device/dev-002/telemetry")  # someone else's id: dropped by the broker
+    device.publish("device/dev-001/telemetry")
+
+    wait_for(lambda: app.received, timeout=5, what="the application to receive dev-001's message")
+    assert app.received == ["device/dev-001/telemetry"]
+
+
+def test_a_device_subscribed_to_everything_receives_only_its_own_commands(connect: Any):
+    """Mosquitto checks read access per delivered message, so `#` yields a device nothing more."""
+    device = connect("dev-001", ACCOUNTS["dev-001"])
+    device.subscribe("#")
+    app = connect("intelliwiz", ACCOUNTS["intelliwiz"])
+    app.subscribe("#")
+    other = connect("dev-002", ACCOUNTS["dev-002"])
+
+    other.publish("device/dev-002/telemetry")
+    app.publish("device/dev-002/commands/reboot")
+    wait_for(lambda: len(app.received) == 2, timeout=5, what="the application to receive both")
+    app.publish("device/dev-001/commands/reboot")
+
+    wait_for(lambda: device.received, timeout=5, what="dev-001 to receive its command")
+    assert device.received == ["device/dev-001/commands/reboot"]
+
+
+def connack(port: int, user: str | None, password: str | None) -> Any:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if user:
+        client.username_pw_set(user, password)
+    codes: list[Any] = []
+    client.on_connect = lambda _c, _u, _f, code, _p: codes.append(code)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        return wait_for(lambda: codes, timeout=5, what="CONNACK")[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_anonymous_and_wrong_password_clients_are_refused(production_mosquitto: int):
+    assert connack(production_mosquitto, None, None).is_failure
+    assert connack(production_mosquitto, "dev-001", "wrong").is_failure
+    assert not connack(production_mosquitto, "dev-001", ACCOUNTS["dev-001"]).is_failure
+
+
+def test_the_production_redis_config_keeps_every_queued_task(tmp_path: Path):
+    port = free_port()
+    argv = [executable("redis-server"), str(DEPLOY / "redis" / "redis.conf")]
+    argv += ["--port", str(port), "--dir", str(tmp_path), "--logfile", ""]
+    argv += ["--pidfile", str(tmp_path / "redis.pid"), "--supervised", "no"]
+    service = Service("redis", argv, tmp_path / "redis.log")
+    try:
+        wait_for(lambda: port_open(port), timeout=10, what="redis with deploy/redis/redis.conf")
+        client = redis.Redis(port=port, decode_responses=True)
+        config = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
+        config |= client.config_get("appendfsync")
+    finally:
+        service.stop()
+    assert config == {
+        "appendonly": "yes",
+        "maxmemory-policy": "noeviction",
+        "appendfsync": "everysec",
+    }

@@ -1,0 +1,60 @@
+"""Payloads as devices send them, and registry rows for tests."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+
+def now_iso(offset_seconds: float = 0) -> str:
+    return (datetime.now(tz=UTC) + timedelta(seconds=offset_seconds)).isoformat()
+
+
+def payload(**fields: Any) -> str:
+    fields.setdefault("timestamp", now_iso())
+    return json.dumps(fields)
+
+
+def telemetry(**fields: Any) -> str:
+    return payload(**{"battery": 85, "signal": -65, "temperature": 25.5, **fields})
+
+
+def gps(**fields: Any) -> str:
+    return payload(**{"lat": 12.9716, "lon": 77.5946, "accuracy": 10.5, **fields})
+
+
+def panic(**fields: Any) -> str:
+    return payload(
+        **{
+            "alert_type": "panic",
+            "severity": "critical",
+            "message": "guard pressed the panic button",
+            "location": {"lat": 12.97, "lon": 77.59},
+            **fields,
+        }
+    )
+
+
+def create_tenant_with_devices(name: str, *device_ids: str, kind: str = "other") -> Any:
+    from apps.devices.services import register_device
+    from apps.tenants.models import Tenant
+
+    tenant = Tenant.objects.create(name=name)
+    for device_id in device_ids:
+        register_device(tenant, device_id, kind)
+    return tenant
+
+
+OPERATOR_PASSWORD = "correct horse battery staple"
+
+
+def operator(tenant: Any, username: str, *, permissions: bool = True) -> Any:
+    """A user of `tenant` (None: no tenant), with the operator permissions unless told not to."""
+    from apps.noc.auth import grant_operator_permissions
+    from apps.tenants.models import User
+
+    user = User.objects.create_user(username=username, password=OPERATOR_PASSWORD, tenant=tenant)
+    if permissions:
+        grant_operator_permissions(user)
+    return user

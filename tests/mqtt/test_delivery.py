@@ -1,0 +1,262 @@
+"""Nothing lost, nothing twice: persistent sessions, redelivery, crashed workers, priorities."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from apps.alerts.models import Alert
+from apps.core.models import ProcessedMessage
+from apps.core.tasks.celery_settings import QUEUES_BY_NAME, broker_list_keys, worker_argv
+from apps.devices.models import TelemetryReading
+from apps.mqtt.intake import Envelope, idempotency_key
+from tests import environment
+from tests.environment import free_port
+from tests.factories import create_tenant_with_devices, panic, telemetry
+from tests.services import Service, descendants, metric, mqtt_publish, start_redis, wait_for
+
+PORT = environment.MQTT_PORT
+
+
+def numbered_telemetry(count: int, device: str = "sensor-001") -> list[tuple[str, str]]:
+    return [
+        (f"device/{device}/telemetry", telemetry(battery=50, msg_id=f"m-{i}")) for i in range(count)
+    ]
+
+
+def test_messages_published_while_the_subscriber_is_down_arrive_once_and_only_once(
+    redis_client: object,
+    all_queue_workers: list[Service],
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+):
+    create_tenant_with_devices("acme", "sensor-001")
+    subscriber = start_subscriber()
+    subscriber.stop()  # SIGTERM: the session stays with the broker
+
+    messages = numbered_telemetry(5000)
+    mqtt_publish(PORT, messages)
+    start_subscriber()
+    wait_for(
+        lambda: TelemetryReading.objects.count() == 5000,
+        timeout=120,
+        interval=0.5,
+        what="5,000 readings from the backlog",
+    )
+
+    # The same 5,000 again, then one new message as a marker that the stream got through.
+    mqtt_publish(PORT, [*messages, ("device/sensor-001/telemetry", telemetry(msg_id="marker"))])
+    wait_for(
+        lambda: TelemetryReading.objects.filter(idempotency_key="sensor-001:marker").exists(),
+        timeout=120,
+        interval=0.5,
+        what="the marker message",
+    )
+    wait_for(lambda: _queues_idle(), timeout=60, what="the general queue to drain")
+    assert TelemetryReading.objects.count() == 5001
+    assert ProcessedMessage.objects.count() == 5001
+
+
+def _queues_idle() -> bool:
+    from apps.core.redis_client import state_redis
+    from intelliwiz_config.celery import app
+
+    waiting = sum(state_redis().llen(key) for key in broker_list_keys("general"))
+    active = app.control.inspect(timeout=1).active() or {}
+    return waiting == 0 and not any(active.values())
+
+
+def test_a_worker_child_killed_mid_batch_loses_nothing_and_duplicates_nothing(
+    redis_client: object,
+    all_queue_workers: list[Service],
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+):
+    create_tenant_with_devices("acme", "sensor-001")
+    start_subscriber(MQTT_BATCH_SIZE="20")
+    general = next(w for w in all_queue_workers if w.name == "celery-general")
+    total = 3000
+    mqtt_publish(PORT, numbered_telemetry(total))
+
+    wait_for(
+        lambda: 0 < TelemetryReading.objects.count() < total,
+        timeout=60,
+        interval=0.01,
+        what="processing to be under way",
+    )
+    victims = [child for child in descendants(general.pid) if child.ppid() == general.pid]
+    assert victims, "the general worker has no pool processes"
+    for child in victims:
+        child.send_signal(signal.SIGKILL)
+
+    wait_for(
+        lambda: TelemetryReading.objects.count() == total,
+        timeout=120,
+        interval=0.5,
+        what=f"all {total} readings after the crash",
+    )
+    wait_for(lambda: _queues_idle(), timeout=60, what="the general queue to drain")
+    assert TelemetryReading.objects.count() == total
+    assert ProcessedMessage.objects.count() == total
+    assert general.alive(), "the worker's main process should have replaced its children"
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[str]:
+    """A Redis of the test's own, so a backlog cannot reach the shared workers."""
+    port = free_port()
+    service = start_redis(port, tmp_path / "redis")
+    yield f"redis://127.0.0.1:{port}"
+    service.stop()
+
+
+def test_a_critical_alert_overtakes_a_backlog_of_10000_general_messages(
+    private_broker: str,
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+    tmp_path: Path,
+):
+    from intelliwiz_config.celery import app
+
+    tenant = create_tenant_with_devices("acme", "sensor-001", "panic-007")
+    general_task = "apps.mqtt.tasks.process_device_telemetry"
+    with app.connection_for_write(f"{private_broker}/0") as connection:
+        for i in range(10_000):
+            body = telemetry(msg_id=f"backlog-{i}")
+            envelope = Envelope(
+                key=idempotency_key(
+                    "sensor-001", f"backlog-{i}", "device/sensor-001/telemetry", b""
+                ),
+                topic="device/sensor-001/telemetry",
+                source_id="sensor-001",
+                kind="telemetry",
+                payload=json.loads(body),
+                received_at=0.0,
+            )
+            app.send_task(general_task, args=[[envelope.to_message()]], connection=connection)
+
+    start_subscriber(REDIS_URL=private_broker)
+    mqtt_publish(PORT, [("alert/panic-007/panic", panic())])
+
+    import redis
+
+    broker = redis.Redis.from_url(f"{private_broker}/0")
+    general_keys = broker_list_keys("general")
+
+    def backlog() -> int:
+        return sum(int(broker.llen(key)) for key in general_keys)
+
+    # The subscriber has queued the alert behind the backlog in time, not in priority.
+    wait_for(
+        lambda: sum(int(broker.llen(k)) for k in broker_list_keys("critical")) == 1,
+        timeout=30,
+        what="the alert to be queued",
+    )
+    assert backlog() == 10_000
+
+    # One worker, one process, consuming both queues: it must take the alert first.
+    argv = worker_argv("general")
+    argv[argv.index("--queues") + 1] = "critical,general"
+    argv[argv.index("--concurrency") + 1] = "1"
+    argv[argv.index("--hostname") + 1] = f"priority-test-{os.getpid()}@%h"
+    env = {**os.environ, "REDIS_URL": private_broker}
+    worker = Service(
+        "priority-worker", [sys.executable, "-m", *argv], tmp_path / "worker.log", env=env
+    )
+    try:
+        wait_for(
+            lambda: Alert.objects.filter(tenant=tenant, alert_type="PANIC").exists(),
+            timeout=60,
+            what="the panic alert",
+        )
+        remaining = backlog()
+        processed = TelemetryReading.objects.count()
+    finally:
+        worker.stop()
+    assert remaining >= 9_900, f"only {remaining} general messages were still waiting"
+    assert processed <= 100
+    assert QUEUES_BY_NAME["critical"].priority < QUEUES_BY_NAME["general"].priority
+
+
+def test_while_redis_is_down_nothing_is_acknowledged_and_the_broker_keeps_every_message(
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+    tmp_path: Path,
+):
+    port = free_port()
+    broker_url = f"redis://127.0.0.1:{port}"
+    create_tenant_with_devices("acme", "sensor-001")
+    redis_service = start_redis(port, tmp_path / "redis")
+    subscriber = start_subscriber(REDIS_URL=broker_url)
+    redis_service.stop()
+
+    mqtt_publish(PORT, numbered_telemetry(200))
+    wait_for(
+        lambda: "holding them unacknowledged" in subscriber.log(),
+        timeout=30,
+        what="the subscriber to notice Redis is down",
+    )
+    # The hardest case: the subscriber dies while holding the messages.
+    subscriber.signal(signal.SIGKILL)
+    subscriber.process.wait(10)
+
+    redis_service = start_redis(port, tmp_path / "redis")
+    env = {**os.environ, "REDIS_URL": broker_url}
+    worker = Service(
+        "general-private",
+        [sys.executable, "-m", "apps.core.worker", "general"],
+        tmp_path / "worker.log",
+        env=env,
+    )
+    try:
+        start_subscriber(REDIS_URL=broker_url)
+        wait_for(
+            lambda: TelemetryReading.objects.count() == 200,
+            timeout=60,
+            interval=0.2,
+            what="all 200 messages after Redis came back",
+        )
+    finally:
+        worker.stop()
+        redis_service.stop()
+    assert ProcessedMessage.objects.count() == 200
+
+
+def test_on_sigterm_the_subscriber_hands_on_and_acknowledges_what_it_holds(
+    redis_client: object,
+    all_queue_workers: list[Service],
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+):
+    from apps.core.redis_client import state_redis
+    from apps.mqtt.status import read_statuses
+
+    create_tenant_with_devices("acme", "sensor-001")
+    # Batches that never fill and never time out: only the shutdown can flush them.
+    holding = start_subscriber(MQTT_BATCH_SIZE="100000", MQTT_BATCH_INTERVAL_MS="3600000")
+    mqtt_publish(PORT, numbered_telemetry(50))
+    wait_for(
+        lambda: any(status.last_message_at for status in read_statuses(state_redis())),
+        timeout=20,
+        what="the subscriber to hold the messages",
+    )
+    assert TelemetryReading.objects.count() == 0
+    holding.stop()
+    wait_for(lambda: TelemetryReading.objects.count() == 50, timeout=30, what="the flushed batch")
+
+    # Had they not been acknowledged, the broker would deliver them again to the same session.
+    received_before = metric("mqtt_messages_received_total", prefix="device/")
+    start_subscriber()
+    mqtt_publish(PORT, [("device/sensor-001/telemetry", telemetry(msg_id="marker"))])
+    wait_for(
+        lambda: TelemetryReading.objects.filter(idempotency_key="sensor-001:marker").exists(),
+        timeout=30,
+        what="the marker",
+    )
+    assert metric("mqtt_messages_received_total", prefix="device/") - received_before == 1

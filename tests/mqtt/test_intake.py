@@ -1,0 +1,93 @@
+"""Intake rules, message by message (the end-to-end path is in test_ingest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.devices.models import Device
+from apps.mqtt.intake import Envelope, Intake, Reason, Rejection, idempotency_key
+from tests.factories import create_tenant_with_devices, now_iso, panic, payload, telemetry
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def intake() -> Intake:
+    create_tenant_with_devices("acme", "sensor-001", "panic-007", "guard-1")
+    return Intake()
+
+
+def test_the_runbooks_own_test_message_is_accepted_when_auto_registration_is_on(settings):
+    settings.DEVICE_AUTO_REGISTER = True
+    settings.DEVICE_AUTO_REGISTER_TENANT = "demo"
+    body = '{"battery": 100, "signal": 95, "timestamp": "' + now_iso() + '"}'
+    outcome = Intake().check("device/test/telemetry", body.encode())
+    assert isinstance(outcome, Envelope)
+    device = Device.objects.get(device_id="test")
+    assert (device.tenant.name, device.auto_registered) == ("demo", True)
+
+
+def test_unknown_devices_are_refused_while_auto_registration_is_off(intake):
+    outcome = intake.check("device/nobody/telemetry", telemetry().encode())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.UNKNOWN_DEVICE
+    assert "register_device" in outcome.detail
+
+
+@pytest.mark.parametrize(
+    ("topic", "reason"),
+    [
+        ("device/sensor-001", Reason.TOPIC),
+        ("device/sensor-001/telemetry/extra", Reason.TOPIC),
+        ("device/sensor-001/status", Reason.TOPIC),
+        ("device/bad id!/telemetry", Reason.TOPIC),
+        ("custom/sensor-001/telemetry", Reason.TOPIC),
+    ],
+)
+def test_topics_outside_the_grammar_are_refused(intake, topic, reason):
+    outcome = intake.check(topic, telemetry().encode())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is reason
+
+
+def test_a_timestamp_without_a_zone_is_a_schema_error(intake):
+    body = telemetry(timestamp="2026-11-27T10:00:00")
+    outcome = intake.check("device/sensor-001/telemetry", body.encode())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.SCHEMA
+    assert "timestamp" in outcome.detail
+
+
+def test_a_timestamp_within_the_allowed_skew_is_accepted(intake):
+    outcome = intake.check(
+        "device/sensor-001/telemetry", telemetry(timestamp=now_iso(200)).encode()
+    )
+    assert isinstance(outcome, Envelope)
+
+
+def test_severity_and_alert_type_are_case_insensitive(intake):
+    outcome = intake.check("alert/panic-007/panic", panic(severity="Critical").encode())
+    assert isinstance(outcome, Envelope)
+    assert outcome.payload["severity"] == "CRITICAL"
+    assert outcome.payload["alert_type"] == "PANIC"
+
+
+def test_an_unknown_alert_type_is_a_schema_error(intake):
+    outcome = intake.check("alert/panic-007/panic", panic(alert_type="boredom").encode())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.SCHEMA
+
+
+def test_gps_payload_must_name_the_same_guard_as_the_topic(intake):
+    body = payload(lat=1.0, lon=2.0, guard_id="guard-2")
+    outcome = intake.check("guard/guard-1/gps", body.encode())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.ID_MISMATCH
+
+
+def test_the_idempotency_key_is_the_msg_id_when_present_else_a_hash():
+    assert idempotency_key("dev", "42", "device/dev/telemetry", b"{}") == "dev:42"
+    first = idempotency_key("dev", None, "device/dev/telemetry", b'{"a": 1}')
+    assert first == idempotency_key("dev", None, "device/dev/telemetry", b'{"a": 1}')
+    assert first != idempotency_key("dev", None, "device/dev/telemetry", b'{"a": 2}')
+    assert first != idempotency_key("dev", None, "device/other/telemetry", b'{"a": 1}')

@@ -1,0 +1,395 @@
+"""The NOC WebSocket on a real Daphne, Redis channel layer, Mosquitto and Celery workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import redis
+from django.conf import settings
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from apps.alerts.models import Alert
+from apps.alerts.services import AlertSignal, raise_alert
+from apps.devices.models import Device
+from apps.noc.auth import issue_access_token
+from apps.tenants.models import Tenant, User
+from tests import environment
+from tests.conftest import start_daphne
+from tests.factories import create_tenant_with_devices, operator, panic
+from tests.services import Service, mqtt_publish, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def url(port: int, query: str = "") -> str:
+    return f"ws://127.0.0.1:{port}/ws/noc/dashboard/{query}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def next_message(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
+    return dict(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+
+
+async def until_type(ws: ClientConnection, message_type: str, timeout: float = 5) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        message = await next_message(ws, max(0.01, deadline - time.monotonic()))
+        if message["type"] == message_type:
+            return message
+
+
+async def close_code(port: int, *, query: str = "", **options: Any) -> int | None:
+    """The close code the server ends the connection with, before sending any data."""
+    async with connect(url(port, query), **options) as ws:
+        try:
+            message = await asyncio.wait_for(ws.recv(), 5)
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        raise AssertionError(f"the server sent data to a refused client: {message}")
+
+
+def claims(user: User, **overrides: Any) -> dict[str, Any]:
+    now = datetime.now(tz=UTC)
+    base = {
+        "token_type": "access",
+        "user_id": str(user.pk),
+        "tenant_id": user.tenant_id,
+        "jti": "test",
+        "iat": now,
+        "nbf": now,
+        "exp": now + timedelta(minutes=5),
+        "aud": settings.JWT_AUDIENCE,
+        "iss": settings.JWT_ISSUER,
+    }
+    base.update(overrides)
+    return {key: value for key, value in base.items() if value is not None}
+
+
+def signed(payload: dict[str, Any], key: str | None = None) -> str:
+    return jwt.encode(payload, key or settings.JWT_SIGNING_KEY, algorithm="HS256")
+
+
+def test_an_operator_gets_connected_then_a_panic_alert_within_a_second_and_others_get_nothing(
+    bus: Service, daphne_server: int
+):
+    acme = create_tenant_with_devices("acme", "panic-007")
+    globex = create_tenant_with_devices("globex", "panic-900")
+    acme_token = issue_access_token(operator(acme, "alice"))
+    globex_token = issue_access_token(operator(globex, "bob"))
+
+    async def scenario() -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+        async with (
+            connect(url(daphne_server), additional_headers=bearer(acme_token)) as alice,
+            connect(url(daphne_server), additional_headers=bearer(globex_token)) as bob,
+        ):
+            assert await next_message(alice) == {"type": "connected", "tenant_id": acme.pk}
+            assert (await next_message(bob))["tenant_id"] == globex.pk
+            snapshot = await until_type(alice, "snapshot")
+            assert snapshot["alerts"] == []
+            assert [d["device_id"] for d in snapshot["devices"]] == ["panic-007"]
+            await until_type(bob, "snapshot")
+
+            await asyncio.to_thread(
+                mqtt_publish, environment.MQTT_PORT, [("alert/panic-007/panic", panic())]
+            )
+            published = time.monotonic()
+            alert = await until_type(alice, "critical_alert", timeout=5)
+            latency = time.monotonic() - published
+
+            # A later alert of bob's own tenant proves bob's stream is live; nothing of acme's
+            # may come before it.
+            await asyncio.to_thread(
+                mqtt_publish, environment.MQTT_PORT, [("alert/panic-900/panic", panic())]
+            )
+            seen_by_bob = []
+            while True:
+                message = await next_message(bob, timeout=5)
+                seen_by_bob.append(message)
+                if message["type"] == "critical_alert":
+                    break
+            return alert, latency, seen_by_bob
+
+    alert, latency, seen_by_bob = asyncio.run(scenario())
+    assert alert["source_id"] == "panic-007"
+    assert alert["alert_type"] == "PANIC"
+    assert alert["seq"] >= 2
+    assert latency < 1.0, f"the alert took {latency:.2f} s to reach the NOC"
+    assert [m["source_id"] for m in seen_by_bob if "source_id" in m] == ["panic-900"]
+
+
+@pytest.fixture
+def alice(redis_client: object) -> User:
+    return operator(create_tenant_with_devices("acme", "panic-007"), "alice")
+
+
+def test_no_token_is_refused_with_4401(daphne_server, alice):
+    assert asyncio.run(close_code(daphne_server)) == 4401
+
+
+def test_alg_none_is_refused(daphne_server, alice):
+    token = jwt.encode(claims(alice), key=None, algorithm="none")
+    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
+
+
+def test_a_token_signed_with_another_key_is_refused(daphne_server, alice):
+    token = signed(claims(alice), key="x" * 64)
+    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
+
+
+def test_an_expired_token_is_refused(daphne_server, alice):
+    past = datetime.now(tz=UTC) - timedelta(hours=1)
+    token = signed(claims(alice, iat=past, nbf=past, exp=past + timedelta(minutes=5)))
+    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
+
+
+def test_a_token_without_a_tenant_is_refused(daphne_server, alice):
+    token = signed(claims(alice, tenant_id=None))
+    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
+
+
+def test_a_user_without_a_tenant_is_refused(daphne_server, redis_client):
+    token = issue_access_token(operator(None, "staff-only"))
+    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
+
+
+def test_a_token_for_another_audience_is_refused(daphne_server, alice):
+    token = signed(claims(alice, aud="someone-else"))
+    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
+
+
+def test_a_user_without_the_noc_permission_gets_4403(daphne_server, redis_client):
+    tenant = Tenant.objects.create(name="acme")
+    token = issue_access_token(operator(tenant, "visitor", permissions=False))
+    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4403
+
+
+def test_a_token_in_the_query_string_is_refused(daphne_server, alice):
+    token = issue_access_token(alice)
+    assert asyncio.run(close_code(daphne_server, query=f"?token={token}")) == 4401
+
+
+def test_a_foreign_origin_is_refused_at_the_handshake(daphne_server, alice):
+    token = issue_access_token(alice)
+
+    async def attempt() -> int:
+        try:
+            async with connect(
+                url(daphne_server), additional_headers=bearer(token), origin="https://evil.example"
+            ):
+                return 101
+        except InvalidStatus as refused:
+            return refused.response.status_code
+
+    assert asyncio.run(attempt()) == 403
+
+
+def test_more_than_100_messages_a_minute_close_the_connection(daphne_server, alice):
+    token = issue_access_token(alice)
+
+    async def flood() -> int | None:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            try:
+                for _ in range(150):
+                    await ws.send('{"type": "heartbeat"}')
+                while True:
+                    await next_message(ws)
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+
+    assert asyncio.run(flood()) == 4429
+
+
+def test_a_frame_over_64_kib_closes_the_connection(daphne_server, alice):
+    token = issue_access_token(alice)
+
+    async def oversize() -> int | None:
+        async with connect(
+            url(daphne_server), additional_headers=bearer(token), max_size=None
+        ) as ws:
+            await until_type(ws, "snapshot")
+            await ws.send(json.dumps({"type": "heartbeat", "pad": "x" * (65 * 1024)}))
+            try:
+                while True:
+                    await next_message(ws)
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+
+    assert asyncio.run(oversize()) == 4009
+
+
+def test_a_token_that_expires_during_the_connection_closes_it(daphne_server, alice):
+    now = datetime.now(tz=UTC)
+    token = signed(claims(alice, exp=now + timedelta(seconds=2)))
+
+    async def ride() -> int | None:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            try:
+                while True:
+                    await next_message(ws, timeout=10)
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+
+    assert asyncio.run(ride()) == 4401
+
+
+def test_heartbeats_are_answered_bad_messages_get_errors_and_every_event_is_numbered(
+    daphne_server, alice
+):
+    token = issue_access_token(alice)
+
+    async def talk() -> list[dict[str, Any]]:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            replies = []
+            for frame in ['{"type": "heartbeat"}', "not json", '{"type": "dance"}', "{}"]:
+                await ws.send(frame)
+                replies.append(await next_message(ws))
+            return replies
+
+    replies = asyncio.run(talk())
+    assert [reply["type"] for reply in replies] == ["heartbeat_ack", "error", "error", "error"]
+    sequence = [reply["seq"] for reply in replies]
+    assert sequence == sorted(sequence)
+    assert len(set(sequence)) == 4
+
+
+def test_acknowledging_over_the_socket_is_recorded_and_seen_by_a_colleague(daphne_server, alice):
+    colleague = operator(alice.tenant, "carol")
+    device = Device.objects.get(device_id="panic-007")
+    event = raise_alert(
+        AlertSignal(
+            device=device, alert_type="PANIC", severity="CRITICAL", seen_at=datetime.now(tz=UTC)
+        )
+    )
+    alert_id = event.data["id"]
+
+    async def act() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with (
+            connect(url(daphne_server), additional_headers=bearer(issue_access_token(alice))) as a,
+            connect(
+                url(daphne_server), additional_headers=bearer(issue_access_token(colleague))
+            ) as c,
+        ):
+            snapshot = await until_type(c, "snapshot")
+            assert [item["id"] for item in snapshot["alerts"]] == [alert_id]
+            await until_type(a, "snapshot")
+            await a.send(json.dumps({"type": "acknowledge_alert", "alert_id": alert_id}))
+            done = await until_type(a, "action_done")
+            return done, await until_type(c, "alert_updated")
+
+    done, update = asyncio.run(act())
+    assert done["alert_id"] == alert_id
+    assert update["status"] == "ACKNOWLEDGED"
+    step = Alert.objects.get(pk=alert_id).transitions.get()
+    assert (step.to_status, step.by) == ("ACKNOWLEDGED", alice)
+
+
+def test_an_alert_of_another_tenant_cannot_be_touched(daphne_server, alice):
+    other = create_tenant_with_devices("globex", "panic-900")
+    device = Device.objects.get(device_id="panic-900")
+    event = raise_alert(
+        AlertSignal(
+            device=device, alert_type="PANIC", severity="CRITICAL", seen_at=datetime.now(tz=UTC)
+        )
+    )
+
+    async def act() -> dict[str, Any]:
+        async with connect(
+            url(daphne_server), additional_headers=bearer(issue_access_token(alice))
+        ) as ws:
+            await until_type(ws, "snapshot")
+            await ws.send(json.dumps({"type": "resolve_alert", "alert_id": event.data["id"]}))
+            return await until_type(ws, "error")
+
+    assert asyncio.run(act())["error"] == "no such alert"
+    assert Alert.objects.get(tenant=other).status == "NEW"
+
+
+def test_a_long_lived_connection_outlives_the_channel_layers_group_expiry(
+    redis_client: object, alice: User, scratch_dir: Path
+):
+    from apps.noc.broadcast import broadcast_to_noc_dashboard
+
+    expiry = 2
+    service, port = start_daphne(
+        scratch_dir / "log" / "daphne-expiry.log", CHANNELS_GROUP_EXPIRY=str(expiry)
+    )
+    token = issue_access_token(alice)
+
+    async def listen() -> dict[str, Any]:
+        async with connect(url(port), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            connected_at = time.monotonic()
+            # Wait out three expiry periods (a deadline on elapsed time, with the socket open).
+            await asyncio.to_thread(
+                wait_for, lambda: time.monotonic() - connected_at > 3 * expiry, timeout=30
+            )
+            await asyncio.to_thread(
+                broadcast_to_noc_dashboard,
+                "device_status",
+                {"device_id": "panic-007", "site": "", "status": "OFFLINE"},
+                tenant_id=alice.tenant_id,
+            )
+            return await until_type(ws, "device_status")
+
+    try:
+        # This test process's channel layer must expire groups the same way as the server's.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(settings.CHANNEL_LAYERS["default"]["CONFIG"], "group_expiry", expiry)
+            assert asyncio.run(listen())["status"] == "OFFLINE"
+    finally:
+        service.stop()
+
+
+def test_channel_layer_messages_are_not_readable_in_redis(redis_client: Any):
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    marker = "PLAINTEXT-MARKER-7f3a"
+    layer = get_channel_layer()
+
+    async def park() -> None:
+        await layer.group_add("noc.tenant.999", "nobody.reads!this")
+        await layer.group_send("noc.tenant.999", {"type": "critical_alert", "data": {"m": marker}})
+
+    async_to_sync(park)()
+    db2 = redis.Redis.from_url(settings.CHANNELS_REDIS_URL)
+    keys = list(db2.scan_iter("*"))
+    assert keys, "the parked message should be in Redis"
+    dump = b"".join(db2.dump(key) or b"" for key in keys)
+    assert marker.encode() not in dump
+    assert b"critical_alert" not in dump
+
+
+def test_daphne_refuses_to_start_without_the_encryption_key_outside_debug(tmp_path: Path):
+    daphne = str(Path(sys.executable).parent / "daphne")
+    result = subprocess.run(
+        [daphne, "-b", "127.0.0.1", "-p", "0", "intelliwiz_config.asgi:application"],
+        env={
+            **os.environ,
+            "DJANGO_DEBUG": "false",
+            "CHANNELS_ENCRYPTION_KEY": "",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "CHANNELS_ENCRYPTION_KEY must be set outside DEBUG" in result.stderr
