@@ -7,7 +7,6 @@ queue depths, workers and breakers shown are never older than the scrape.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +19,9 @@ from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from apps.core.circuit_breaker import CLOSED, HALF_OPEN, KEY_PREFIX, OPEN
-from apps.core.tasks.celery_settings import QUEUES, broker_list_keys
-from apps.monitoring import metrics
-from apps.monitoring.celery_hooks import PUBLISHED_AT_HEADER, read_worker_heartbeats
+from apps.core.circuit_breaker import CLOSED, HALF_OPEN, OPEN
+from apps.monitoring import bus_state, metrics
+from apps.monitoring.celery_hooks import read_worker_heartbeats
 from apps.monitoring.tasks import read_canaries
 from apps.mqtt.status import read_statuses
 
@@ -58,22 +56,11 @@ class BusStateCollector(Collector):
         yield from families
 
     def _queue_families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        """Depth and oldest message age per queue, in one pipelined round trip."""
-        keys = {queue.name: broker_list_keys(queue.name) for queue in QUEUES}
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in (key for queue_keys in keys.values() for key in queue_keys):
-                pipe.llen(key)
-                pipe.lindex(key, -1)  # LPUSH in, BRPOP out: the tail has waited longest
-            replies = iter(pipe.execute())
         depth = metrics.QUEUE_DEPTH.family()
         oldest_age = metrics.QUEUE_OLDEST_MESSAGE_AGE.family()
-        now = time.time()
-        for queue, queue_keys in keys.items():
-            lists = [(next(replies), next(replies)) for _key in queue_keys]  # (length, tail)
-            published = [_published_at(tail) for _length, tail in lists if tail is not None]
-            oldest = min((at for at in published if at is not None), default=now)
-            depth.add_metric([queue], sum(length for length, _tail in lists))
-            oldest_age.add_metric([queue], max(0.0, now - oldest))
+        for queue in bus_state.queue_stats(self.client):
+            depth.add_metric([queue.name], queue.depth)
+            oldest_age.add_metric([queue.name], queue.oldest_age_s)
         return depth, oldest_age
 
     def _canaries(self) -> GaugeMetricFamily:
@@ -98,33 +85,12 @@ class BusStateCollector(Collector):
 
     def _circuit_breakers(self) -> GaugeMetricFamily:
         family = metrics.CIRCUIT_BREAKER_STATE.family()
-        keys = sorted(self.client.scan_iter(match=KEY_PREFIX + "*", count=100))
-        if not keys:
-            return family
-        for key, value in zip(keys, self.client.mget(keys), strict=True):
-            service = key.removeprefix(KEY_PREFIX)
-            state = _breaker_state(value)
-            if state is None:
-                log.warning("Unreadable circuit breaker record", key=key, value=value)
+        for service, state in bus_state.breakers(self.client).items():
+            if state is None or state.state not in CIRCUIT_BREAKER_STATES:
+                log.warning("Unreadable circuit breaker record", service=service)
                 continue
-            family.add_metric([service], state)
+            family.add_metric([service], CIRCUIT_BREAKER_STATES[state.state])
         return family
-
-
-def _published_at(raw_message: str) -> float | None:
-    """The publish time our before_task_publish hook stamps into every task message."""
-    try:
-        return float(json.loads(raw_message)["headers"][PUBLISHED_AT_HEADER])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _breaker_state(value: str | None) -> int | None:
-    """`{"state": "closed"|"half_open"|"open", ...}` -> 0, 1, 2."""
-    try:
-        return CIRCUIT_BREAKER_STATES[json.loads(value or "")["state"]]
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def forget_process(pid: int, directory: Path) -> None:

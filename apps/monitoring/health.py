@@ -128,6 +128,8 @@ def check_mqtt_subscriber() -> Details:
     connected = [status for status in statuses if status.connected]
     if not statuses:
         raise CheckFailed("no subscriber has reported in the last 15 s")
+    if not connected and all(status.paused for status in statuses):
+        raise CheckFailed("intake paused by an operator; resume with manage.py drain --resume")
     if not connected:
         raise CheckFailed("subscriber is running but not connected to the broker")
     ages = [s.last_message_age for s in connected if s.last_message_age is not None]

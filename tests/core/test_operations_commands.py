@@ -1,0 +1,115 @@
+"""bus_status, drain and requeue against the real bus."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from apps.core.redis_client import state_redis
+from apps.core.tasks.celery_settings import broker_list_keys
+from apps.devices.models import TelemetryReading
+from apps.monitoring import bus_state
+from apps.mqtt import status
+from tests import environment
+from tests.factories import create_tenant_with_devices, telemetry
+from tests.services import ROOT, Service, mqtt_publish, wait_for
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def test_drain_pauses_intake_waits_for_empty_queues_and_resume_lets_the_broker_deliver(
+    bus: Service,
+):
+    create_tenant_with_devices("acme", "sensor-001")
+    mqtt_publish(
+        environment.MQTT_PORT,
+        [("device/sensor-001/telemetry", telemetry(msg_id=f"d{i}")) for i in range(500)],
+    )
+    wait_for(lambda: TelemetryReading.objects.exists(), timeout=30, what="processing to start")
+
+    output = run("drain", "--timeout", "120")
+
+    assert "Drained" in output
+    assert "manage.py drain --resume" in output
+    client = state_redis()
+    assert sum(queue.depth for queue in bus_state.queue_stats(client)) == 0
+    assert bus_state.unacked_count(client) == 0
+    assert all(sub.paused for sub in status.read_statuses(client))
+    handed_on = TelemetryReading.objects.count()
+
+    # While paused, the broker keeps what devices send; after --resume it all arrives.
+    mqtt_publish(environment.MQTT_PORT, [("device/sensor-001/telemetry", telemetry(msg_id="late"))])
+    assert "Intake resumed" in run("drain", "--resume")
+    wait_for(
+        lambda: TelemetryReading.objects.count() == 501,
+        timeout=60,
+        what="every message, the held-back ones included",
+    )
+    assert handed_on <= 500
+
+
+def test_bus_status_shows_queues_workers_subscribers_breakers_and_dead_letters(bus: Service):
+    from apps.core.circuit_breaker import CircuitBreaker
+
+    wait_for(lambda: status.read_statuses(state_redis()), timeout=15, what="subscriber status")
+    breaker = CircuitBreaker("webhook", failure_threshold=1)
+    with pytest.raises(ConnectionError):
+        breaker.call(lambda: (_ for _ in ()).throw(ConnectionError("down")))
+    output = run("bus_status")
+    for queue in ("critical", "high_priority", "general", "ml_training", "external_api"):
+        assert queue in output
+    assert "connected" in output
+    assert "webhook            open" in output
+    assert "Dead letters\n  none" in output
+
+
+def waiting(queue: str, client: Any) -> int:
+    return sum(int(client.llen(key)) for key in broker_list_keys(queue))
+
+
+def _orphan_a_task() -> None:
+    """A consumer that takes a task and dies without acknowledging it (like `kill -9`)."""
+    code = (
+        "import os, django; django.setup()\n"
+        "from intelliwiz_config.celery import app\n"
+        "with app.connection_for_write() as c:\n"
+        "    ch = c.default_channel\n"
+        "    assert ch.basic_get(queue='requeue_test', no_ack=False) is not None\n"
+        "    os._exit(0)\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "intelliwiz_config.settings"}
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
+
+
+def test_requeue_puts_tasks_of_killed_workers_back_on_their_queue(redis_client: Any):
+    from intelliwiz_config.celery import app
+
+    # A queue of its own, so that no worker of the test session takes the task back.
+    app.send_task("apps.mqtt.tasks.process_device_telemetry", args=[[]], queue="requeue_test")
+    _orphan_a_task()
+    assert bus_state.unacked_count(redis_client) == 1
+    assert waiting("requeue_test", redis_client) == 0
+
+    # --force: this session's workers may be up, and they do not consume requeue_test.
+    assert "Requeued 1 unacknowledged tasks." in run("requeue", "--force")
+    assert bus_state.unacked_count(redis_client) == 0
+    assert waiting("requeue_test", redis_client) == 1
+    redis_client.delete(*broker_list_keys("requeue_test"))
+
+
+def test_requeue_refuses_while_workers_are_up(redis_client: Any, all_queue_workers: list[Service]):
+    from apps.monitoring.celery_hooks import read_worker_heartbeats
+
+    wait_for(lambda: read_worker_heartbeats(redis_client), timeout=15, what="worker heartbeats")
+    with pytest.raises(CommandError, match="Stop the workers first, or pass --force"):
+        call_command("requeue")
