@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 VAR_DIR ?= var
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench format status stop system-packages clean help
+.PHONY: run test lint bench format status stop system-packages-run system-packages-test clean help
 
 help:
 	@echo "make run     set up and run the whole stack in the foreground (Ctrl-C stops it)"
@@ -30,17 +30,18 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-system-packages:
-	@scripts/install_system_packages.sh
+# The system packages of one purpose: `run` (the stack) or `test` (run's, Prometheus, chromium).
+system-packages-run system-packages-test: system-packages-%:
+	@scripts/install_system_packages.sh $*
 
-run: $(STAMP) system-packages
+run: $(STAMP) system-packages-run
 	@$(PY) scripts/init_env.py .env
 	@exec $(PY) manage.py runstack
 
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) system-packages
+bench: $(STAMP) system-packages-run
 	$(PY) -m bench.run_bench $(BENCH_ARGS)
 
 lint: $(STAMP)

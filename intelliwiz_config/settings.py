@@ -104,6 +104,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_simplejwt",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from static files, no CDN
     "apps.core",
     "apps.tenants",
     "apps.devices",
@@ -252,18 +253,22 @@ SIMPLE_JWT = {
 }
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        # The WebSocket's checks (tenant, nbf, required claims), not simplejwt's stock class.
+        "apps.noc.api.authentication.TenantJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "apps.noc.api.pagination.CappedLimitOffsetPagination",
     "PAGE_SIZE": 100,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "IntelliWiz message bus API",
     "DESCRIPTION": "Alerts, devices and readings of the caller's tenant.",
     "VERSION": "1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # Alerts and devices both have a `status` field; each choice set gets a name of its own.
     "ENUM_NAME_OVERRIDES": {
         "AlertStatusEnum": "apps.alerts.models.AlertStatus",
@@ -297,6 +302,9 @@ MQTT_SHARED_GROUP = os.environ.get("MQTT_SHARED_GROUP", "")
 MQTT_RECONNECT_MAX_DELAY = env_int("MQTT_RECONNECT_MAX_DELAY", 60, minimum=1)
 # Flow control: QoS 1 messages the broker may have in flight to the subscriber, unacknowledged.
 MQTT_RECEIVE_MAXIMUM = env_int("MQTT_RECEIVE_MAXIMUM", 1000, minimum=1)
+# Where `manage.py sync_mqtt_credentials` writes the broker's password file and ACL.
+MQTT_PASSWORD_FILE = Path(env_str("MQTT_PASSWORD_FILE", "/etc/mosquitto/passwd"))
+MQTT_ACL_FILE = Path(env_str("MQTT_ACL_FILE", "/etc/mosquitto/acl"))
 
 # --- Intake: validation, batching -------------------------------------------------------------
 

@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# Install the system services the stack and the tests run for real (Redis, Mosquitto, Prometheus),
-# when missing.
-# Usage: scripts/install_system_packages.sh   (idempotent; does nothing when all are present)
+# Install the system packages a purpose needs, when missing.
+# Usage: scripts/install_system_packages.sh run|test   (idempotent; does nothing when all are present)
+#   run   the stack (`make run`, `make bench`): Redis, Mosquitto and the health script's tools
+#   test  the suite (`make test`): run's, plus Prometheus/promtool and Debian's chromium
 set -euo pipefail
 
-# command -> Debian package
+profile=${1:-}
+# command -> Debian package; first what `run` needs
 declare -A wanted=(
   [redis-server]=redis-server
   [redis-cli]=redis-tools
   [mosquitto]=mosquitto
   [mosquitto_pub]=mosquitto-clients
   [mosquitto_sub]=mosquitto-clients
-  # The suite runs a real Prometheus and promtool against deploy/prometheus/.
-  [prometheus]=prometheus
-  [promtool]=prometheus
   # scripts/health_check_message_bus.sh
   [curl]=curl
   [pgrep]=procps
 )
+case "$profile" in
+  run) ;;
+  test)
+    # The suite runs a real Prometheus and promtool against deploy/prometheus/, and drives
+    # Debian's chromium with Playwright (whose own browser download cannot work here).
+    wanted[prometheus]=prometheus
+    wanted[promtool]=prometheus
+    wanted[chromium]=chromium
+    ;;
+  *)
+    echo "Usage: $0 run|test   (run: the stack's packages; test: run's plus the suite's)" >&2
+    exit 2
+    ;;
+esac
 if [ "${INSTALL_EXTRA_PACKAGES:-}" != "" ]; then
   for spec in ${INSTALL_EXTRA_PACKAGES}; do wanted[${spec%%=*}]=${spec#*=}; done
 fi
@@ -36,23 +49,23 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
   as_root=(sudo -n)
 else
-  echo "Missing system packages: ${packages}" >&2
+  echo "Missing system packages (for '$profile'): ${packages}" >&2
   echo "Install them once with:  sudo apt-get install -y ${packages}" >&2
   exit 1
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "Missing system packages: ${packages}(no apt-get here; install them with your package manager)" >&2
+  echo "Missing system packages (for '$profile'): ${packages}(no apt-get here; install them with your package manager)" >&2
   exit 1
 fi
 
-echo "Installing system packages: ${packages}"
+echo "Installing system packages (for '$profile'): ${packages}"
 export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update -qq
 # shellcheck disable=SC2086
 "${as_root[@]}" apt-get install -y -qq --no-install-recommends ${packages} >/dev/null
 # The stack runs its own Redis and Mosquitto on its own ports (and the tests their own
 # Prometheus); the distribution's services would hold 6379, 1883 and 9090, so switch them off
-# where the package manager started them.
+# where the package manager started them. (chromium installs no service.)
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   for unit in redis-server mosquitto prometheus; do
     if systemctl is-active --quiet "$unit" 2>/dev/null; then

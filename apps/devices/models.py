@@ -41,6 +41,8 @@ class Device(models.Model):
     battery = models.FloatField(null=True, blank=True)
     signal = models.FloatField(null=True, blank=True)
     auto_registered = models.BooleanField(default=False)
+    # Mosquitto-format hash of the device's MQTT password (manage.py device_password).
+    mqtt_password_hash = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

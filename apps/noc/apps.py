@@ -5,3 +5,6 @@ class NocConfig(AppConfig):
     name = "apps.noc"
     label = "noc"
     verbose_name = "NOC"
+
+    def ready(self) -> None:
+        from apps.noc.api import schema  # noqa: F401  registers the OpenAPI extension

@@ -56,6 +56,12 @@ def issue_access_token(user: User) -> str:
     return str(issue_refresh_token(user).access_token)
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value; None for anything else."""
+    kind, _, token = authorization.partition(" ")
+    return token.strip() if kind.lower() == "bearer" and token.strip() else None
+
+
 def user_from_token(raw: str) -> tuple[User, dict[str, Any]]:
     """The active user a valid access token names, with its claims; else TokenRefusedError."""
     try:

@@ -53,8 +53,7 @@ SNAPSHOT_DEVICES = 2000
 def _bearer_token(scope: dict[str, Any]) -> str | None:
     for name, value in scope.get("headers", []):
         if name.lower() == b"authorization":
-            kind, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if kind.lower() == "bearer" and token.strip() else None
+            return auth.bearer_token(value.decode("latin-1"))
     return None
 
 

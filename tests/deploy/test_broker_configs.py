@@ -15,6 +15,7 @@ import pytest
 import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.mqtt.credentials import mosquitto_hash, render_acl, render_password_file
 from tests.environment import free_port
 from tests.services import ROOT, Service, executable, port_open, wait_for
 
@@ -33,14 +34,11 @@ def rewrite(text: str, lines: dict[str, str]) -> str:
 @pytest.fixture
 def production_mosquitto(tmp_path: Path) -> Iterator[int]:
     """deploy/mosquitto/mosquitto.conf and acl.example, with only paths and ports changed."""
+    # The password file as sync_mqtt_credentials writes it: Mosquitto must accept our hashes.
     passwd = tmp_path / "passwd"
-    passwd.touch()
-    for user, password in ACCOUNTS.items():
-        subprocess.run(
-            [executable("mosquitto_passwd"), "-b", str(passwd), user, password],
-            check=True,
-            capture_output=True,
-        )
+    passwd.write_text(
+        render_password_file((user, mosquitto_hash(pw)) for user, pw in ACCOUNTS.items())
+    )
     self_signed = [
         "openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=localhost",
         "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -140,12 +138,12 @@ def test_a_device_subscribed_to_everything_receives_only_its_own_commands(connec
     other = connect("dev-002", ACCOUNTS["dev-002"])
 
     other.publish("device/dev-002/telemetry")
-    app.publish("device/dev-002/commands/reboot")
+    app.publish("command/dev-002/reboot")
     wait_for(lambda: len(app.received) == 2, timeout=5, what="the application to receive both")
-    app.publish("device/dev-001/commands/reboot")
+    app.publish("command/dev-001/reboot")
 
     wait_for(lambda: device.received, timeout=5, what="dev-001 to receive its command")
-    assert device.received == ["device/dev-001/commands/reboot"]
+    assert device.received == ["command/dev-001/reboot"]
 
 
 def connack(port: int, user: str | None, password: str | None) -> Any:
@@ -187,3 +185,7 @@ def test_the_production_redis_config_keeps_every_queued_task(tmp_path: Path):
         "maxmemory-policy": "noeviction",
         "appendfsync": "everysec",
     }
+
+
+def test_the_example_acl_is_exactly_what_sync_mqtt_credentials_writes():
+    assert (DEPLOY / "mosquitto" / "acl.example").read_text() == render_acl("intelliwiz")

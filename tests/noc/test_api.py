@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.contrib.auth.models import Permission
+from django.contrib.staticfiles import finders
 from django.core.management import call_command
 from django.db.models import Model
 from django.utils import timezone
@@ -127,6 +130,20 @@ def test_a_wrong_password_a_missing_token_and_a_forged_token_are_401(acme: Tenan
     assert client.get("/api/alerts/").status_code == 401
 
 
+@pytest.mark.django_db
+def test_a_token_naming_another_tenant_than_the_users_current_one_is_a_401(
+    acme: Tenant, globex: Tenant
+):
+    user = operator(acme, "acme-op")
+    client = client_for(user)
+    assert client.get("/api/alerts/").status_code == 200
+    user.tenant = globex  # moved after the token was issued: the token still says acme
+    user.save()
+    response = client.get("/api/alerts/")
+    assert response.status_code == 401
+    assert response.json()["detail"] == "token's tenant does not match the user's"
+
+
 # --- Tenant isolation ------------------------------------------------------------------------
 
 
@@ -157,9 +174,14 @@ def test_another_tenants_alert_and_device_are_not_found(
 
 
 @pytest.mark.django_db
-def test_a_user_without_a_tenant_sees_nothing(acme: Tenant):
+def test_a_user_without_a_tenant_gets_no_usable_token_and_sees_nothing_by_session(acme: Tenant):
     alert = make_alert("acme-panic")
-    client = client_for(operator(None, "admin-without-tenant"))
+    user = operator(None, "admin-without-tenant")
+    refused = client_for(user).get("/api/alerts/")
+    assert refused.status_code == 401
+    assert refused.json()["detail"] == "token lacks tenant_id"
+    client = APIClient()
+    client.force_login(user)
     assert ids(client.get("/api/alerts/")) == []
     assert ids(client.get("/api/devices/")) == []
     assert client.get(f"/api/alerts/{alert.pk}/").status_code == 404
@@ -342,6 +364,17 @@ def test_device_detail_carries_its_latest_telemetry_location_and_sensor_reading(
     assert detail["latest_sensor_reading"] is None
 
 
+@pytest.mark.django_db
+def test_a_limit_above_1000_is_served_as_1000_rows(acme: Tenant, acme_client: APIClient):
+    Device.objects.bulk_create(
+        Device(tenant=acme, device_id=f"acme-{number:04}") for number in range(1000)
+    )
+    page = acme_client.get("/api/devices/?limit=100000").json()
+    assert page["count"] == 1002
+    assert len(page["results"]) == 1000
+    assert "limit=1000" in page["next"]
+
+
 # --- Readings --------------------------------------------------------------------------------
 
 
@@ -411,6 +444,18 @@ def test_the_schema_is_valid_openapi_listing_every_endpoint_and_has_a_swagger_pa
     } <= set(schema["paths"])
     assert "409" in schema["paths"]["/api/alerts/{id}/acknowledge/"]["post"]["responses"]
     assert APIClient().get("/api/docs/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_swagger_page_loads_nothing_from_another_host():
+    html = APIClient().get("/api/docs/").content.decode()
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert any(asset.endswith("swagger-ui-bundle.js") for asset in assets), assets
+    for asset in assets:
+        assert asset.startswith(settings.STATIC_URL), asset
+        assert finders.find(asset.removeprefix(settings.STATIC_URL)), asset
+    assert "cdn" not in html
+    assert "https://" not in html
 
 
 @pytest.mark.django_db

@@ -29,7 +29,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    playwright_sync = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api as playwright_sync
+    except ImportError:
+        pytest.fail("playwright is not installed; `make test` installs it with the dev extras")
     if not os.path.exists(CHROMIUM):
         pytest.fail("chromium is not installed; `make test` installs Debian's chromium package")
     # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are

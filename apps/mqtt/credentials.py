@@ -1,0 +1,76 @@
+"""Mosquitto's password file and ACL, written from the device registry.
+
+A device logs in with its device id as user name and may publish only under its own id on the
+ingest prefixes and read only its own commands; only the application account reads everything.
+The ACL is derived from the same constants the subscriber and the downlink use.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from apps.core.tasks.celery_settings import TOPIC_ROUTES
+from apps.mqtt.downlink import COMMAND_TOPIC
+
+# Mosquitto 2's password format `$7$`: PBKDF2-HMAC-SHA512, its default iteration count.
+PBKDF2_ITERATIONS = 101
+SALT_BYTES = 12
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else os.urandom(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    encode = base64.b64encode
+    return f"$7${PBKDF2_ITERATIONS}${encode(salt).decode()}${encode(digest).decode()}"
+
+
+def new_device_password() -> tuple[str, str]:
+    """A fresh password and its Mosquitto hash; only the hash is stored."""
+    password = secrets.token_urlsafe(18)
+    return password, mosquitto_hash(password)
+
+
+def render_acl(app_username: str) -> str:
+    device_writes = [f"pattern write {prefix}%u/#" for prefix in TOPIC_ROUTES]
+    own_commands = COMMAND_TOPIC.format(device_id="%u", command="#")
+    any_command = COMMAND_TOPIC.format(device_id="+", command="#")
+    return "\n".join(
+        [
+            "# Written by `manage.py sync_mqtt_credentials` (apps/mqtt/credentials.py).",
+            "# Devices log in with their device id as user name (%u): the password proves it,",
+            "# unlike the client id, which any client may choose.",
+            "",
+            "# --- Every device: publish under its own id, read its own commands ---------------",
+            *device_writes,
+            f"pattern read {own_commands}",
+            "",
+            "# --- The application account (MQTT_USERNAME): subscriber, downlink, health --------",
+            "# Only it may read `#`; Mosquitto checks read access on every delivered message, so a",
+            "# device subscribed to `#` still receives nothing but its own commands.",
+            f"user {app_username}",
+            "topic read #",
+            f"topic write {any_command}",
+            "# `#` does not match $SYS topics; the health check reads the broker's uptime.",
+            "topic read $SYS/broker/uptime",
+            "",
+        ]
+    )
+
+
+def render_password_file(entries: Iterable[tuple[str, str]]) -> str:
+    """`user:hash` lines for (user name, Mosquitto hash) pairs."""
+    return "".join(f"{user}:{hashed}\n" for user, hashed in sorted(entries))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically, readable by its owner and group only (the broker's group)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text)
+    staging.chmod(0o640)
+    staging.replace(path)
