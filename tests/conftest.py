@@ -71,7 +71,16 @@ def start_celery_worker(
         )
         started.append(service)
         node = f"{queue}@{socket.gethostname()}"
-        wait_for(lambda: _celery_ping(node), timeout=60, what=f"worker {node} to answer ping")
+
+        def answers() -> bool:
+            if not service.alive():
+                raise RuntimeError(f"worker {node} exited:\n{service.log()[-3000:]}")
+            return _celery_ping(node)
+
+        try:
+            wait_for(answers, timeout=60, what=f"worker {node} to answer ping")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\nits log:\n{service.log()[-3000:]}") from None
         return service
 
     yield start

@@ -91,3 +91,14 @@ def test_the_idempotency_key_is_the_msg_id_when_present_else_a_hash():
     assert first == idempotency_key("dev", None, "device/dev/telemetry", b'{"a": 1}')
     assert first != idempotency_key("dev", None, "device/dev/telemetry", b'{"a": 2}')
     assert first != idempotency_key("dev", None, "device/other/telemetry", b'{"a": 1}')
+
+
+def test_every_topic_prefix_has_a_schema_a_route_and_an_auto_registration_kind():
+    from apps.core.tasks.celery_settings import TASK_QUEUES, TOPIC_ROUTES
+    from apps.devices.services import KIND_BY_PREFIX
+    from apps.mqtt.schemas import TOPIC_KINDS
+    from apps.mqtt.subscriber import ALLOWED_TOPIC_PREFIXES
+
+    assert set(TOPIC_KINDS) == set(TOPIC_ROUTES) == set(KIND_BY_PREFIX)
+    assert set(ALLOWED_TOPIC_PREFIXES) == set(TOPIC_ROUTES)
+    assert all(task in TASK_QUEUES for task in TOPIC_ROUTES.values())
