@@ -166,3 +166,43 @@ def test_the_monitoring_endpoints_require_the_api_key_when_one_is_set(
     assert wrong.status_code == 401
     assert client.get("/monitoring/health/").status_code == 401
     assert scrape(client, Authorization="Bearer s3cret-monitoring-key")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_real_traffic_the_bus_counters_have_moved(client: Client, bus: Service):
+    from tests import environment
+    from tests.factories import create_tenant_with_devices, panic, telemetry
+    from tests.services import mqtt_publish
+
+    create_tenant_with_devices("acme", "sensor-001", "panic-007")
+    before = scrape(client)
+
+    def grew(samples: Samples, name: str, **labels: str) -> bool:
+        return (value(samples, name, **labels) or 0) > (value(before, name, **labels) or 0)
+
+    mqtt_publish(
+        environment.MQTT_PORT,
+        [
+            ("device/sensor-001/telemetry", telemetry()),
+            ("device/sensor-001/telemetry", "not json"),
+            ("alert/panic-007/panic", panic()),
+        ],
+    )
+    task = {"task": "process_device_alerts", "queue": "critical"}
+    checks = [
+        ("mqtt_messages_received_total", {"prefix": "device/"}),
+        ("mqtt_messages_rejected_total", {"reason": "json"}),
+        ("dead_letters_total", {"stage": "intake", "reason": "json"}),
+        ("mqtt_messages_enqueued_total", {"queue": "critical"}),
+        ("celery_tasks_received_total", task),
+        ("celery_tasks_succeeded_total", task),
+        ("celery_task_runtime_seconds_count", task),
+        ("bus_messages_processed_total", {"kind": "alert"}),
+        ("bus_end_to_end_latency_seconds_count", {"kind": "alert"}),
+        ("celery_websocket_broadcast_success_total", {"message_type": "critical_alert"}),
+    ]
+    scrape_until(
+        client,
+        lambda samples: all(grew(samples, name, **labels) for name, labels in checks),
+        what="every bus counter to move",
+    )

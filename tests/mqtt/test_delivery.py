@@ -260,3 +260,80 @@ def test_on_sigterm_the_subscriber_hands_on_and_acknowledges_what_it_holds(
         what="the marker",
     )
     assert metric("mqtt_messages_received_total", prefix="device/") - received_before == 1
+
+
+def test_the_subscriber_reconnects_after_a_broker_restart_and_carries_on(
+    redis_client: object,
+    all_queue_workers: list[Service],
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+    tmp_path: Path,
+):
+    from tests.services import start_mosquitto
+
+    create_tenant_with_devices("acme", "sensor-001")
+    port = free_port()
+    broker = start_mosquitto(port, tmp_path / "mosquitto")
+    subscriber = start_subscriber(MQTT_PORT=str(port), MQTT_RECONNECT_MAX_DELAY="2")
+    mqtt_publish(port, [("device/sensor-001/telemetry", telemetry(msg_id="before"))])
+    wait_for(lambda: TelemetryReading.objects.count() == 1, timeout=30, what="the first reading")
+
+    broker.stop()
+    wait_for(lambda: "reconnecting" in subscriber.log(), timeout=30, what="the disconnect")
+    broker = start_mosquitto(port, tmp_path / "mosquitto")
+    try:
+        wait_for(
+            lambda: subscriber.log().count("Connected to MQTT Broker") == 2,
+            timeout=30,
+            what="the subscriber to reconnect",
+        )
+        mqtt_publish(port, [("device/sensor-001/telemetry", telemetry(msg_id="after"))])
+        wait_for(lambda: TelemetryReading.objects.count() == 2, timeout=30, what="the next one")
+    finally:
+        broker.stop()
+    assert subscriber.alive()
+
+
+def test_a_poison_message_is_dead_lettered_alone_after_bounded_retries(
+    private_broker: str, transactional_db: None, tmp_path: Path
+):
+    from apps.core.models import DeadLetter
+    from intelliwiz_config.celery import app
+
+    create_tenant_with_devices("acme", "sensor-001")
+    good = Envelope(
+        key="sensor-001:good",
+        topic="device/sensor-001/telemetry",
+        source_id="sensor-001",
+        kind="telemetry",
+        payload=json.loads(telemetry(battery=70)),
+        received_at=0.0,
+    )
+    # Passed intake once, but its payload can no longer be read (say, a schema change).
+    poison = Envelope(**{**good.to_message(), "key": "sensor-001:poison", "payload": {"x": 1}})
+    env = {**os.environ, "REDIS_URL": private_broker, "TASK_MAX_RETRIES": "1"}
+    worker = Service(
+        "general-poison",
+        [sys.executable, "-m", "apps.core.worker", "general"],
+        tmp_path / "worker.log",
+        env=env,
+    )
+    try:
+        with app.connection_for_write(f"{private_broker}/0") as connection:
+            app.send_task(
+                "apps.mqtt.tasks.process_device_telemetry",
+                args=[[good.to_message(), poison.to_message()]],
+                connection=connection,
+            )
+        letter = wait_for(
+            lambda: DeadLetter.objects.filter(reason="processing_failed").first(),
+            timeout=60,
+            what="the poison message to be dead-lettered",
+        )
+    finally:
+        worker.stop()
+    assert TelemetryReading.objects.get().idempotency_key == "sensor-001:good"
+    assert letter.envelope["key"] == "sensor-001:poison"
+    assert "ValidationError" in letter.detail
+    assert DeadLetter.objects.count() == 1
+    assert "retrying" in (tmp_path / "worker.log").read_text()

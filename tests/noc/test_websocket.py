@@ -393,3 +393,57 @@ def test_daphne_refuses_to_start_without_the_encryption_key_outside_debug(tmp_pa
     )
     assert result.returncode != 0
     assert "CHANNELS_ENCRYPTION_KEY must be set outside DEBUG" in result.stderr
+
+
+def test_filters_narrow_the_stream_and_unsubscribe_silences_it(daphne_server, alice):
+    from apps.noc.broadcast import broadcast_to_noc_dashboard
+
+    token = issue_access_token(alice)
+
+    def alert(severity: str, source: str) -> None:
+        data = {"id": 1, "source_id": source, "severity": severity, "site": "", "status": "NEW"}
+        broadcast_to_noc_dashboard("alert_updated", data, tenant_id=alice.tenant_id)
+
+    async def watch() -> list[dict[str, Any]]:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            await ws.send(json.dumps({"type": "subscribe", "filters": {"severity": ["CRITICAL"]}}))
+            await until_type(ws, "subscribed")
+            await asyncio.to_thread(alert, "LOW", "quiet-1")
+            await asyncio.to_thread(alert, "CRITICAL", "loud-1")
+            first = await until_type(ws, "alert_updated")
+            await ws.send('{"type": "unsubscribe"}')
+            await until_type(ws, "unsubscribed")
+            await asyncio.to_thread(alert, "CRITICAL", "loud-2")
+            # A heartbeat round trip after the broadcast: nothing else may arrive before it.
+            await ws.send('{"type": "heartbeat"}')
+            rest = [await next_message(ws)]
+            return [first, *rest]
+
+    first, after = asyncio.run(watch())
+    assert first["source_id"] == "loud-1"
+    assert after["type"] == "heartbeat_ack"
+
+
+def test_telemetry_is_conflated_to_the_latest_values_per_device(daphne_server, alice):
+    from apps.noc.broadcast import broadcast_to_noc_dashboard
+
+    token = issue_access_token(alice)
+
+    def burst() -> None:
+        for battery in range(1, 51):
+            data = {"devices": [{"device_id": "panic-007", "site": "", "battery": battery}]}
+            broadcast_to_noc_dashboard("telemetry_update", data, tenant_id=alice.tenant_id)
+
+    async def watch() -> list[dict[str, Any]]:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            await asyncio.to_thread(burst)
+            updates = [await until_type(ws, "telemetry_update")]
+            while updates[-1]["devices"][0]["battery"] != 50:
+                updates.append(await until_type(ws, "telemetry_update"))
+            return updates
+
+    updates = asyncio.run(watch())
+    assert len(updates) < 10, f"{len(updates)} updates for 50 readings: not conflated"
+    assert sum(update["messages"] for update in updates) == 50
