@@ -327,6 +327,14 @@ LOW_BATTERY_PERCENT = env_float("LOW_BATTERY_PERCENT", 20.0)
 SYSTEM_RESOURCE_ALERT_PERCENT = env_float("SYSTEM_RESOURCE_ALERT_PERCENT", 90.0)
 SMOKE_ALARM_THRESHOLD = env_float("SMOKE_ALARM_THRESHOLD", 100.0)
 TASK_MAX_RETRIES = env_int("TASK_MAX_RETRIES", 5, minimum=0)
+# How long a processed message's idempotency key is kept: a redelivery older than this would be
+# processed again, so it must outlast the broker session (MQTT_SESSION_EXPIRY) by far.
+IDEMPOTENCY_RETENTION_DAYS = env_int("IDEMPOTENCY_RETENTION_DAYS", 7, minimum=1)
+if IDEMPOTENCY_RETENTION_DAYS * 86400 <= MQTT_SESSION_EXPIRY:
+    raise ImproperlyConfigured(
+        f"IDEMPOTENCY_RETENTION_DAYS={IDEMPOTENCY_RETENTION_DAYS} must outlast "
+        f"MQTT_SESSION_EXPIRY={MQTT_SESSION_EXPIRY} s, or redelivered messages count twice"
+    )
 CIRCUIT_BREAKER_FAILURE_THRESHOLD = env_int("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5, minimum=1)
 CIRCUIT_BREAKER_RESET_SECONDS = env_int("CIRCUIT_BREAKER_RESET_SECONDS", 300, minimum=1)
 
@@ -343,6 +351,9 @@ MONITORING_API_KEY = os.environ.get("MONITORING_API_KEY", "")
 PROMETHEUS_MULTIPROC_DIR = Path(
     env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
 ).resolve()
+# prometheus_client reads the variable itself; make sure every process that loads these
+# settings writes where /metrics/export/ reads, even when started by hand without it.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 DEMO_TENANT = env_str("DEMO_TENANT", "demo")
 DEMO_OPERATOR = env_str("DEMO_OPERATOR", "operator")
 

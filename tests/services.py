@@ -137,7 +137,7 @@ def start_mosquitto(port: int, data_dir: Path) -> Service:
                 "persistence true",
                 f"persistence_location {data_dir}/",
                 "max_queued_messages 200000",
-                "max_inflight_messages 100",
+                "max_inflight_messages 1000",
                 "message_size_limit 2097152",
                 "log_dest stdout",
                 f"user {getpass.getuser()}",

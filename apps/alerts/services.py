@@ -25,6 +25,9 @@ from apps.devices.models import Device
 from apps.noc.broadcast import NocEvent
 from apps.tenants.models import User
 
+# Most severe first.
+SEVERITY_RANK = {severity: rank for rank, severity in enumerate(Severity.values)}
+
 
 class TransitionError(ValueError):
     pass
@@ -87,10 +90,17 @@ def raise_alert(signal: AlertSignal) -> NocEvent:
     if alert is not None:
         Alert.objects.filter(pk=alert.pk).update(count=F("count") + 1)
         alert.refresh_from_db(fields=["count"])
+        fields = ["updated_at"]
         if signal.seen_at > alert.last_seen:
             alert.last_seen = signal.seen_at
-            alert.save(update_fields=["last_seen", "updated_at"])
-        return _event(alert, new=False)
+            fields.append("last_seen")
+        escalated = SEVERITY_RANK[signal.severity] < SEVERITY_RANK[alert.severity]
+        if escalated:
+            alert.severity = signal.severity
+            fields.append("severity")
+        alert.save(update_fields=fields)
+        # An alert that became critical is announced as new: filters on CRITICAL must see it.
+        return _event(alert, new=escalated)
     alert = Alert.objects.create(
         tenant_id=device.tenant_id,
         device=device,

@@ -12,7 +12,7 @@ class ProcessedMessage(models.Model):
     neither does, whatever crashes in between.
     """
 
-    key = models.CharField(max_length=160, unique=True)
+    key = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=24)
     processed_at = models.DateTimeField(auto_now_add=True, db_index=True)
 

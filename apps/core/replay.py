@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from apps.core.models import DeadLetter
+from apps.core.models import DeadLetter, ProcessedMessage
 from apps.mqtt.intake import Envelope, Intake, Rejection
 
 
@@ -13,8 +13,10 @@ def replay(letter: DeadLetter, intake: Intake | None = None) -> str | None:
     from intelliwiz_config.celery import app
 
     if letter.envelope is not None:
-        # Failed in processing: the validated envelope goes back as it was, same key.
+        # Failed in processing: the validated envelope goes back as it was, same key. Its
+        # effects were never applied, so its claim in the ledger (if any) is released.
         envelope = Envelope.from_message(letter.envelope)
+        ProcessedMessage.objects.filter(key=envelope.key).delete()
     else:
         if letter.payload_truncated:
             return f"only the first {len(bytes(letter.payload))} bytes were kept; cannot replay"

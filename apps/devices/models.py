@@ -25,6 +25,7 @@ class Device(models.Model):
         OTHER = "other", "Other"
 
     class Status(models.TextChoices):
+        UNKNOWN = "UNKNOWN", "Never heard from"
         ONLINE = "ONLINE", "Online"
         OFFLINE = "OFFLINE", "Offline"
         LOW_BATTERY = "LOW_BATTERY", "Low battery"
@@ -36,7 +37,7 @@ class Device(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OTHER)
     name = models.CharField(max_length=100, blank=True)
     site = models.CharField(max_length=100, blank=True)
-    status = models.CharField(max_length=12, choices=Status.choices, default=Status.ONLINE)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.UNKNOWN)
     last_seen = models.DateTimeField(null=True, blank=True)
     battery = models.FloatField(null=True, blank=True)
     signal = models.FloatField(null=True, blank=True)
@@ -128,7 +129,7 @@ class Reading(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
-    idempotency_key = models.CharField(max_length=160, unique=True)
+    idempotency_key = models.CharField(max_length=200, unique=True)
     recorded_at = models.DateTimeField()
     received_at = models.DateTimeField()
 

@@ -28,7 +28,8 @@ def status_event(device: Device) -> NocEvent:
 
 
 def mark_seen(seen: list[tuple[Device, datetime]]) -> list[NocEvent]:
-    """Record that devices were heard from; an OFFLINE device is back and its alert cleared."""
+    """Record that devices were heard from: a new device is ONLINE, an OFFLINE one is back
+    and its alert cleared."""
     events: list[NocEvent] = []
     changed: list[Device] = []
     for device, at in seen:
@@ -36,7 +37,10 @@ def mark_seen(seen: list[tuple[Device, datetime]]) -> list[NocEvent]:
             continue
         device.last_seen = at
         changed.append(device)
-        if device.status == Device.Status.OFFLINE:
+        if device.status == Device.Status.UNKNOWN:
+            device.status = Device.Status.ONLINE
+            events.append(status_event(device))
+        elif device.status == Device.Status.OFFLINE:
             device.status = Device.Status.ONLINE
             cleared = clear_alert(device, AlertType.OFFLINE, "device reported again")
             if cleared:

@@ -10,8 +10,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps.core.redis_client import state_redis
 from apps.devices.models import Device
 from apps.devices.status import mark_offline
+from apps.mqtt import status
 from apps.noc.broadcast import NocEvent, broadcast_events
 
 log = structlog.get_logger(__name__)
@@ -20,6 +22,11 @@ log = structlog.get_logger(__name__)
 @shared_task(name="apps.devices.tasks.detect_offline_devices", acks_late=True)
 def detect_offline_devices() -> int:
     """Devices silent for DEVICE_OFFLINE_AFTER seconds go OFFLINE with an alert."""
+    client = state_redis()
+    if status.intake_paused(client) or not any(s.connected for s in status.read_statuses(client)):
+        # Devices are not silent when nobody is listening: no mass OFFLINE during an outage.
+        log.warning("offline detection skipped: MQTT intake is paused or no subscriber is up")
+        return 0
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER)
     events: list[NocEvent] = []

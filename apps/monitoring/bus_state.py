@@ -11,14 +11,15 @@ import time
 from dataclasses import dataclass
 
 import redis
+from kombu.transport.redis import Channel as RedisChannel
 
 from apps.core.circuit_breaker import KEY_PREFIX as BREAKER_KEY_PREFIX
 from apps.core.circuit_breaker import BreakerState
 from apps.core.tasks.celery_settings import QUEUES, broker_list_keys
 from apps.monitoring.celery_hooks import PUBLISHED_AT_HEADER
 
-# kombu's Redis transport keeps delivered-but-unacknowledged messages here (Channel.unacked_key).
-UNACKED_KEY = "unacked"
+# Where kombu's Redis transport keeps delivered-but-unacknowledged messages.
+UNACKED_KEY: str = RedisChannel.unacked_key
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,18 @@ def queue_stats(client: redis.Redis[str]) -> list[QueueStats]:
 def unacked_count(client: redis.Redis[str]) -> int:
     """Tasks handed to a worker and not yet acknowledged (running, prefetched or orphaned)."""
     return int(client.hlen(UNACKED_KEY))
+
+
+def unacked_by_queue(client: redis.Redis[str]) -> dict[str, int]:
+    """The same, per queue (each entry is kombu's `[message, exchange, routing_key]`)."""
+    counts: dict[str, int] = {}
+    for raw in client.hvals(UNACKED_KEY):
+        try:
+            queue = str(json.loads(raw)[2])
+        except (ValueError, IndexError, TypeError):
+            queue = "unknown"
+        counts[queue] = counts.get(queue, 0) + 1
+    return counts
 
 
 def published_at(raw_message: str) -> float | None:

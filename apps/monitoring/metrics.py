@@ -11,12 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 
 # In multiprocess mode each declaration below opens a file in this directory at once.
 settings.PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+# settings.py exports PROMETHEUS_MULTIPROC_DIR, but prometheus_client may have been imported
+# before the settings were read: choose its value class again, so no process keeps its
+# metrics in private memory where no scrape can see them.
+values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 # --- MQTT intake (the subscriber) ---------------------------------------------------------
 

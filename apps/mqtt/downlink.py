@@ -6,6 +6,7 @@ Publish errors are raised, never swallowed, so the circuit breaker sees them.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from typing import Any
@@ -15,14 +16,30 @@ import structlog
 from django.conf import settings
 from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.mqtt.schemas import SOURCE_ID_PATTERN
+
 log = structlog.get_logger(__name__)
 
 COMMAND_TOPIC = "command/{device_id}/{command}"
 PUBLISH_TIMEOUT_SECONDS = 5.0
 
 
+COMMAND_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
 class DownlinkError(Exception):
     pass
+
+
+class InvalidCommandError(ValueError):
+    """A command that can never be sent (no retry helps)."""
+
+
+def check_command(device_id: str, command: str) -> None:
+    if not SOURCE_ID_PATTERN.match(device_id):
+        raise InvalidCommandError(f"not a device id: {device_id!r}")
+    if not COMMAND_PATTERN.match(command):
+        raise InvalidCommandError(f"command must be 1-32 letters, digits, _ or -: {command!r}")
 
 
 class Downlink:
@@ -34,7 +51,8 @@ class Downlink:
     def _connected_client(self) -> mqtt.Client:
         if self._client is not None and self._client.is_connected():
             return self._client
-        if self._client is not None:
+        if self._client is not None:  # a dead connection: close it before opening another
+            self._client.disconnect()
             self._client.loop_stop()
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -60,9 +78,13 @@ class Downlink:
         self._client = client
         return client
 
-    def publish(self, device_id: str, command: str, params: dict[str, Any]) -> None:
+    def publish(
+        self, device_id: str, command: str, params: dict[str, Any], command_id: str
+    ) -> None:
+        """Publish a command; `command_id` lets the device ignore a retried duplicate."""
+        check_command(device_id, command)
         topic = COMMAND_TOPIC.format(device_id=device_id, command=command)
-        body = json.dumps({"command": command, "params": params})
+        body = json.dumps({"command": command, "command_id": command_id, "params": params})
         with self._lock:
             info = self._connected_client().publish(topic, body, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:

@@ -71,10 +71,11 @@ class Rejection:
     received_at: float
 
 
-def idempotency_key(source_id: str, msg_id: str | None, topic: str, payload: bytes) -> str:
-    """The device's own message id when it sends one, else a hash of topic and payload."""
+def idempotency_key(topic: str, msg_id: str | None, payload: bytes) -> str:
+    """The device's own message id, scoped by topic (a device may count per topic), when it
+    sends one; else a hash of topic and payload."""
     if msg_id:
-        return f"{source_id}:{msg_id}"
+        return f"{topic}#{msg_id}"
     digest = hashlib.sha256(topic.encode() + b"\n" + payload).hexdigest()
     return f"sha256:{digest}"
 
@@ -129,13 +130,12 @@ class Intake:
             message = parsed.kind.model.model_validate(document)
         except ValidationError as exc:
             return reject(Reason.SCHEMA, _schema_detail(exc))
-        claimed = message.claimed_source()
-        if claimed is not None and claimed != parsed.source_id:
-            return reject(
-                Reason.ID_MISMATCH,
-                f"payload {message.source_field}={claimed!r} does not match topic id "
-                f"{parsed.source_id!r}",
-            )
+        for field, claimed in message.claimed_sources().items():
+            if claimed != parsed.source_id:
+                return reject(
+                    Reason.ID_MISMATCH,
+                    f"payload {field}={claimed!r} does not match topic id {parsed.source_id!r}",
+                )
         now = datetime.fromtimestamp(received_at, tz=UTC)
         if message.timestamp - now > self.max_skew:
             return reject(
@@ -150,7 +150,7 @@ class Intake:
                 "(manage.py register_device, or DEVICE_AUTO_REGISTER)",
             )
         return Envelope(
-            key=idempotency_key(parsed.source_id, message.msg_id, topic, payload),
+            key=idempotency_key(topic, message.msg_id, payload),
             topic=topic,
             source_id=parsed.source_id,
             kind=parsed.kind.name,

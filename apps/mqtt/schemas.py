@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+MAX_KIND_SEGMENT = 32
 SOURCE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -31,9 +33,20 @@ class DevicePayload(BaseModel):
     msg_id: MessageId | None = None
     device_id: str | None = Field(default=None, max_length=64)
 
-    def claimed_source(self) -> str | None:
-        value = getattr(self, self.source_field, None)
-        return None if value is None else str(value)
+    @field_validator("timestamp")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        # Devices send their local offset; everything downstream speaks UTC.
+        return value.astimezone(UTC)
+
+    def claimed_sources(self) -> dict[str, str]:
+        """Every id the payload gives for its source (each must match the topic's)."""
+        fields = ("device_id", self.source_field)
+        return {
+            name: str(value)
+            for name in dict.fromkeys(fields)
+            if (value := getattr(self, name, None)) is not None
+        }
 
 
 class TelemetryPayload(DevicePayload):
@@ -146,6 +159,8 @@ def parse_topic(topic: str) -> ParsedTopic:
     if len(parts) != 2 or not parts[1]:
         raise TopicError(f"topic must look like {prefix}<source_id>/<kind>")
     source_id, kind_segment = parts
+    if len(kind_segment) > MAX_KIND_SEGMENT:
+        raise TopicError(f"kind segment longer than {MAX_KIND_SEGMENT} characters")
     if not SOURCE_ID_PATTERN.match(source_id):
         raise TopicError("source id must be 1-64 characters of letters, digits, _ . : -")
     kind = TOPIC_KINDS[prefix]

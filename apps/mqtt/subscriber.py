@@ -25,7 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -96,6 +96,16 @@ class Delivery:
     connection: int
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A received message not yet validated."""
+
+    topic: str
+    payload: bytes
+    received_at: float
+    delivery: Delivery
+
+
 @dataclass
 class Batch:
     envelopes: list[Envelope] = field(default_factory=list)
@@ -127,6 +137,7 @@ class Subscriber:
         self.connection = 0  # incremented per connection: acks never cross connections
         self.batches: dict[str, Batch] = defaultdict(Batch)
         self.rejections: list[tuple[Rejection, Delivery]] = []
+        self.recheck: list[Pending] = []
         self.retry_flush_at = 0.0
         self.flush_backoff = Backoff(0.5, 30)
         self.connect_backoff = Backoff(1, config.reconnect_max_delay)
@@ -199,13 +210,25 @@ class Subscriber:
         self.last_message_at = received_at
         delivery = Delivery(message.mid, message.qos, self.connection)
         topic = message.topic
-        payload = bytes(message.payload)
         prefix = topic.split("/", 1)[0] + "/"
         metrics.MQTT_MESSAGES_RECEIVED.labels(
             prefix=prefix if prefix in ALLOWED_TOPIC_PREFIXES else "other"
         ).inc()
+        pending = Pending(topic, bytes(message.payload), received_at, delivery)
+        try:
+            self._admit(pending)
+        except DatabaseError:
+            # The registry cannot be read just now: that says nothing about the message. Keep
+            # it unacknowledged and decide again at the next flush.
+            self.recheck.append(pending)
+
+    def _admit(self, pending: Pending) -> None:
+        """Validate one message and put it in its route's batch or among the rejections."""
+        topic, payload, received_at = pending.topic, pending.payload, pending.received_at
         try:
             outcome = self.intake.check(topic, payload, received_at)
+        except DatabaseError:
+            raise
         except Exception as exc:
             # Nothing a device sends may stop the loop; keep the message for inspection.
             log.exception("intake failed on a message", topic=topic)
@@ -220,13 +243,19 @@ class Subscriber:
                 reason=outcome.reason.value,
                 detail=outcome.detail,
             )
-            self.rejections.append((outcome, delivery))
+            self.rejections.append((outcome, pending.delivery))
             return
         batch = self.batches[outcome.task_name]
         if not batch.envelopes:
             batch.opened_at = time.monotonic()
         batch.envelopes.append(outcome)
-        batch.deliveries.append(delivery)
+        batch.deliveries.append(pending.delivery)
+
+    def _recheck(self) -> None:
+        """Messages the registry could not be asked about: ask again (raises while it is down)."""
+        while self.recheck:
+            self._admit(self.recheck[0])
+            self.recheck.pop(0)
 
     # --- flushing: enqueue, then acknowledge -------------------------------------------------
 
@@ -246,6 +275,7 @@ class Subscriber:
         if now < self.retry_flush_at and not force:
             return False
         try:
+            self._recheck()
             self._flush_rejections()
             for task_name, batch in list(self.batches.items()):
                 if self._due(batch, task_name, now, force):
@@ -254,7 +284,8 @@ class Subscriber:
         except Exception as exc:
             delay = self.flush_backoff.next_delay()
             self.retry_flush_at = time.monotonic() + delay
-            held = sum(len(b.envelopes) for b in self.batches.values()) + len(self.rejections)
+            held = sum(len(b.envelopes) for b in self.batches.values())
+            held += len(self.rejections) + len(self.recheck)
             if not self.outage_logged:
                 log.error(
                     "cannot hand messages on; holding them unacknowledged so the broker keeps them",

@@ -44,6 +44,7 @@ from apps.tenants.models import User
 log = structlog.get_logger(__name__)
 
 CLOSE_TOO_MANY_MESSAGES = 4429
+CLOSE_SERVER_ERROR = 4500
 # Application codes: Daphne (autobahn) may only send 1000 or 3000-4999.
 CLOSE_MESSAGE_TOO_BIG = 4009
 SNAPSHOT_ALERTS = 500
@@ -132,9 +133,20 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
     async def _renew_membership(self) -> None:
         """Re-join before the channel layer's group expiry, so a long session never goes deaf."""
         interval = max(1.0, settings.CHANNELS_GROUP_EXPIRY / 4)
+        failures = 0
         while True:
             await asyncio.sleep(interval)
-            await self.channel_layer.group_add(self.group, self.channel_name)
+            try:
+                await self.channel_layer.group_add(self.group, self.channel_name)
+            except Exception as exc:
+                failures += 1
+                log.error("could not renew NOC group membership", error=str(exc), failures=failures)
+                if failures >= 3:
+                    # Better a reconnect (and a fresh snapshot) than a silently deaf screen.
+                    await self.close(code=CLOSE_SERVER_ERROR)
+                    return
+            else:
+                failures = 0
 
     async def _close_at(self, expires_at: float) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))

@@ -15,7 +15,9 @@ def ensure_demo_operator(tenant_name: str, username: str, password_file: Path) -
     """The demo tenant and its operator; the password is generated once and kept in a file."""
     tenant, _ = Tenant.objects.get_or_create(name=tenant_name)
     user, created = User.objects.get_or_create(
-        username=username, defaults={"tenant": tenant, "is_staff": True}
+        # Not staff: the Django admin is for superusers and is not scoped to one tenant.
+        username=username,
+        defaults={"tenant": tenant},
     )
     from apps.noc.auth import grant_operator_permissions
 

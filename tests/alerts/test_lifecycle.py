@@ -75,3 +75,18 @@ def test_the_database_refuses_a_second_active_alert_for_the_same_source_and_type
             first_seen=existing.first_seen,
             last_seen=existing.last_seen,
         )
+
+
+def test_a_repeat_at_a_higher_severity_escalates_the_alert_and_announces_it(device):
+    first = raise_alert(
+        AlertSignal(device=device, alert_type="PANIC", severity="HIGH", seen_at=timezone.now())
+    )
+    escalated = raise_alert(panic_signal(device))
+    calmer = raise_alert(
+        AlertSignal(device=device, alert_type="PANIC", severity="LOW", seen_at=timezone.now())
+    )
+    assert first.message_type == "alert_updated"
+    assert escalated.message_type == "critical_alert"
+    assert escalated.data["severity"] == "CRITICAL"
+    assert calmer.data["severity"] == "CRITICAL"
+    assert Alert.objects.get().count == 3

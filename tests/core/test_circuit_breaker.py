@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from apps.core.circuit_breaker import CircuitBreaker, CircuitOpenError, read_state
-from apps.mqtt.downlink import Downlink, DownlinkError
+from apps.mqtt.downlink import Downlink, DownlinkError, InvalidCommandError, check_command
 from tests import environment
 from tests.environment import free_port
 from tests.services import Service, wait_for
@@ -71,7 +71,12 @@ def test_a_failed_trial_opens_the_breaker_again(redis_client):
 
 def test_publishing_to_an_unreachable_broker_raises_instead_of_swallowing():
     with pytest.raises(DownlinkError, match="cannot reach the MQTT broker"):
-        Downlink("127.0.0.1", free_port()).publish("dev-1", "reboot", {})
+        Downlink("127.0.0.1", free_port()).publish("dev-1", "reboot", {}, "cmd-1")
+
+
+def test_a_command_that_could_never_be_sent_is_refused_before_the_breaker():
+    with pytest.raises(InvalidCommandError, match="command must be"):
+        check_command("dev-1", "reboot/#")
 
 
 def test_a_device_command_task_reaches_the_device_over_mqtt(
@@ -94,4 +99,8 @@ def test_a_device_command_task_reaches_the_device_over_mqtt(
     finally:
         device.loop_stop()
         device.disconnect()
-    assert received == [("command/door-7/unlock", {"command": "unlock", "params": {"s": 5}})]
+    [(topic, body)] = received
+    assert topic == "command/door-7/unlock"
+    assert body["command"] == "unlock"
+    assert body["params"] == {"s": 5}
+    assert body["command_id"]  # the task id: a retried command carries the same one

@@ -18,6 +18,14 @@ from tests.services import ROOT, Stack, descendants, wait_for
 pytestmark = pytest.mark.stack
 
 
+def command_line(process: psutil.Process) -> list[str]:
+    """A process's command line; empty for one that just exited (a restarted pool child)."""
+    try:
+        return process.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return []
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     service = Stack(tmp_path / "var", tmp_path / "stack.log")
@@ -31,7 +39,7 @@ def test_the_stack_comes_up_healthy_and_sigterm_leaves_no_process_behind(stack: 
     wait_for(lambda: "Stack is healthy" in stack.log(), timeout=15, what="the healthy banner")
 
     family = [psutil.Process(stack.pid), *descendants(stack.pid)]
-    commands = " ".join(" ".join(process.cmdline()) for process in family)
+    commands = " ".join(" ".join(command_line(process)) for process in family)
     for expected in ("supervisord", "redis-server", "mosquitto", "daphne", "mqtt_subscriber"):
         assert expected in commands
     for queue in ("critical", "high_priority", "general", "ml_training", "external_api"):

@@ -53,7 +53,9 @@ def test_messages_published_while_the_subscriber_is_down_arrive_once_and_only_on
     # The same 5,000 again, then one new message as a marker that the stream got through.
     mqtt_publish(PORT, [*messages, ("device/sensor-001/telemetry", telemetry(msg_id="marker"))])
     wait_for(
-        lambda: TelemetryReading.objects.filter(idempotency_key="sensor-001:marker").exists(),
+        lambda: TelemetryReading.objects.filter(
+            idempotency_key="device/sensor-001/telemetry#marker"
+        ).exists(),
         timeout=120,
         interval=0.5,
         what="the marker message",
@@ -130,9 +132,7 @@ def test_a_critical_alert_overtakes_a_backlog_of_10000_general_messages(
         for i in range(10_000):
             body = telemetry(msg_id=f"backlog-{i}")
             envelope = Envelope(
-                key=idempotency_key(
-                    "sensor-001", f"backlog-{i}", "device/sensor-001/telemetry", b""
-                ),
+                key=idempotency_key("device/sensor-001/telemetry", f"backlog-{i}", b""),
                 topic="device/sensor-001/telemetry",
                 source_id="sensor-001",
                 kind="telemetry",
@@ -255,7 +255,9 @@ def test_on_sigterm_the_subscriber_hands_on_and_acknowledges_what_it_holds(
     start_subscriber()
     mqtt_publish(PORT, [("device/sensor-001/telemetry", telemetry(msg_id="marker"))])
     wait_for(
-        lambda: TelemetryReading.objects.filter(idempotency_key="sensor-001:marker").exists(),
+        lambda: TelemetryReading.objects.filter(
+            idempotency_key="device/sensor-001/telemetry#marker"
+        ).exists(),
         timeout=30,
         what="the marker",
     )
@@ -302,7 +304,7 @@ def test_a_poison_message_is_dead_lettered_alone_after_bounded_retries(
 
     create_tenant_with_devices("acme", "sensor-001")
     good = Envelope(
-        key="sensor-001:good",
+        key="device/sensor-001/telemetry#good",
         topic="device/sensor-001/telemetry",
         source_id="sensor-001",
         kind="telemetry",
@@ -310,7 +312,9 @@ def test_a_poison_message_is_dead_lettered_alone_after_bounded_retries(
         received_at=0.0,
     )
     # Passed intake once, but its payload can no longer be read (say, a schema change).
-    poison = Envelope(**{**good.to_message(), "key": "sensor-001:poison", "payload": {"x": 1}})
+    poison = Envelope(
+        **{**good.to_message(), "key": "device/sensor-001/telemetry#poison", "payload": {"x": 1}}
+    )
     env = {**os.environ, "REDIS_URL": private_broker, "TASK_MAX_RETRIES": "1"}
     worker = Service(
         "general-poison",
@@ -332,8 +336,8 @@ def test_a_poison_message_is_dead_lettered_alone_after_bounded_retries(
         )
     finally:
         worker.stop()
-    assert TelemetryReading.objects.get().idempotency_key == "sensor-001:good"
-    assert letter.envelope["key"] == "sensor-001:poison"
+    assert TelemetryReading.objects.get().idempotency_key == "device/sensor-001/telemetry#good"
+    assert letter.envelope["key"] == "device/sensor-001/telemetry#poison"
     assert "ValidationError" in letter.detail
     assert DeadLetter.objects.count() == 1
     assert "retrying" in (tmp_path / "worker.log").read_text()

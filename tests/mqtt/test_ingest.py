@@ -167,7 +167,7 @@ def test_a_silent_device_goes_offline_and_its_next_message_brings_it_back(site):
     )
     offline = Alert.objects.get(alert_type="OFFLINE", source_id="sensor-001")
     assert offline.status == "NEW"
-    assert Device.objects.get(device_id="smoke-301").status == Device.Status.ONLINE  # never seen
+    assert Device.objects.get(device_id="smoke-301").status == Device.Status.UNKNOWN
 
     mqtt_publish(PORT, [("device/sensor-001/telemetry", telemetry(battery=90))])
     wait_for(

@@ -86,11 +86,13 @@ def test_gps_payload_must_name_the_same_guard_as_the_topic(intake):
 
 
 def test_the_idempotency_key_is_the_msg_id_when_present_else_a_hash():
-    assert idempotency_key("dev", "42", "device/dev/telemetry", b"{}") == "dev:42"
-    first = idempotency_key("dev", None, "device/dev/telemetry", b'{"a": 1}')
-    assert first == idempotency_key("dev", None, "device/dev/telemetry", b'{"a": 1}')
-    assert first != idempotency_key("dev", None, "device/dev/telemetry", b'{"a": 2}')
-    assert first != idempotency_key("dev", None, "device/other/telemetry", b'{"a": 1}')
+    assert idempotency_key("device/dev/telemetry", "42", b"{}") == "device/dev/telemetry#42"
+    # A device counting per topic: the same id on another topic is another message.
+    assert idempotency_key("alert/dev/panic", "42", b"{}") != "device/dev/telemetry#42"
+    first = idempotency_key("device/dev/telemetry", None, b'{"a": 1}')
+    assert first == idempotency_key("device/dev/telemetry", None, b'{"a": 1}')
+    assert first != idempotency_key("device/dev/telemetry", None, b'{"a": 2}')
+    assert first != idempotency_key("device/other/telemetry", None, b'{"a": 1}')
 
 
 def test_every_topic_prefix_has_a_schema_a_route_and_an_auto_registration_kind():
@@ -102,3 +104,19 @@ def test_every_topic_prefix_has_a_schema_a_route_and_an_auto_registration_kind()
     assert set(TOPIC_KINDS) == set(TOPIC_ROUTES) == set(KIND_BY_PREFIX)
     assert set(ALLOWED_TOPIC_PREFIXES) == set(TOPIC_ROUTES)
     assert all(task in TASK_QUEUES for task in TOPIC_ROUTES.values())
+
+
+def test_device_timestamps_are_kept_in_utc(intake):
+    outcome = intake.check(
+        "device/sensor-001/telemetry", telemetry(timestamp="2026-11-27T15:30:00+05:30").encode()
+    )
+    assert isinstance(outcome, Envelope)
+    assert outcome.payload["timestamp"] == "2026-11-27T10:00:00Z"
+
+
+def test_every_id_a_payload_gives_must_match_the_topic(intake):
+    body = payload(lat=1.0, lon=2.0, guard_id="guard-1", device_id="someone-else")
+    outcome = intake.check("guard/guard-1/gps", body.encode())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.ID_MISMATCH
+    assert "device_id='someone-else'" in outcome.detail

@@ -64,10 +64,6 @@ def retry_delay(retries: int) -> float:
     return float(min(300, 2**retries) * random.uniform(0.5, 1.5))  # noqa: S311
 
 
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
 def received(envelope: Envelope) -> datetime:
     return datetime.fromtimestamp(envelope.received_at, tz=UTC)
 
@@ -84,6 +80,12 @@ class BusTask(_Task):
     acks_late = True
     reject_on_worker_lost = True
     typing = False
+    # run_batch bounds retries itself (TASK_MAX_RETRIES); Celery's own limit must not cut in.
+    max_retries = None
+
+
+# When even dead-lettering fails (the database is down), the batch comes back this much later.
+OUTAGE_RETRY_SECONDS = 60
 
 
 def run_batch(
@@ -96,7 +98,7 @@ def run_batch(
     envelopes = [Envelope.from_message(message) for message in raw]
     try:
         result = _process(kind, consumer, envelopes)
-    except Exception as exc:
+    except Exception as exc:  # SoftTimeLimitExceeded included: a hung batch is retried too
         if task.request.retries < settings.TASK_MAX_RETRIES:
             metrics.TASKS_RETRIED.labels(**labels).inc()
             log.warning(
@@ -108,7 +110,20 @@ def run_batch(
             )
             raise task.retry(exc=exc, countdown=retry_delay(task.request.retries)) from exc
         # Out of retries: isolate, so only the messages that fail on their own are dead-lettered.
-        result = _process_one_by_one(kind, consumer, envelopes, labels)
+        try:
+            result = _process_one_by_one(kind, consumer, envelopes, labels)
+        except Exception as outage:
+            # Not even a dead letter could be written. Never drop the batch: it goes back to
+            # the broker (a new message, then this one is acknowledged) to try again later.
+            log.error(
+                "cannot process or dead-letter a batch; it will be retried",
+                task=task.name,
+                messages=len(envelopes),
+                retry_in_s=OUTAGE_RETRY_SECONDS,
+                error=f"{type(outage).__name__}: {outage}",
+                hint="check the database (DATABASE_URL)",
+            )
+            raise task.retry(exc=outage, countdown=OUTAGE_RETRY_SECONDS) from outage
     metrics.TASK_RUNTIME.labels(**labels).observe(time.perf_counter() - started)
     metrics.TASKS_SUCCEEDED.labels(**labels).inc()
     return result
@@ -117,11 +132,14 @@ def run_batch(
 def _process(kind: str, consumer: Consumer, envelopes: list[Envelope]) -> dict[str, int]:
     with transaction.atomic():
         fresh = _claim(kind, envelopes)
+        # Locked for the transaction: workers of several queues update the same devices
+        # (PostgreSQL; SQLite serialises writers anyway). Ordered to avoid deadlocks.
         devices = {
             device.device_id: device
-            for device in Device.objects.select_related("tenant").filter(
-                device_id__in={envelope.source_id for envelope in fresh}
-            )
+            for device in Device.objects.select_for_update(of=("self",))
+            .select_related("tenant")
+            .filter(device_id__in={envelope.source_id for envelope in fresh})
+            .order_by("pk")
         }
         orphans = [envelope for envelope in fresh if envelope.source_id not in devices]
         if orphans:

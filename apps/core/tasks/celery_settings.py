@@ -106,6 +106,7 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     "apps.mqtt.tasks.process_sensor_readings": GENERAL,
     "apps.mqtt.tasks.process_system_health": GENERAL,
     "apps.devices.tasks.detect_offline_devices": GENERAL,
+    "apps.mqtt.tasks.prune_processed_messages": GENERAL,
     # Default route only: beat sends one canary to *every* queue with queue= (BEAT_SCHEDULE).
     "apps.monitoring.tasks.canary": GENERAL,
     "apps.ml.tasks.train_model": ML_TRAINING,
@@ -128,13 +129,17 @@ TASK_ROUTES: Final[dict[str, dict[str, Any]]] = {
     task: {"queue": queue.name, "priority": queue.priority} for task, queue in TASK_QUEUES.items()
 }
 
-# Broker transport: priorities 0..9 on Redis are emulated with one list per step; a message whose
-# worker died without acknowledging it is redelivered after the visibility timeout.
+# Broker transport: priorities 0..9 on Redis are emulated with one list per step. A message whose
+# worker died without acknowledging it is redelivered after the visibility timeout (or at once
+# with `manage.py requeue`), so the timeout must outlast the longest acks_late task: twice the
+# longest hard time limit below ml_training. Training tasks run for hours and must therefore
+# be acks_late=False (at most once; beat starts the next run) or they would be run twice.
+VISIBILITY_TIMEOUT_SECONDS: Final = 2 * max(q.time_limit for q in QUEUES if q is not ML_TRAINING)
 BROKER_TRANSPORT_OPTIONS: Final[dict[str, Any]] = {
     "priority_steps": list(range(10)),
     "sep": ":",
     "queue_order_strategy": "priority",
-    "visibility_timeout": 3600,
+    "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
 }
 
 
@@ -166,6 +171,10 @@ BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
         "task": "apps.devices.tasks.detect_offline_devices",
         "schedule": 60.0,
     },
+    "prune-processed-messages": {
+        "task": "apps.mqtt.tasks.prune_processed_messages",
+        "schedule": 3600.0,
+    },
     **{
         f"health-canary-{queue.name}": {
             "task": CANARY_TASK,
@@ -189,8 +198,9 @@ def celery_config() -> dict[str, Any]:
         "task_routes": TASK_ROUTES,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # A task that fails outright (say the database is down while it dead-letters) stays
-        # unacknowledged and comes back after the visibility timeout instead of vanishing.
+        # Processing tasks never fail outright: run_batch retries, dead-letters, or re-queues
+        # through task.retry(). A task killed at its hard time limit is requeued rather than
+        # acknowledged (never lost); the soft limit fires first so run_batch can act on a hang.
         "task_acks_on_failure_or_timeout": False,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -61,7 +61,7 @@ def _battery_rules(device: Device, payload: TelemetryPayload, at: Any) -> list[A
         return []
     threshold = settings.LOW_BATTERY_PERCENT
     if payload.battery < threshold:
-        if device.status == Device.Status.ONLINE:
+        if device.status in (Device.Status.ONLINE, Device.Status.UNKNOWN):
             device.status = Device.Status.LOW_BATTERY
         signal = AlertSignal(
             device=device,

@@ -54,7 +54,8 @@ class Command(BaseCommand):
         first: int | None = None
         while True:
             waiting = sum(q.depth for q in bus_state.queue_stats(client) if q.name not in skip)
-            running = bus_state.unacked_count(client)
+            unacked = bus_state.unacked_by_queue(client)
+            running = sum(n for queue, n in unacked.items() if queue not in skip)
             pending = waiting + running
             first = pending if first is None else first
             if pending == 0:

@@ -86,8 +86,10 @@ class Command(BaseCommand):
             "\n".join(
                 [
                     "",
-                    f"  Admin / login:  {base}/admin/   user {username!r}  password {password!r}",
+                    f"  NOC dashboard:  {base}/noc/   user {username!r}  password {password!r}",
                     f"                  (password kept in {paths.operator_password_file})",
+                    f"  API:            {base}/api/docs/   token: manage.py issue_token --user "
+                    f"{username}",
                     f"  Health:         curl {base}/monitoring/health/",
                     f"  First message:  mosquitto_pub -p {settings.MQTT_PORT} "
                     '-t device/test/telemetry -m \'{"battery": 100, "signal": 95, '
