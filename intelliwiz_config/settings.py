@@ -261,6 +261,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "apps.noc.api.pagination.CappedLimitOffsetPagination",
     "PAGE_SIZE": 100,
+    "DEFAULT_THROTTLE_RATES": {"token": env_str("API_TOKEN_RATE", "20/min")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "IntelliWiz message bus API",
@@ -365,3 +366,25 @@ if LOG_FORMAT not in {"console", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be console or json")
 LOGGING_CONFIG = None
 configure_logging(level=LOG_LEVEL, fmt=LOG_FORMAT)
+
+# --- Production: what must be set, and cookies for HTTPS behind a proxy ------------------------
+
+if not DEBUG:
+    _missing = [
+        name
+        for name, value in [
+            ("MQTT_USERNAME", MQTT_USERNAME),
+            ("MQTT_PASSWORD", MQTT_PASSWORD),
+            ("MONITORING_API_KEY", MONITORING_API_KEY),
+        ]
+        if not value
+    ]
+    if _missing:
+        raise ImproperlyConfigured(
+            f"{', '.join(_missing)} must be set outside DEBUG: the broker refuses anonymous "
+            "clients, and health and metrics must not be public (see .env.example)"
+        )
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+    # Daphne runs with --proxy-headers behind a TLS-terminating proxy that sets this header.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

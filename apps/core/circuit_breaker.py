@@ -88,34 +88,46 @@ class CircuitBreaker:
                 f"retrying in {self.reset_timeout - waited:.0f} s "
                 f"(reset by hand: redis-cli DEL {self.key})"
             )
-        self._write(BreakerState(HALF_OPEN, current.failures, current.opened_at))
+
+        def trial(state: BreakerState) -> BreakerState:
+            return BreakerState(HALF_OPEN, state.failures, state.opened_at)
+
+        self._update(trial)
 
     def record_success(self) -> None:
-        current = read_state(self.client, self.service)
-        if current.state != CLOSED or current.failures:
-            if current.state != CLOSED:
-                log.info("circuit breaker closed", service=self.service)
-            self._write(BreakerState())
+        if read_state(self.client, self.service) != BreakerState():
+            self._update(lambda state: BreakerState())
 
     def record_failure(self) -> None:
-        current = read_state(self.client, self.service)
-        failures = current.failures + 1
-        if current.state == HALF_OPEN or failures >= self.failure_threshold:
-            if current.state != OPEN:
-                log.error(
-                    "circuit breaker opened",
-                    service=self.service,
-                    failures=failures,
-                    retry_after_s=self.reset_timeout,
-                )
-            self._write(BreakerState(OPEN, failures, time.time()))
-        else:
-            self._write(BreakerState(current.state, failures, current.opened_at))
+        def failed(state: BreakerState) -> BreakerState:
+            failures = state.failures + 1
+            if state.state == HALF_OPEN or failures >= self.failure_threshold:
+                return BreakerState(OPEN, failures, time.time())
+            return BreakerState(state.state, failures, state.opened_at)
 
-    def _write(self, state: BreakerState) -> None:
-        previous = read_state(self.client, self.service).state
-        self.client.set(self.key, json.dumps(asdict(state)))
-        if state.state != previous:
+        self._update(failed)
+
+    def _update(self, change: Callable[[BreakerState], BreakerState]) -> None:
+        """Apply `change` atomically (WATCH/MULTI): concurrent workers never lose a count."""
+        states: list[BreakerState] = []
+
+        def transaction(pipe: redis.client.Pipeline[str]) -> None:
+            before = read_state(pipe, self.service)
+            after = change(before)
+            states[:] = [before, after]
+            pipe.multi()
+            pipe.set(self.key, json.dumps(asdict(after)))
+
+        self.client.transaction(transaction, self.key)  # type: ignore[no-untyped-call]
+        before, after = states
+        if after.state != before.state:
             metrics.CIRCUIT_BREAKER_TRANSITIONS.labels(
-                service=self.service, state=state.state
+                service=self.service, state=after.state
             ).inc()
+            log_event = log.error if after.state == OPEN else log.info
+            log_event(
+                f"circuit breaker {after.state.replace('_', '-')}",
+                service=self.service,
+                failures=after.failures,
+                retry_after_s=self.reset_timeout if after.state == OPEN else None,
+            )

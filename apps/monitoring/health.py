@@ -14,16 +14,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import CANARY_INTERVAL_SECONDS, QUEUES, QueueSpec
 from apps.monitoring.tasks import read_canaries
+from apps.mqtt.client import app_client
 from apps.mqtt.status import read_statuses
 
 Details = dict[str, Any]
@@ -87,17 +87,20 @@ async def check_channel_layer() -> Details:
 
 
 def check_mqtt_broker() -> Details:
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"health-{uuid.uuid4().hex[:12]}",
-        protocol=mqtt.MQTTv5,
+    client = app_client(role="health")
+    refused: list[ReasonCode] = []
+    client.on_connect = lambda _c, _u, _f, code, _p: (
+        refused.append(code) if code.is_failure else None
     )
-    if settings.MQTT_USERNAME:
-        client.username_pw_set(settings.MQTT_USERNAME, settings.MQTT_PASSWORD)
     deadline = time.monotonic() + settings.HEALTH_CHECK_TIMEOUT
     try:
         client.connect(settings.MQTT_HOST, settings.MQTT_PORT, keepalive=10)
         while not client.is_connected():
+            if refused:
+                raise CheckFailed(
+                    f"broker refused the application account: {refused[0]} "
+                    "(check MQTT_USERNAME / MQTT_PASSWORD and sync_mqtt_credentials)"
+                )
             if time.monotonic() > deadline:
                 raise CheckFailed("no CONNACK from the broker")
             client.loop(timeout=0.1)

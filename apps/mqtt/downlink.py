@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import re
 import threading
-import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
 from django.conf import settings
-from paho.mqtt.enums import CallbackAPIVersion
 
+from apps.mqtt.client import app_client
 from apps.mqtt.schemas import SOURCE_ID_PATTERN
 
 log = structlog.get_logger(__name__)
@@ -54,13 +53,7 @@ class Downlink:
         if self._client is not None:  # a dead connection: close it before opening another
             self._client.disconnect()
             self._client.loop_stop()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"downlink-{uuid.uuid4().hex[:12]}",
-            protocol=mqtt.MQTTv5,
-        )
-        if settings.MQTT_USERNAME:
-            client.username_pw_set(settings.MQTT_USERNAME, settings.MQTT_PASSWORD)
+        client = app_client(role="downlink")
         connected = threading.Event()
         client.on_connect = lambda *args: connected.set()
         try:

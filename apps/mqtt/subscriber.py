@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 import structlog
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -36,6 +36,7 @@ from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import TASK_QUEUES, TOPIC_ROUTES
 from apps.monitoring import metrics
 from apps.mqtt import status
+from apps.mqtt.client import app_client
 from apps.mqtt.intake import Envelope, Intake, Reason, Rejection
 
 log = structlog.get_logger(__name__)
@@ -56,8 +57,6 @@ class SubscriberConfig:
     session_expiry: int
     keepalive: int
     shared_group: str
-    username: str
-    password: str
     reconnect_max_delay: int
     receive_maximum: int
     batch_size: int
@@ -72,8 +71,6 @@ class SubscriberConfig:
             session_expiry=settings.MQTT_SESSION_EXPIRY,
             keepalive=settings.MQTT_KEEPALIVE,
             shared_group=settings.MQTT_SHARED_GROUP,
-            username=settings.MQTT_USERNAME,
-            password=settings.MQTT_PASSWORD,
             reconnect_max_delay=settings.MQTT_RECONNECT_MAX_DELAY,
             receive_maximum=settings.MQTT_RECEIVE_MAXIMUM,
             batch_size=settings.MQTT_BATCH_SIZE,
@@ -149,14 +146,7 @@ class Subscriber:
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.config.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        if self.config.username:
-            client.username_pw_set(self.config.username, self.config.password)
+        client = app_client(self.config.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

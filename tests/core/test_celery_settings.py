@@ -27,7 +27,6 @@ def test_routes_send_each_kind_to_the_queue_the_architecture_names():
     assert routes["apps.mqtt.tasks.process_device_alerts"]["queue"] == "critical"
     assert routes["apps.mqtt.tasks.process_guard_gps"]["queue"] == "high_priority"
     assert routes["apps.mqtt.tasks.process_device_telemetry"]["queue"] == "general"
-    assert routes["apps.ml.tasks.train_model"]["queue"] == "ml_training"
     assert routes["apps.mqtt.tasks.publish_device_command"]["queue"] == "external_api"
     for route in routes.values():
         assert route["priority"] == QUEUES_BY_NAME[route["queue"]].priority
@@ -59,3 +58,8 @@ def test_worker_command_line_is_derived_from_the_queue_spec():
 def test_an_unknown_queue_is_refused_with_the_known_ones_named():
     with pytest.raises(ValueError, match=r"unknown queue 'urgent'; known queues: critical, "):
         worker_argv("urgent")
+
+
+def test_every_routed_task_exists():
+    app.loader.import_default_modules()
+    assert set(celery_settings.TASK_ROUTES) <= set(app.tasks)

@@ -104,3 +104,12 @@ def test_a_device_command_task_reaches_the_device_over_mqtt(
     assert body["command"] == "unlock"
     assert body["params"] == {"s": 5}
     assert body["command_id"]  # the task id: a retried command carries the same one
+
+
+def test_concurrent_failures_are_all_counted(redis_client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    breaker = CircuitBreaker("webhook", failure_threshold=1000)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: breaker.record_failure(), range(200)))
+    assert read_state(breaker.client, "webhook").failures == 200

@@ -38,6 +38,7 @@ def test_it_exits_0_with_a_line_per_component_on_a_healthy_stack(running_stack: 
         "celery ml_training",
         "celery external_api",
         "mqtt subscriber process",
+        "mqtt subscriber connected",
         "channel layer",
         "metrics endpoint",
         "/monitoring/health/",
@@ -51,6 +52,9 @@ def test_it_exits_0_with_a_line_per_component_on_a_healthy_stack(running_stack: 
     ("program", "component", "named"),
     [
         ("mqtt_subscriber", "/monitoring/health/", "mqtt_subscriber"),
+        # The process line matches any subscriber on the host; this one reads this stack's Redis.
+        ("mqtt_subscriber", "mqtt subscriber connected", "no subscriber connected"),
+        ("daphne", "/monitoring/health/", "no answer from"),
         ("celery:critical", "celery critical", "critical@"),
         ("mosquitto", "mqtt broker", "$SYS/broker/uptime"),
         ("redis", "redis", "no PONG"),

@@ -32,6 +32,9 @@ from apps.noc.groups import tenant_group
 from apps.tenants.models import Tenant, User
 from tests.factories import OPERATOR_PASSWORD, operator
 
+# Token requests are throttled through the cache, which is the real Redis.
+pytestmark = pytest.mark.usefixtures("redis_server")
+
 NOW = timezone.now()
 
 
@@ -461,3 +464,18 @@ def test_the_swagger_page_loads_nothing_from_another_host():
 @pytest.mark.django_db
 def test_the_schema_generates_without_warnings(tmp_path: Path):
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "s.yml"))
+
+
+@pytest.mark.django_db
+def test_password_guessing_on_the_token_endpoint_is_throttled(acme: Tenant):
+    from django.core.cache import cache
+
+    cache.clear()
+    operator(acme, "acme-op")
+    client = APIClient()
+    codes = [
+        client.post("/api/token/", {"username": "acme-op", "password": "guess"}).status_code
+        for _ in range(25)
+    ]
+    assert codes[:20] == [401] * 20
+    assert codes[-1] == 429

@@ -109,10 +109,7 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     "apps.mqtt.tasks.prune_processed_messages": GENERAL,
     # Default route only: beat sends one canary to *every* queue with queue= (BEAT_SCHEDULE).
     "apps.monitoring.tasks.canary": GENERAL,
-    "apps.ml.tasks.train_model": ML_TRAINING,
     "apps.mqtt.tasks.publish_device_command": EXTERNAL_API,
-    "apps.alerts.tasks.send_webhook": EXTERNAL_API,
-    "apps.alerts.tasks.send_email": EXTERNAL_API,
 }
 
 # MQTT topic prefix -> the task that processes its messages (and so, through TASK_QUEUES, the
