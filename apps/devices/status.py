@@ -58,6 +58,10 @@ def mark_offline(device: Device, now: datetime) -> list[NocEvent]:
         alert_type=AlertType.OFFLINE,
         severity=Severity.MEDIUM,
         seen_at=now,
-        message=f"no message since {device.last_seen.isoformat() if device.last_seen else 'ever'}",
+        message=(
+            f"no message since {device.last_seen:%Y-%m-%d %H:%M:%S} UTC"
+            if device.last_seen
+            else "never heard from"
+        ),
     )
     return [raise_alert(signal), status_event(device)]
