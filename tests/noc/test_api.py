@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -466,11 +467,19 @@ def test_the_schema_generates_without_warnings(tmp_path: Path):
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "s.yml"))
 
 
-@pytest.mark.django_db
-def test_password_guessing_on_the_token_endpoint_is_throttled(acme: Tenant):
+@pytest.fixture
+def empty_throttle_history() -> Iterator[None]:
+    """Throttle counts live in the real cache; no other test may inherit this one's."""
     from django.core.cache import cache
 
     cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("empty_throttle_history")
+def test_password_guessing_on_the_token_endpoint_is_throttled(acme: Tenant):
     operator(acme, "acme-op")
     client = APIClient()
     codes = [
