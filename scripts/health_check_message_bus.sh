@@ -83,10 +83,40 @@ for queue in $queues; do
 done
 
 # The subscriber process on this host (`manage.py mqtt_subscriber`, under supervisor or systemd).
+# A name match cannot tell this stack's subscriber from another's (a test run, a second stack),
+# so the next check asks Redis.
 if pids=$(pgrep -f -- 'manage.py mqtt_subscriber'); then
   report "mqtt subscriber process" OK "pid $(one_line <<<"$pids")"
 else
   report "mqtt subscriber process" FAIL "no 'manage.py mqtt_subscriber' process on $host"
+fi
+
+# The subscribers of *this* stack: each refreshes mqtt_subscriber:status:<client id> in Redis
+# (DB 0) every 5 s, and the key expires 15 s after the last refresh (apps/mqtt/status.py).
+connected=()
+paused=()
+keys=$(timeout "$CHECK_TIMEOUT" redis-cli -u "$REDIS_URL" --scan \
+  --pattern 'mqtt_subscriber:status:*' 2>&1)
+keys_read=$?
+[ $keys_read -eq 0 ] || keys=""
+for key in $keys; do
+  state=$(timeout "$CHECK_TIMEOUT" redis-cli -u "$REDIS_URL" HMGET "$key" connected paused \
+    2>/dev/null | one_line)
+  case $state in
+    "1 "*) connected+=("${key#mqtt_subscriber:status:}") ;;
+    *" 1") paused+=("${key#mqtt_subscriber:status:}") ;;
+  esac
+done
+if [ ${#connected[@]} -gt 0 ]; then
+  report "mqtt subscriber connected" OK "${connected[*]}"
+elif [ ${#paused[@]} -gt 0 ]; then
+  report "mqtt subscriber connected" FAIL \
+    "intake paused by an operator (${paused[*]}); resume: manage.py drain --resume"
+elif [ $keys_read -ne 0 ]; then
+  report "mqtt subscriber connected" FAIL "cannot read the subscribers' status from $REDIS_URL"
+else
+  report "mqtt subscriber connected" FAIL \
+    "no subscriber connected to the broker has reported to $REDIS_URL in the last 15 s"
 fi
 
 # Channel layer: a message sent to a fresh channel comes back, through Redis DB 2.
@@ -106,20 +136,28 @@ else
 fi
 
 # Metrics: the endpoint answers and carries the Celery gauges read from Redis.
-if metrics=$(curl -sS --max-time "$CHECK_TIMEOUT" -f "${curl_auth[@]}" \
-  "$BASE_URL/metrics/export/" 2>&1) && grep -q '^celery_queue_depth{' <<<"$metrics"; then
+if ! metrics=$(curl -sS --max-time "$CHECK_TIMEOUT" -f "${curl_auth[@]}" \
+  "$BASE_URL/metrics/export/" 2>&1); then
+  report "metrics endpoint" FAIL "$BASE_URL/metrics/export/: $(one_line <<<"$metrics")"
+elif grep -q '^celery_queue_depth{' <<<"$metrics"; then
   report "metrics endpoint" OK "$BASE_URL/metrics/export/ has the celery gauges"
 else
-  report "metrics endpoint" FAIL "$BASE_URL/metrics/export/: $(one_line <<<"$metrics")"
+  report "metrics endpoint" FAIL "$BASE_URL/metrics/export/ answered without celery_queue_depth \
+($(grep '^message_bus_redis_up' <<<"$metrics" || echo 'no message_bus_redis_up'))"
 fi
 
 # The application's own view: 200, or 503 naming what is down.
 body_file=$(mktemp)
-trap 'rm -f "$body_file"' EXIT
+error_file=$(mktemp)
+trap 'rm -f "$body_file" "$error_file"' EXIT
 status=$(curl -sS --max-time $((CHECK_TIMEOUT + 5)) -o "$body_file" -w '%{http_code}' \
-  "${curl_auth[@]}" "$BASE_URL/monitoring/health/" 2>&1)
+  "${curl_auth[@]}" "$BASE_URL/monitoring/health/" 2>"$error_file")
 if [ "$status" = 200 ]; then
   report "/monitoring/health/" OK "200 healthy"
+elif [ "$status" = 000 ]; then
+  report "/monitoring/health/" FAIL "no answer from $BASE_URL: $(one_line <"$error_file")"
+elif [ "$status" = 401 ]; then
+  report "/monitoring/health/" FAIL "HTTP 401: MONITORING_API_KEY is missing or not the server's"
 else
   down=$("$PYTHON" -c '
 import json, sys
