@@ -25,8 +25,12 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # An optional env file (default `.env` at the project root) fills in what the real environment
 # does not set; the real environment always wins. ENV_FILE="" disables it (the tests do).
 _env_file = os.environ.get("ENV_FILE", str(BASE_DIR / ".env"))
+_environment_before_env_file = set(os.environ)
 if _env_file:
     load_dotenv(_env_file, override=False)
+# What came from the file, not from the real environment: `make run` keeps these out of the
+# environment of the services it starts, so each re-reads the file (an edit applies on restart).
+ENV_FILE_VARIABLES = frozenset(set(os.environ) - _environment_before_env_file)
 
 
 def env_str(name: str, default: str | None = None) -> str:

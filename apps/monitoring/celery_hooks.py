@@ -81,12 +81,16 @@ class QueueHeartbeat(bootsteps.StartStopStep):
         if self.timer_entry is not None:
             self.timer_entry.cancel()
             self.timer_entry = None
+            # Stopped on purpose: down at once (an alert should still see it), not in 15 s.
+            self.beat(parent, seen_at=0.0)
 
     shutdown = stop
 
-    def beat(self, consumer: Any) -> None:
+    def beat(self, consumer: Any, seen_at: float | None = None) -> None:
+        if consumer.task_consumer is None:
+            return
         queues = [queue.name for queue in consumer.task_consumer.queues]
-        now = repr(time.time())
+        now = repr(time.time() if seen_at is None else seen_at)
         try:
             with state_redis().pipeline(transaction=False) as pipe:
                 for queue in queues:

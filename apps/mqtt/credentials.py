@@ -8,6 +8,8 @@ The ACL is derived from the same constants the subscriber and the downlink use.
 from __future__ import annotations
 
 import base64
+import contextlib
+import grp
 import hashlib
 import os
 import secrets
@@ -67,10 +69,16 @@ def render_password_file(entries: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{user}:{hashed}\n" for user, hashed in sorted(entries))
 
 
+BROKER_GROUP = "mosquitto"  # Debian's mosquitto runs as this user and group
+
+
 def write_private(path: Path, text: str) -> None:
-    """Replace `path` atomically, readable by its owner and group only (the broker's group)."""
+    """Replace `path` atomically, readable by its owner and the broker's group only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(text)
     staging.chmod(0o640)
+    # No such group here, or not ours to give: then the file keeps the writer's group.
+    with contextlib.suppress(KeyError, PermissionError):
+        os.chown(staging, -1, grp.getgrnam(BROKER_GROUP).gr_gid)
     staging.replace(path)

@@ -180,6 +180,10 @@ class Subscriber:
             client_id=self.config.client_id,
             session_present=flags.session_present,
         )
+        if flags.session_present and self.config.shared_group:
+            # A session kept from before MQTT_SHARED_GROUP was set still holds plain filters,
+            # which would keep delivering every message to this member alone.
+            client.unsubscribe([f"{prefix}#" for prefix in ALLOWED_TOPIC_PREFIXES])
         client.subscribe(self.config.subscriptions())
         self._report()
 

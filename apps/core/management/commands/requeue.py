@@ -30,7 +30,7 @@ class Command(BaseCommand):
 
         alive = [beat for beat in read_worker_heartbeats(state_redis()) if beat.up]
         if alive and not options["force"]:
-            names = ", ".join(sorted({f"{b.queue}@{b.hostname}" for b in alive}))
+            names = ", ".join(sorted({beat.hostname for beat in alive}))
             raise CommandError(
                 f"workers are up ({names}): their unacknowledged tasks are in progress. "
                 "Stop the workers first, or pass --force."

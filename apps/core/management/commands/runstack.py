@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -40,8 +41,15 @@ class Command(BaseCommand):
         )
         order = " → ".join(dict.fromkeys(program.group or program.name for program in programs))
         self.stdout.write(f"Starting {order} (logs in {paths.log_dir}/)")
+        # The services read .env themselves, so an edit to it applies when one is restarted.
+        environment = {
+            name: value
+            for name, value in os.environ.items()
+            if name not in settings.ENV_FILE_VARIABLES
+        }
         supervisord = subprocess.Popen(
             [stack.venv_executable("supervisord"), "-n", "-c", str(paths.supervisor_conf)],
+            env=environment,
         )
         forward = _Forwarder(supervisord)
         signal.signal(signal.SIGTERM, forward)
@@ -127,6 +135,10 @@ def _health(url: str) -> tuple[bool, list[str]]:
             checks = json.loads(exc.read())["checks"]
         except (ValueError, KeyError):
             return False, [f"HTTP {exc.code}"]
-        return False, [name for name, check in checks.items() if not check.get("ok")]
+        return False, [
+            f"{name} ({check['error']})" if check.get("error") else name
+            for name, check in checks.items()
+            if not check.get("ok")
+        ]
     except (urllib.error.URLError, OSError):
         return False, []
