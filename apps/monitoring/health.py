@@ -185,6 +185,11 @@ def _per_queue(queues: CheckResult, canaries: CheckResult) -> dict[str, CheckRes
     results = {}
     latency_ms = max(queues.latency_ms, canaries.latency_ms)
     now = time.time()
+    # Beat sends the canaries: when all are late, beat (not every pool at once) is the suspect.
+    every_canary_late = canaries.ok and all(
+        (at := canaries.details.get(queue.name)) is None or now - at > canary_max_age(queue)
+        for queue in QUEUES
+    )
     for queue in QUEUES:
         name = f"workers:{queue.name}"
         if not queues.ok:
@@ -208,6 +213,8 @@ def _per_queue(queues: CheckResult, canaries: CheckResult) -> dict[str, CheckRes
                 f"the {queue.name} queue is not being consumed: its last canary ran "
                 f"{age:.0f} s ago (limit {canary_max_age(queue)} s)"
             )
+            if every_canary_late:
+                error += "; every queue's canary is late, so check celerybeat first"
         else:
             error = None
         results[name] = CheckResult(error is None, latency_ms, error, details)
