@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -38,6 +39,7 @@ from tests.services import (
     start_mosquitto,
     start_redis,
     wait_for,
+    worker_answers,
 )
 
 RESULTS = Path(__file__).resolve().parent.parent / "var" / "bench" / "results.json"
@@ -55,12 +57,11 @@ def start_subscriber(name: str, **env: str) -> Service:
 
 
 def start_worker(queue: str) -> Service:
-    from intelliwiz_config.celery import app
-
     service = python_service(
         f"worker-{queue}", ["-m", "apps.core.worker", queue], SCRATCH / "log" / f"{queue}.log"
     )
-    wait_for(lambda: app.control.ping(timeout=0.5), timeout=60, what=f"{queue} worker")
+    node = f"{queue}@{socket.gethostname()}"
+    wait_for(lambda: worker_answers(node), timeout=60, what=f"worker {node}")
     return service
 
 

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests import environment
-from tests.services import Service, python_service, start_mosquitto, start_redis, wait_for
+from tests.services import (
+    Service,
+    python_service,
+    start_mosquitto,
+    start_redis,
+    wait_for,
+    worker_answers,
+)
 
 # Child services log at INFO so tests can wait for what they say.
 INFO_LOGS = {**os.environ, "LOG_LEVEL": "INFO"}
@@ -46,13 +53,6 @@ def redis_client(redis_server: Service) -> object:
     return client
 
 
-def _celery_ping(node: str) -> bool:
-    from intelliwiz_config.celery import app
-
-    replies = app.control.ping(destination=[node], timeout=0.5)
-    return any(node in reply for reply in replies)
-
-
 @pytest.fixture(scope="session")
 def start_celery_worker(
     redis_server: Service, scratch_dir: Path, django_db_setup: None
@@ -75,7 +75,7 @@ def start_celery_worker(
         def answers() -> bool:
             if not service.alive():
                 raise RuntimeError(f"worker {node} exited:\n{service.log()[-3000:]}")
-            return _celery_ping(node)
+            return worker_answers(node)
 
         try:
             wait_for(answers, timeout=60, what=f"worker {node} to answer ping")

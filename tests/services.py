@@ -267,3 +267,11 @@ def metric(name: str, **labels: str) -> float:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     return registry.get_sample_value(name, labels) or 0.0
+
+
+def worker_answers(node: str) -> bool:
+    """Whether the Celery worker node (e.g. `general@host`) answers a ping."""
+    from intelliwiz_config.celery import app
+
+    replies = app.control.ping(destination=[node], timeout=0.5)
+    return any(node in reply for reply in replies)

@@ -23,6 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import CANARY_INTERVAL_SECONDS, QUEUES, QueueSpec
 from apps.monitoring.tasks import read_canaries
+from apps.mqtt import status
 from apps.mqtt.client import app_client
 from apps.mqtt.status import read_statuses
 
@@ -130,7 +131,7 @@ def check_mqtt_subscriber() -> Details:
     statuses = read_statuses(state_redis())
     connected = [status for status in statuses if status.connected]
     if not statuses:
-        raise CheckFailed("no subscriber has reported in the last 15 s")
+        raise CheckFailed(f"no subscriber has reported in the last {status.STATUS_TTL_SECONDS} s")
     if not connected and all(status.paused for status in statuses):
         raise CheckFailed("intake paused by an operator; resume with manage.py drain --resume")
     if not connected:

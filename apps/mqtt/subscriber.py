@@ -18,7 +18,6 @@ import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -31,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from apps.core import dead_letters
 from apps.core.models import DeadLetter
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import TASK_QUEUES, TOPIC_ROUTES
@@ -298,25 +298,20 @@ class Subscriber:
         return True
 
     def _flush_rejections(self) -> None:
-        if not self.rejections:
-            return
-        keep = DeadLetter.PAYLOAD_KEEP_BYTES
-        DeadLetter.objects.bulk_create(
+        dead_letters.store(
             [
-                DeadLetter(
+                dead_letters.Letter(
                     stage=DeadLetter.Stage.INTAKE,
                     reason=rejection.reason.value,
                     detail=rejection.detail,
-                    topic=rejection.topic[:512],
-                    payload=rejection.payload[:keep],
-                    payload_size=len(rejection.payload),
-                    received_at=datetime.fromtimestamp(rejection.received_at, tz=UTC),
+                    topic=rejection.topic,
+                    payload=rejection.payload,
+                    received_at=rejection.received_at,
                 )
                 for rejection, _ in self.rejections
             ]
         )
-        for rejection, delivery in self.rejections:
-            metrics.DEAD_LETTERS.labels(stage="intake", reason=rejection.reason.value).inc()
+        for _, delivery in self.rejections:
             self._ack(delivery)
         self.rejections.clear()
 

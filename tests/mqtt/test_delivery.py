@@ -13,7 +13,7 @@ import pytest
 
 from apps.alerts.models import Alert
 from apps.core.models import ProcessedMessage
-from apps.core.tasks.celery_settings import QUEUES_BY_NAME, broker_list_keys, worker_argv
+from apps.core.tasks.celery_settings import QUEUES_BY_NAME, worker_argv
 from apps.devices.models import TelemetryReading
 from apps.mqtt.intake import Envelope, idempotency_key
 from tests import environment
@@ -66,12 +66,13 @@ def test_messages_published_while_the_subscriber_is_down_arrive_once_and_only_on
 
 
 def _queues_idle() -> bool:
+    """Nothing of the general queue waits in Redis or sits with a worker unacknowledged."""
     from apps.core.redis_client import state_redis
-    from intelliwiz_config.celery import app
+    from apps.monitoring import bus_state
 
-    waiting = sum(state_redis().llen(key) for key in broker_list_keys("general"))
-    active = app.control.inspect(timeout=1).active() or {}
-    return waiting == 0 and not any(active.values())
+    client = state_redis()
+    waiting = {q.name: q.depth for q in bus_state.queue_stats(client)}["general"]
+    return waiting == 0 and bus_state.unacked_by_queue(client).get("general", 0) == 0
 
 
 def test_a_worker_child_killed_mid_batch_loses_nothing_and_duplicates_nothing(
@@ -146,18 +147,18 @@ def test_a_critical_alert_overtakes_a_backlog_of_10000_general_messages(
 
     import redis
 
-    broker = redis.Redis.from_url(f"{private_broker}/0")
-    general_keys = broker_list_keys("general")
+    from apps.monitoring import bus_state
+
+    broker = redis.Redis.from_url(f"{private_broker}/0", decode_responses=True)
+
+    def waiting(queue: str) -> int:
+        return {q.name: q.depth for q in bus_state.queue_stats(broker)}[queue]
 
     def backlog() -> int:
-        return sum(int(broker.llen(key)) for key in general_keys)
+        return waiting("general")
 
     # The subscriber has queued the alert behind the backlog in time, not in priority.
-    wait_for(
-        lambda: sum(int(broker.llen(k)) for k in broker_list_keys("critical")) == 1,
-        timeout=30,
-        what="the alert to be queued",
-    )
+    wait_for(lambda: waiting("critical") == 1, timeout=30, what="the alert to be queued")
     assert backlog() == 10_000
 
     # One worker, one process, consuming both queues: it must take the alert first.

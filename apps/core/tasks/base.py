@@ -27,6 +27,7 @@ from celery import Task
 from django.conf import settings
 from django.db import transaction
 
+from apps.core import dead_letters
 from apps.core.models import DeadLetter, ProcessedMessage
 from apps.core.tasks.celery_settings import TASK_QUEUES
 from apps.devices.models import Device
@@ -217,20 +218,17 @@ def _process_one_by_one(
 
 
 def _dead_letter(envelopes: list[Envelope], reason: str, detail: str) -> None:
-    DeadLetter.objects.bulk_create(
+    dead_letters.store(
         [
-            DeadLetter(
+            dead_letters.Letter(
                 stage=DeadLetter.Stage.PROCESSING,
                 reason=reason,
                 detail=detail,
                 topic=envelope.topic,
-                payload=json.dumps(envelope.payload).encode()[: DeadLetter.PAYLOAD_KEEP_BYTES],
-                payload_size=len(json.dumps(envelope.payload).encode()),
-                received_at=received(envelope),
+                payload=json.dumps(envelope.payload).encode(),
+                received_at=envelope.received_at,
                 envelope=envelope.to_message(),
             )
             for envelope in envelopes
         ]
     )
-    for _ in envelopes:
-        metrics.DEAD_LETTERS.labels(stage="processing", reason=reason).inc()

@@ -56,7 +56,10 @@ class Command(BaseCommand):
         subscribers = status.read_statuses(client)
         if not subscribers:
             write(
-                self.style.ERROR("  none has reported in the last 15 s: is the subscriber running?")
+                self.style.ERROR(
+                    f"  none has reported in the last {status.STATUS_TTL_SECONDS} s: "
+                    "is the subscriber running?"
+                )
             )
         for sub in subscribers:
             state = "paused" if sub.paused else ("connected" if sub.connected else "DISCONNECTED")
