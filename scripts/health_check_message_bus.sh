@@ -3,10 +3,10 @@
 #
 #   scripts/health_check_message_bus.sh          (message-bus-health.timer runs it every 60 s)
 #
-# Hosts, ports and keys come from the variables the application reads (REDIS_URL, MQTT_HOST,
-# MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD, HTTP_HOST, HTTP_PORT, MONITORING_API_KEY), with
-# `make run`'s defaults; the project's .env fills in what the environment does not set, as it
-# does for the application. No `set -e`: every check runs and reports, the exit code sums up.
+# Hosts, ports and keys (REDIS_URL, MQTT_HOST, MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD, HTTP_HOST,
+# HTTP_PORT, MONITORING_API_KEY) are the ones the application resolves from the environment and
+# .env (`manage.py shell_settings`). No `set -e`: every check runs and reports, the exit code
+# sums up.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,29 +14,23 @@ PYTHON="$ROOT/.venv/bin/python"
 CELERY="$ROOT/.venv/bin/celery"
 CHECK_TIMEOUT=${CHECK_TIMEOUT:-5}
 
-load_env_file() {
-  local file=$1 line key value
-  [ -r "$file" ] || return 0
-  while IFS= read -r line || [ -n "$line" ]; do
-    [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
-    key=${BASH_REMATCH[1]}
-    value=${BASH_REMATCH[2]}
-    [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]] && value=${BASH_REMATCH[1]}
-    [ -n "${!key:-}" ] || export "$key=$value"
-  done <"$file"
-}
-load_env_file "${ENV_FILE-$ROOT/.env}"
 # These short-lived checks record no metric worth exporting.
-unset PROMETHEUS_MULTIPROC_DIR
+PROMETHEUS_MULTIPROC_DIR=$(mktemp -d)
+export PROMETHEUS_MULTIPROC_DIR
+trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR"' EXIT
 export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-intelliwiz_config.settings}
 
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-MQTT_HOST=${MQTT_HOST:-127.0.0.1}
-MQTT_PORT=${MQTT_PORT:-1883}
-HTTP_PORT=${HTTP_PORT:-8000}
-case ${HTTP_HOST:-127.0.0.1} in
+# Hosts, ports and keys exactly as the application resolves them (environment, .env, defaults).
+if ! resolved=$(cd "$ROOT" && "$PYTHON" manage.py shell_settings REDIS_URL MQTT_HOST MQTT_PORT \
+    MQTT_USERNAME MQTT_PASSWORD HTTP_HOST HTTP_PORT MONITORING_API_KEY 2>&1); then
+  printf '%-4s %-28s %s\n' FAIL settings "cannot load the settings: $(tail -n 1 <<<"$resolved")"
+  echo "UNHEALTHY: settings"
+  exit 1
+fi
+eval "$resolved"  # sets REDIS_URL MQTT_HOST MQTT_PORT MQTT_USERNAME MQTT_PASSWORD HTTP_HOST …
+: "${REDIS_URL:?}" "${MQTT_PORT:?}" "${HTTP_PORT:?}"
+case $HTTP_HOST in
   0.0.0.0 | "::" | "[::]") HTTP_HOST=127.0.0.1 ;;  # listening everywhere: ask locally
-  *) HTTP_HOST=${HTTP_HOST:-127.0.0.1} ;;
 esac
 BASE_URL="http://$HTTP_HOST:$HTTP_PORT"
 curl_auth=()
