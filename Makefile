@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make run     set up and run the whole stack in the foreground (Ctrl-C stops it)"
 	@echo "make test    set up and run the test suite against real Redis, Mosquitto and Celery"
-	@echo "make lint    ruff (lint + format check) and mypy"
+	@echo "make lint    ruff (lint + format check), mypy and the layer contract (lint-imports)"
 	@echo "make bench   end-to-end throughput and latency, against a baseline run alongside"
 	@echo "make status  the state of each service of a running stack"
 	@echo "make stop    stop a running stack (in reverse start order)"
@@ -49,6 +49,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	@# The django-stubs plugin loads the settings: type-check with development settings.
 	ENV_FILE= DJANGO_DEBUG=true $(VENV)/bin/mypy
+	@# Imports run downward only (docs/architecture.md, "Layers"), with no cycles.
+	$(VENV)/bin/lint-imports --no-logo
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
@@ -61,4 +63,4 @@ stop: $(STAMP)
 	@$(PY) manage.py stackctl shutdown
 
 clean:
-	rm -rf $(VENV) $(VAR_DIR) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VAR_DIR) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

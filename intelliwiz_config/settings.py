@@ -109,14 +109,14 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from static files, no CDN
+    # Layered: each app imports only those listed above it (docs/architecture.md, "Layers").
     "apps.core",
     "apps.tenants",
     "apps.devices",
-    "apps.mqtt",
     "apps.alerts",
+    "apps.mqtt",
     "apps.noc",
     "apps.monitoring",
-    "apps.ml",
 ]
 
 MIDDLEWARE = [

@@ -86,7 +86,7 @@ else
 fi
 
 # The subscribers of *this* stack: each refreshes mqtt_subscriber:status:<client id> in Redis
-# (DB 0) every 5 s, and the key expires 15 s after the last refresh (apps/mqtt/status.py).
+# (DB 0) every 5 s, and the key expires 15 s after the last refresh (apps/core/intake_status.py).
 connected=()
 paused=()
 keys=$(timeout "$CHECK_TIMEOUT" redis-cli -u "$REDIS_URL" --scan \

@@ -51,7 +51,7 @@ OPERATOR_PASSWORD = "correct horse battery staple"
 
 def operator(tenant: Any, username: str, *, permissions: bool = True) -> Any:
     """A user of `tenant` (None: no tenant), with the operator permissions unless told not to."""
-    from apps.noc.auth import grant_operator_permissions
+    from apps.noc.operators import grant_operator_permissions
     from apps.tenants.models import User
 
     user = User.objects.create_user(username=username, password=OPERATOR_PASSWORD, tenant=tenant)

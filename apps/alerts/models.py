@@ -2,6 +2,9 @@
 
 At most one *active* alert exists per tenant, source and type (a partial unique index); a repeat
 raises its count and last-seen time instead of adding a row.
+
+AlertType, Severity and AlertStatus are the system's one vocabulary for alerts: the MQTT
+schemas, the REST API and the NOC stream's filters all use these.
 """
 
 from __future__ import annotations
@@ -25,6 +28,20 @@ class AlertType(models.TextChoices):
     GEOFENCE_VIOLATION = "GEOFENCE_VIOLATION", "Geofence violation"
     OFFLINE = "OFFLINE", "Device offline"
     SYSTEM_HEALTH = "SYSTEM_HEALTH", "System resources"
+
+
+# What a device may report on `alert/<id>/<kind>`; the other types are raised by the system's
+# own rules (battery, geofences, presence, resources).
+DEVICE_ALERT_TYPES = frozenset(
+    {
+        AlertType.PANIC,
+        AlertType.SOS,
+        AlertType.INTRUSION,
+        AlertType.FIRE,
+        AlertType.MEDICAL,
+        AlertType.EQUIPMENT_FAILURE,
+    }
+)
 
 
 class Severity(models.TextChoices):

@@ -1,7 +1,7 @@
 """Raising, repeating, clearing and moving alerts through their lifecycle.
 
-Every function returns the NOC event describing the change, for the caller to broadcast after
-its transaction commits.
+Every function returns the NOC event describing the change (apps/core/events.py), for the
+caller to broadcast after its transaction commits.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from apps.alerts.models import (
     Alert,
     AlertStatus,
     AlertTransition,
+    AlertType,
     Severity,
 )
+from apps.core.events import Event, EventType
 from apps.devices.models import Device
-from apps.noc.broadcast import NocEvent
 from apps.tenants.models import User
 
 # Most severe first.
@@ -38,8 +39,8 @@ class AlertSignal:
     """Something a device or a rule says is wrong."""
 
     device: Device
-    alert_type: str
-    severity: str
+    alert_type: AlertType
+    severity: Severity
     seen_at: datetime
     message: str = ""
     lat: float | None = None
@@ -63,11 +64,10 @@ def serialize_alert(alert: Alert) -> dict[str, Any]:
     }
 
 
-def _event(alert: Alert, *, new: bool) -> NocEvent:
-    message_type = (
-        "critical_alert" if new and alert.severity == Severity.CRITICAL else "alert_updated"
-    )
-    return NocEvent(alert.tenant_id, message_type, serialize_alert(alert))
+def _event(alert: Alert, *, new: bool) -> Event:
+    critical = new and alert.severity == Severity.CRITICAL
+    event_type = EventType.CRITICAL_ALERT if critical else EventType.ALERT_UPDATED
+    return Event(alert.tenant_id, event_type, serialize_alert(alert))
 
 
 def active_alert(device: Device, alert_type: str) -> Alert | None:
@@ -83,7 +83,7 @@ def active_alert(device: Device, alert_type: str) -> Alert | None:
     )
 
 
-def raise_alert(signal: AlertSignal) -> NocEvent:
+def raise_alert(signal: AlertSignal) -> Event:
     """A new alert, or one more occurrence of the active alert of the same source and type."""
     device = signal.device
     alert = active_alert(device, signal.alert_type)
@@ -116,7 +116,7 @@ def raise_alert(signal: AlertSignal) -> NocEvent:
     return _event(alert, new=True)
 
 
-def clear_alert(device: Device, alert_type: str, note: str) -> NocEvent | None:
+def clear_alert(device: Device, alert_type: str, note: str) -> Event | None:
     """Resolve the active alert of this type, if any, on the system's behalf."""
     alert = active_alert(device, alert_type)
     if alert is None:
@@ -124,7 +124,7 @@ def clear_alert(device: Device, alert_type: str, note: str) -> NocEvent | None:
     return transition(alert, AlertStatus.RESOLVED, by=None, note=note)
 
 
-def transition(alert: Alert, to_status: str, *, by: User | None, note: str = "") -> NocEvent:
+def transition(alert: Alert, to_status: str, *, by: User | None, note: str = "") -> Event:
     if to_status not in ALLOWED_TRANSITIONS[alert.status]:
         raise TransitionError(f"an alert in status {alert.status} cannot become {to_status}")
     AlertTransition.objects.create(

@@ -19,8 +19,8 @@ import redis
 import structlog
 from django.conf import settings
 
+from apps.core import metrics
 from apps.core.redis_client import state_redis
-from apps.monitoring import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -40,13 +40,21 @@ class BreakerState:
     opened_at: float | None = None
 
 
+def decode(raw: str) -> BreakerState:
+    """A breaker's record as stored under its key; ValueError when it cannot be read."""
+    try:
+        return BreakerState(**json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"unreadable circuit breaker record {raw!r}") from exc
+
+
 def read_state(client: redis.Redis[str], service: str) -> BreakerState:
     raw = client.get(KEY_PREFIX + service)
     if not raw:
         return BreakerState()
     try:
-        return BreakerState(**json.loads(raw))
-    except (ValueError, TypeError):
+        return decode(raw)
+    except ValueError:
         log.warning("unreadable circuit breaker record; treating it as closed", service=service)
         return BreakerState()
 

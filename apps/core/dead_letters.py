@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from apps.core import metrics
 from apps.core.models import DeadLetter
-from apps.monitoring import metrics
 
 
 @dataclass(frozen=True)

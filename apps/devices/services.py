@@ -1,23 +1,17 @@
-"""Device registry operations shared by the admin commands and the subscriber."""
+"""Device registry operations, and what the NOC is told about a device."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import structlog
 from django.db import IntegrityError, transaction
 
+from apps.core.events import Event, EventType
 from apps.devices.models import Device, Guard
 from apps.tenants.models import Tenant
 
 log = structlog.get_logger(__name__)
-
-# The kind an auto-registered device gets from the topic prefix it first publishes under.
-KIND_BY_PREFIX: dict[str, str] = {
-    "device/": Device.Kind.OTHER,
-    "guard/": Device.Kind.GPS_TRACKER,
-    "sensor/": Device.Kind.SENSOR,
-    "alert/": Device.Kind.PANIC_BUTTON,
-    "system/": Device.Kind.GATEWAY,
-}
 
 
 def register_device(
@@ -46,7 +40,8 @@ def register_device(
     return device, created
 
 
-def auto_register(device_id: str, prefix: str, tenant_name: str) -> Device:
+def auto_register(device_id: str, kind: str, tenant_name: str) -> Device:
+    """Register a device first heard from on MQTT (DEVICE_AUTO_REGISTER) in `tenant_name`."""
     tenant, created = Tenant.objects.get_or_create(name=tenant_name)
     if created:
         log.warning(
@@ -54,5 +49,22 @@ def auto_register(device_id: str, prefix: str, tenant_name: str) -> Device:
             tenant=tenant_name,
             setting="DEVICE_AUTO_REGISTER_TENANT",
         )
-    device, _ = register_device(tenant, device_id, KIND_BY_PREFIX[prefix], auto=True)
+    device, _ = register_device(tenant, device_id, kind, auto=True)
     return device
+
+
+def device_state(device: Device) -> dict[str, Any]:
+    """A device as the NOC shows it (snapshot, device_status and telemetry_update events)."""
+    return {
+        "device_id": device.device_id,
+        "kind": device.kind,
+        "site": device.site,
+        "status": device.status,
+        "battery": device.battery,
+        "signal": device.signal,
+        "last_seen": device.last_seen.isoformat() if device.last_seen else None,
+    }
+
+
+def status_event(device: Device) -> Event:
+    return Event(device.tenant_id, EventType.DEVICE_STATUS, device_state(device))

@@ -1,7 +1,13 @@
-"""The bus as Redis sees it right now: queues, unacknowledged tasks, circuit breakers.
+"""The bus as Redis sees it right now: every reader of its state, for health, metrics and operators.
 
-Read by /metrics/export/ at scrape time and by the operator commands (`bus_status`, `drain`),
-so both always agree.
+Queues and unacknowledged tasks (kombu's keys), circuit breakers, worker heartbeats and queue
+canaries are read here and nowhere else, so /metrics/export/, /monitoring/health/ and the
+operator commands (`bus_status`, `drain`, `requeue`) always agree. The subscribers' records are
+a contract with the subscriber itself and live in apps/core/intake_status.py.
+
+Each key is named where it is written: `worker_heartbeat:<queue>:<node>` (celery_hooks),
+`health:canary:<queue>` (tasks.py), `circuit_breaker:<service>` (apps/core/circuit_breaker.py),
+`mqtt_subscriber:*` (apps/core/intake_status.py), all in the broker database (DB 0).
 """
 
 from __future__ import annotations
@@ -13,13 +19,20 @@ from dataclasses import dataclass
 import redis
 from kombu.transport.redis import Channel as RedisChannel
 
-from apps.core.circuit_breaker import KEY_PREFIX as BREAKER_KEY_PREFIX
-from apps.core.circuit_breaker import BreakerState
+from apps.core import circuit_breaker
 from apps.core.tasks.celery_settings import QUEUES, broker_list_keys
-from apps.monitoring.celery_hooks import PUBLISHED_AT_HEADER
+from apps.monitoring.celery_hooks import (
+    HEARTBEAT_KEY_PREFIX,
+    HEARTBEAT_STALE_AFTER_SECONDS,
+    PUBLISHED_AT_HEADER,
+)
+from apps.monitoring.tasks import canary_key
 
 # Where kombu's Redis transport keeps delivered-but-unacknowledged messages.
 UNACKED_KEY: str = RedisChannel.unacked_key
+
+
+# --- Queues --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -66,20 +79,63 @@ def unacked_by_queue(client: redis.Redis[str]) -> dict[str, int]:
 
 
 def published_at(raw_message: str) -> float | None:
-    """The publish time our before_task_publish hook stamps into every task message."""
+    """The publish time celery_hooks stamps into every task message, if it carries one."""
     try:
         return float(json.loads(raw_message)["headers"][PUBLISHED_AT_HEADER])
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def breakers(client: redis.Redis[str]) -> dict[str, BreakerState | None]:
+# --- Circuit breakers ----------------------------------------------------------------------
+
+
+def breakers(client: redis.Redis[str]) -> dict[str, circuit_breaker.BreakerState | None]:
     """Every circuit breaker by service; None for a record that cannot be read."""
-    keys = sorted(client.scan_iter(match=BREAKER_KEY_PREFIX + "*", count=100))
-    result: dict[str, BreakerState | None] = {}
+    prefix = circuit_breaker.KEY_PREFIX
+    keys = sorted(client.scan_iter(match=prefix + "*", count=100))
+    result: dict[str, circuit_breaker.BreakerState | None] = {}
     for key, value in zip(keys, client.mget(keys) if keys else [], strict=True):
         try:
-            result[key.removeprefix(BREAKER_KEY_PREFIX)] = BreakerState(**json.loads(value or ""))
-        except (ValueError, TypeError):
-            result[key.removeprefix(BREAKER_KEY_PREFIX)] = None
+            result[key.removeprefix(prefix)] = circuit_breaker.decode(value or "")
+        except ValueError:
+            result[key.removeprefix(prefix)] = None
     return result
+
+
+# --- Worker heartbeats ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerHeartbeat:
+    queue: str
+    hostname: str
+    seen_at: float
+
+    @property
+    def up(self) -> bool:
+        return time.time() - self.seen_at < HEARTBEAT_STALE_AFTER_SECONDS
+
+
+def read_worker_heartbeats(client: redis.Redis[str]) -> list[WorkerHeartbeat]:
+    keys = list(client.scan_iter(match=HEARTBEAT_KEY_PREFIX + "*", count=100))
+    if not keys:
+        return []
+    heartbeats = []
+    for key, value in zip(keys, client.mget(keys), strict=True):
+        if value is None:  # expired between SCAN and MGET
+            continue
+        queue, _, hostname = key.removeprefix(HEARTBEAT_KEY_PREFIX).partition(":")
+        heartbeats.append(WorkerHeartbeat(queue, hostname, float(value)))
+    return heartbeats
+
+
+# --- Queue canaries ------------------------------------------------------------------------
+
+
+def read_canaries(client: redis.Redis[str]) -> dict[str, float | None]:
+    """When each queue's latest canary ran (None: never), from one MGET."""
+    values = client.mget([canary_key(queue.name) for queue in QUEUES])
+    return {
+        queue.name: None if value is None else float(value)
+        for queue, value in zip(QUEUES, values, strict=True)
+    }

@@ -5,18 +5,20 @@
 - Each worker writes a heartbeat per queue it consumes, from its own event loop, so
   `celery_worker_up` costs one Redis SCAN per scrape instead of a broadcast to every worker.
 - A pool child that exits has its live gauges removed from the multiprocess directory.
+
+The readers of what these hooks write are in bus_state.py.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 import structlog
 from celery import Celery, bootsteps, signals
 from django.conf import settings
+from prometheus_client import multiprocess
 
 from apps.core.redis_client import state_redis
 
@@ -31,32 +33,8 @@ HEARTBEAT_STALE_AFTER_SECONDS = 3 * HEARTBEAT_INTERVAL_SECONDS
 HEARTBEAT_KEY_TTL_SECONDS = 3600
 
 
-@dataclass(frozen=True)
-class WorkerHeartbeat:
-    queue: str
-    hostname: str
-    seen_at: float
-
-    @property
-    def up(self) -> bool:
-        return time.time() - self.seen_at < HEARTBEAT_STALE_AFTER_SECONDS
-
-
 def heartbeat_key(queue: str, hostname: str) -> str:
     return f"{HEARTBEAT_KEY_PREFIX}{queue}:{hostname}"
-
-
-def read_worker_heartbeats(client: redis.Redis[str]) -> list[WorkerHeartbeat]:
-    keys = list(client.scan_iter(match=HEARTBEAT_KEY_PREFIX + "*", count=100))
-    if not keys:
-        return []
-    heartbeats = []
-    for key, value in zip(keys, client.mget(keys), strict=True):
-        if value is None:  # expired between SCAN and MGET
-            continue
-        queue, _, hostname = key.removeprefix(HEARTBEAT_KEY_PREFIX).partition(":")
-        heartbeats.append(WorkerHeartbeat(queue, hostname, float(value)))
-    return heartbeats
 
 
 class QueueHeartbeat(bootsteps.StartStopStep):
@@ -107,10 +85,10 @@ def stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
 
 
 def forget_exited_child(pid: int | None = None, **_: Any) -> None:
-    from apps.monitoring.exporter import forget_process
-
-    if pid is not None and settings.PROMETHEUS_MULTIPROC_DIR.is_dir():
-        forget_process(pid, settings.PROMETHEUS_MULTIPROC_DIR)
+    """Drop the live gauges of a pool child that exited; its counters stay, as totals must."""
+    directory = settings.PROMETHEUS_MULTIPROC_DIR
+    if pid is not None and directory.is_dir():
+        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
 def install(app: Celery) -> None:

@@ -19,11 +19,10 @@ from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from apps.core import metrics
 from apps.core.circuit_breaker import CLOSED, HALF_OPEN, OPEN
-from apps.monitoring import bus_state, metrics
-from apps.monitoring.celery_hooks import read_worker_heartbeats
-from apps.monitoring.tasks import read_canaries
-from apps.mqtt.status import read_statuses
+from apps.core.intake_status import read_statuses
+from apps.monitoring import bus_state
 
 log = structlog.get_logger(__name__)
 
@@ -66,14 +65,14 @@ class BusStateCollector(Collector):
     def _canaries(self) -> GaugeMetricFamily:
         family = metrics.QUEUE_CANARY_AGE.family()
         now = time.time()
-        for queue, ran_at in read_canaries(self.client).items():
+        for queue, ran_at in bus_state.read_canaries(self.client).items():
             if ran_at is not None:
                 family.add_metric([queue], max(0.0, now - ran_at))
         return family
 
     def _workers(self) -> GaugeMetricFamily:
         family = metrics.WORKER_UP.family()
-        for heartbeat in read_worker_heartbeats(self.client):
+        for heartbeat in bus_state.read_worker_heartbeats(self.client):
             family.add_metric([heartbeat.queue, heartbeat.hostname], int(heartbeat.up))
         return family
 
@@ -93,17 +92,12 @@ class BusStateCollector(Collector):
         return family
 
 
-def forget_process(pid: int, directory: Path) -> None:
-    """Drop the live gauges of a process that exited; its counters stay, as totals must."""
-    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
-
-
 def forget_dead_processes(directory: Path) -> None:
     """Drop live gauges left by processes that died without saying so (SIGKILL, a crash)."""
     for path in directory.glob("gauge_live*_*.db"):
         pid = path.stem.rpartition("_")[2]
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            forget_process(int(pid), directory)
+            multiprocess.mark_process_dead(int(pid), str(directory))  # type: ignore[no-untyped-call]
 
 
 def render_metrics(client: redis.Redis[str]) -> bytes:

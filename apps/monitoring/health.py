@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from celery import current_app
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from paho.mqtt.reasoncodes import ReasonCode
 
+from apps.core import intake_status
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import CANARY_INTERVAL_SECONDS, QUEUES, QueueSpec
-from apps.monitoring.tasks import read_canaries
-from apps.mqtt import status
+from apps.monitoring.bus_state import read_canaries
 from apps.mqtt.client import app_client
-from apps.mqtt.status import read_statuses
 
 Details = dict[str, Any]
 
@@ -112,10 +112,8 @@ def check_mqtt_broker() -> Details:
 
 def check_celery_queues() -> dict[str, Details]:
     """Which worker nodes consume each queue, from one broadcast to every worker."""
-    from intelliwiz_config.celery import app
-
     timeout = max(0.2, settings.HEALTH_CHECK_TIMEOUT - 0.5)
-    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    replies = current_app.control.inspect(timeout=timeout).active_queues() or {}
     consumers: dict[str, list[str]] = {queue.name: [] for queue in QUEUES}
     for node, queues in replies.items():
         for queue in queues:
@@ -128,10 +126,12 @@ def check_canaries() -> Details:
 
 
 def check_mqtt_subscriber() -> Details:
-    statuses = read_statuses(state_redis())
+    statuses = intake_status.read_statuses(state_redis())
     connected = [status for status in statuses if status.connected]
     if not statuses:
-        raise CheckFailed(f"no subscriber has reported in the last {status.STATUS_TTL_SECONDS} s")
+        raise CheckFailed(
+            f"no subscriber has reported in the last {intake_status.STATUS_TTL_SECONDS} s"
+        )
     if not connected and all(status.paused for status in statuses):
         raise CheckFailed("intake paused by an operator; resume with manage.py drain --resume")
     if not connected:

@@ -2,7 +2,7 @@
 
 Beat sends one canary to every queue every CANARY_INTERVAL_SECONDS at top priority
 (celery_settings.BEAT_SCHEDULE); the worker that runs it records the time under
-`health:canary:<queue>`, read by the `workers:<queue>` health check and /metrics/export/.
+`health:canary:<queue>`, read by bus_state for health and /metrics/export/.
 A queue nobody consumes collects one canary per interval; a returning worker clears them in
 moments. The canary records no process metric: on ml_training every task gets a fresh child
 process, and each would leave a metrics file behind.
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import time
 
-import redis
 from celery import shared_task
 
 from apps.core.redis_client import state_redis
-from apps.core.tasks.celery_settings import CANARY_TASK, QUEUES, canary_options
+from apps.core.tasks.celery_settings import CANARY_TASK, canary_options
 
 CANARY_KEY_PREFIX = "health:canary:"
 
@@ -33,12 +32,3 @@ def canary(queue: str) -> None:
 def send_canary(queue: str) -> None:
     """What beat does for each queue; the tests call it to avoid waiting for beat."""
     canary.apply_async(args=(queue,), **canary_options(queue))
-
-
-def read_canaries(client: redis.Redis[str]) -> dict[str, float | None]:
-    """When each queue's latest canary ran (None: never), from one MGET."""
-    values = client.mget([canary_key(queue.name) for queue in QUEUES])
-    return {
-        queue.name: None if value is None else float(value)
-        for queue, value in zip(QUEUES, values, strict=True)
-    }

@@ -2,7 +2,7 @@
 
 A device logs in with its device id as user name and may publish only under its own id on the
 ingest prefixes and read only its own commands; only the application account reads everything.
-The ACL is derived from the same constants the subscriber and the downlink use.
+The ACL is derived from the topic table the subscriber uses, and the downlink's command topic.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from apps.core.tasks.celery_settings import TOPIC_ROUTES
 from apps.mqtt.downlink import COMMAND_TOPIC
+from apps.mqtt.topics import TOPIC_KINDS
 
 # Mosquitto 2's password format `$7$`: PBKDF2-HMAC-SHA512, its default iteration count.
 PBKDF2_ITERATIONS = 101
@@ -38,7 +38,7 @@ def new_device_password() -> tuple[str, str]:
 
 
 def render_acl(app_username: str) -> str:
-    device_writes = [f"pattern write {prefix}%u/#" for prefix in TOPIC_ROUTES]
+    device_writes = [f"pattern write {kind.prefix}%u/#" for kind in TOPIC_KINDS]
     own_commands = COMMAND_TOPIC.format(device_id="%u", command="#")
     any_command = COMMAND_TOPIC.format(device_id="+", command="#")
     return "\n".join(

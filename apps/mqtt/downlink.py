@@ -15,7 +15,7 @@ import structlog
 from django.conf import settings
 
 from apps.mqtt.client import app_client
-from apps.mqtt.schemas import SOURCE_ID_PATTERN
+from apps.mqtt.topics import SOURCE_ID_PATTERN
 
 log = structlog.get_logger(__name__)
 

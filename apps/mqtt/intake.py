@@ -10,20 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
-import structlog
 from django.conf import settings
 from pydantic import ValidationError
 
-from apps.core.tasks.celery_settings import TOPIC_ROUTES
-from apps.mqtt import schemas
+from apps.core.envelope import Envelope
 from apps.mqtt.directory import DeviceDirectory
-
-log = structlog.get_logger(__name__)
+from apps.mqtt.topics import TopicError, parse_topic
 
 
 class Reason(StrEnum):
@@ -37,29 +33,6 @@ class Reason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     FUTURE_TIMESTAMP = "future_timestamp"
     INTERNAL = "internal_error"
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """A validated message on its way to a processing task (JSON-serialisable)."""
-
-    key: str
-    topic: str
-    source_id: str
-    kind: str
-    payload: dict[str, Any]
-    received_at: float
-
-    def to_message(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> Envelope:
-        return cls(**message)
-
-    @property
-    def task_name(self) -> str:
-        return TOPIC_ROUTES[self.topic[: self.topic.index("/") + 1]]
 
 
 @dataclass(frozen=True)
@@ -103,8 +76,8 @@ class Intake:
             return Rejection(reason, detail, topic, payload, received_at)
 
         try:
-            parsed = schemas.parse_topic(topic)
-        except schemas.TopicError as exc:
+            parsed = parse_topic(topic)
+        except TopicError as exc:
             return reject(Reason.TOPIC, str(exc))
         if len(payload) > self.max_bytes:
             return reject(
@@ -127,7 +100,7 @@ class Intake:
                 Reason.NOT_OBJECT, f"payload is a JSON {type(document).__name__}, not an object"
             )
         try:
-            message = parsed.kind.model.model_validate(document)
+            message = parsed.kind.payload.model_validate(document)
         except ValidationError as exc:
             return reject(Reason.SCHEMA, _schema_detail(exc))
         for field, claimed in message.claimed_sources().items():
@@ -143,7 +116,7 @@ class Intake:
                 f"timestamp {message.timestamp.isoformat()} is more than "
                 f"{int(self.max_skew.total_seconds())} s ahead of the server clock",
             )
-        if not self.directory.admit(parsed.source_id, parsed.prefix):
+        if not self.directory.admit(parsed.source_id, parsed.kind.registers_as):
             return reject(
                 Reason.UNKNOWN_DEVICE,
                 f"device {parsed.source_id!r} is not registered "

@@ -1,21 +1,17 @@
-"""One typed model per MQTT payload kind, and the topic grammar.
+"""One typed model per MQTT payload kind (which topic carries which: apps/mqtt/topics.py).
 
-Topics look like `<prefix><source_id>/<kind>`, e.g. `device/sensor-001/telemetry`. A payload
-is a JSON object validated by the model of its kind; unknown fields are ignored so devices can
-send extra data without being rejected.
+A payload is a JSON object validated by the model of its kind; unknown fields are ignored so
+devices can send extra data without being rejected.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-MAX_KIND_SEGMENT = 32
-SOURCE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+from apps.alerts.models import DEVICE_ALERT_TYPES, AlertType, Severity
 
 Percent = Annotated[float, Field(ge=0, le=100)]
 MessageId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -96,21 +92,27 @@ class SensorPayload(DevicePayload):
         return value.upper() if value else value
 
 
-AlertKind = Literal["PANIC", "SOS", "INTRUSION", "FIRE", "MEDICAL", "EQUIPMENT_FAILURE"]
-SeverityName = Literal["CRITICAL", "HIGH", "MEDIUM", "LOW"]
-
-
 class AlertPayload(DevicePayload):
-    alert_type: AlertKind
-    severity: SeverityName = "CRITICAL"
+    alert_type: AlertType
+    severity: Severity = Severity.CRITICAL
     message: str = Field(default="", max_length=2000)
     location: Location | None = None
 
-    @field_validator("alert_type", "severity", mode="before")
+    @field_validator("severity", mode="before")
     @classmethod
     def _case_insensitive(cls, value: Any) -> Any:
-        # Devices send "panic" / "critical"; a lower-case severity must never skip an alert.
+        # Devices send "critical"; a lower-case severity must never skip an alert.
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("alert_type", mode="before")
+    @classmethod
+    def _sent_by_devices(cls, value: Any) -> Any:
+        # Devices send "panic"; the types the system raises itself are not theirs to send.
+        name = value.strip().upper() if isinstance(value, str) else value
+        allowed = sorted(alert_type.value for alert_type in DEVICE_ALERT_TYPES)
+        if name not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, not {value!r}")
+        return name
 
 
 class SystemHealthPayload(DevicePayload):
@@ -118,55 +120,3 @@ class SystemHealthPayload(DevicePayload):
     memory: Percent | None = None
     disk: Percent | None = None
     uptime: int | None = Field(default=None, ge=0)
-
-
-@dataclass(frozen=True)
-class TopicKind:
-    """What a topic prefix carries: its name, its payload model and the accepted kind segments."""
-
-    name: str
-    model: type[DevicePayload]
-    kinds: frozenset[str] | None  # None: any kind segment (alert/<id>/panic, alert/<id>/fire …)
-
-
-TOPIC_KINDS: dict[str, TopicKind] = {
-    "device/": TopicKind("telemetry", TelemetryPayload, frozenset({"telemetry"})),
-    "guard/": TopicKind("gps", GpsPayload, frozenset({"gps", "location"})),
-    "sensor/": TopicKind("sensor", SensorPayload, None),
-    "alert/": TopicKind("alert", AlertPayload, None),
-    "system/": TopicKind("system_health", SystemHealthPayload, frozenset({"health"})),
-}
-
-
-@dataclass(frozen=True)
-class ParsedTopic:
-    prefix: str
-    source_id: str
-    kind_segment: str
-    kind: TopicKind
-
-
-class TopicError(ValueError):
-    pass
-
-
-def parse_topic(topic: str) -> ParsedTopic:
-    prefix = next((p for p in TOPIC_KINDS if topic.startswith(p)), None)
-    if prefix is None:
-        allowed = ", ".join(TOPIC_KINDS)
-        raise TopicError(f"prefix not allowed (allowed: {allowed})")
-    parts = topic[len(prefix) :].split("/")
-    if len(parts) != 2 or not parts[1]:
-        raise TopicError(f"topic must look like {prefix}<source_id>/<kind>")
-    source_id, kind_segment = parts
-    if len(kind_segment) > MAX_KIND_SEGMENT:
-        raise TopicError(f"kind segment longer than {MAX_KIND_SEGMENT} characters")
-    if not SOURCE_ID_PATTERN.match(source_id):
-        raise TopicError("source id must be 1-64 characters of letters, digits, _ . : -")
-    kind = TOPIC_KINDS[prefix]
-    if kind.kinds is not None and kind_segment not in kind.kinds:
-        expected = " or ".join(sorted(kind.kinds))
-        raise TopicError(
-            f"kind segment {kind_segment!r} not accepted under {prefix}; use {expected}"
-        )
-    return ParsedTopic(prefix, source_id, kind_segment, kind)

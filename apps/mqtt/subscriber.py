@@ -1,8 +1,8 @@
 """The MQTT subscriber: the bus's front door.
 
 A thin loop of small steps: read from the broker, validate each message (apps/mqtt/intake.py),
-group valid ones per route, hand each group to Celery as one task, and acknowledge the MQTT
-messages only once that task is in Redis. Rejected messages go to the dead-letter store first,
+group valid ones per topic kind, hand each group to Celery as one task, and acknowledge the
+MQTT messages only once that task is in Redis. Rejected messages go to the dead-letter store first,
 then are acknowledged. Whatever fails, an unacknowledged message stays with the broker, which
 redelivers it; idempotency keys make the redelivery harmless.
 
@@ -13,7 +13,6 @@ QoS 1 messages published while it is down are delivered when it returns. Run it 
 
 from __future__ import annotations
 
-import random
 import signal
 import time
 from collections import defaultdict
@@ -30,22 +29,22 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from apps.core import dead_letters
+from apps.core import dead_letters, metrics
+from apps.core import intake_status as status
+from apps.core.backoff import Backoff
+from apps.core.envelope import Envelope
 from apps.core.models import DeadLetter
 from apps.core.redis_client import state_redis
-from apps.core.tasks.celery_settings import TASK_QUEUES, TOPIC_ROUTES
-from apps.monitoring import metrics
-from apps.mqtt import status
+from apps.core.tasks.base import enqueue
 from apps.mqtt.client import app_client
-from apps.mqtt.intake import Envelope, Intake, Reason, Rejection
+from apps.mqtt.intake import Intake, Reason, Rejection
+from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS
 
 log = structlog.get_logger(__name__)
 
-# Topic prefixes the bus accepts, with the QoS of their subscription. The routes (which task,
-# queue and priority) live in apps/core/tasks/celery_settings.py: TOPIC_ROUTES.
-ALLOWED_TOPIC_PREFIXES: dict[str, int] = {prefix: 1 for prefix in TOPIC_ROUTES}
-# Routes flushed the moment a message arrives, without waiting to fill a batch.
-IMMEDIATE_ROUTES = frozenset({TOPIC_ROUTES["alert/"]})
+# Topic prefixes the bus accepts, with the QoS of their subscription: one per row of the topic
+# table (apps/mqtt/topics.py), which also says each kind's task and whether it is batched.
+ALLOWED_TOPIC_PREFIXES: dict[str, int] = {kind.prefix: 1 for kind in TOPIC_KINDS}
 PAUSE_CHECK_SECONDS = 1.0
 
 
@@ -94,7 +93,7 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class Pending:
+class Unchecked:
     """A received message not yet validated."""
 
     topic: str
@@ -104,25 +103,13 @@ class Pending:
 
 
 @dataclass
-class Batch:
+class PendingTask:
+    """Validated messages of one topic kind, to be sent as one task; their deliveries are
+    acknowledged once it is in Redis."""
+
     envelopes: list[Envelope] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     opened_at: float = 0.0
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self.base, self.cap, self.attempt = base, cap, 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.base * 2**self.attempt)
-        self.attempt += 1
-        return random.uniform(delay / 2, delay)  # noqa: S311  (jitter, not cryptography)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Subscriber:
@@ -132,9 +119,9 @@ class Subscriber:
         self.stopping = False
         self.last_message_at: float | None = None
         self.connection = 0  # incremented per connection: acks never cross connections
-        self.batches: dict[str, Batch] = defaultdict(Batch)
+        self.pending: dict[str, PendingTask] = defaultdict(PendingTask)  # by topic kind
         self.rejections: list[tuple[Rejection, Delivery]] = []
-        self.recheck: list[Pending] = []
+        self.recheck: list[Unchecked] = []
         self.retry_flush_at = 0.0
         self.flush_backoff = Backoff(0.5, 30)
         self.connect_backoff = Backoff(1, config.reconnect_max_delay)
@@ -208,17 +195,17 @@ class Subscriber:
         metrics.MQTT_MESSAGES_RECEIVED.labels(
             prefix=prefix if prefix in ALLOWED_TOPIC_PREFIXES else "other"
         ).inc()
-        pending = Pending(topic, bytes(message.payload), received_at, delivery)
+        unchecked = Unchecked(topic, bytes(message.payload), received_at, delivery)
         try:
-            self._admit(pending)
+            self._admit(unchecked)
         except DatabaseError:
             # The registry cannot be read just now: that says nothing about the message. Keep
             # it unacknowledged and decide again at the next flush.
-            self.recheck.append(pending)
+            self.recheck.append(unchecked)
 
-    def _admit(self, pending: Pending) -> None:
-        """Validate one message and put it in its route's batch or among the rejections."""
-        topic, payload, received_at = pending.topic, pending.payload, pending.received_at
+    def _admit(self, unchecked: Unchecked) -> None:
+        """Validate one message and add it to its kind's pending task or to the rejections."""
+        topic, payload, received_at = unchecked.topic, unchecked.payload, unchecked.received_at
         try:
             outcome = self.intake.check(topic, payload, received_at)
         except DatabaseError:
@@ -237,13 +224,13 @@ class Subscriber:
                 reason=outcome.reason.value,
                 detail=outcome.detail,
             )
-            self.rejections.append((outcome, pending.delivery))
+            self.rejections.append((outcome, unchecked.delivery))
             return
-        batch = self.batches[outcome.task_name]
-        if not batch.envelopes:
-            batch.opened_at = time.monotonic()
-        batch.envelopes.append(outcome)
-        batch.deliveries.append(pending.delivery)
+        pending = self.pending[outcome.kind]
+        if not pending.envelopes:
+            pending.opened_at = time.monotonic()
+        pending.envelopes.append(outcome)
+        pending.deliveries.append(unchecked.delivery)
 
     def _recheck(self) -> None:
         """Messages the registry could not be asked about: ask again (raises while it is down)."""
@@ -253,14 +240,14 @@ class Subscriber:
 
     # --- flushing: enqueue, then acknowledge -------------------------------------------------
 
-    def _due(self, batch: Batch, task_name: str, now: float, force: bool) -> bool:
-        if not batch.envelopes:
+    def _due(self, pending: PendingTask, kind: str, now: float, force: bool) -> bool:
+        if not pending.envelopes:
             return False
         return (
             force
-            or task_name in IMMEDIATE_ROUTES
-            or len(batch.envelopes) >= self.config.batch_size
-            or now - batch.opened_at >= self.config.batch_interval
+            or KINDS_BY_NAME[kind].immediate
+            or len(pending.envelopes) >= self.config.batch_size
+            or now - pending.opened_at >= self.config.batch_interval
         )
 
     def flush(self, *, force: bool = False) -> bool:
@@ -271,14 +258,14 @@ class Subscriber:
         try:
             self._recheck()
             self._flush_rejections()
-            for task_name, batch in list(self.batches.items()):
-                if self._due(batch, task_name, now, force):
-                    self._enqueue(task_name, batch)
-                    del self.batches[task_name]
+            for kind, pending in list(self.pending.items()):
+                if self._due(pending, kind, now, force):
+                    self._enqueue(kind, pending)
+                    del self.pending[kind]
         except Exception as exc:
             delay = self.flush_backoff.next_delay()
             self.retry_flush_at = time.monotonic() + delay
-            held = sum(len(b.envelopes) for b in self.batches.values())
+            held = sum(len(p.envelopes) for p in self.pending.values())
             held += len(self.rejections) + len(self.recheck)
             if not self.outage_logged:
                 log.error(
@@ -315,15 +302,11 @@ class Subscriber:
             self._ack(delivery)
         self.rejections.clear()
 
-    def _enqueue(self, task_name: str, batch: Batch) -> None:
-        from intelliwiz_config.celery import app
-
-        # Routing (queue and priority) comes from task_routes in celery_settings.
-        app.send_task(task_name, args=[[envelope.to_message() for envelope in batch.envelopes]])
-        queue = TASK_QUEUES[task_name].name
-        metrics.MQTT_MESSAGES_ENQUEUED.labels(queue=queue).inc(len(batch.envelopes))
-        metrics.MQTT_BATCH_SIZE.labels(queue=queue).observe(len(batch.envelopes))
-        for delivery in batch.deliveries:
+    def _enqueue(self, kind: str, pending: PendingTask) -> None:
+        queue = enqueue(KINDS_BY_NAME[kind].task, pending.envelopes).name
+        metrics.MQTT_MESSAGES_ENQUEUED.labels(queue=queue).inc(len(pending.envelopes))
+        metrics.MQTT_BATCH_SIZE.labels(queue=queue).observe(len(pending.envelopes))
+        for delivery in pending.deliveries:
             self._ack(delivery)
 
     def _ack(self, delivery: Delivery) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import Permission
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, Token
@@ -86,11 +85,3 @@ def require_noc_access(user: User) -> None:
         raise TokenRefusedError("user belongs to no tenant")
     if not user.has_perm(NOC_PERMISSION):
         raise TokenRefusedError(f"user lacks {NOC_PERMISSION}", CLOSE_FORBIDDEN)
-
-
-def grant_operator_permissions(user: User) -> None:
-    """What an operator needs: watch the NOC and act on alerts."""
-    codenames = [perm.split(".", 1)[1] for perm in (NOC_PERMISSION, ALERT_ACTION_PERMISSION)]
-    user.user_permissions.add(
-        *Permission.objects.filter(content_type__app_label="alerts", codename__in=codenames)
-    )

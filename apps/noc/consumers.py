@@ -3,7 +3,8 @@
 Authentication happens before anything is sent or any group joined: a JWT in the
 `Authorization: Bearer` header, or the session of a logged-in dashboard user whose browser
 sent an allowed Origin. Refusals close with 4401 (who are you?) or 4403 (not for you); the
-handshake completes only to carry that code. Handler names equal event types.
+handshake completes only to carry that code. There is one handler per apps.core.events.EventType,
+named after it.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from pydantic import ValidationError
 
 from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
 from apps.alerts.services import TransitionError, serialize_alert, transition
+from apps.core import metrics
+from apps.core.events import broadcast_events, tenant_group
 from apps.devices.models import Device
-from apps.devices.status import device_state
-from apps.monitoring import metrics
+from apps.devices.services import device_state
 from apps.noc import auth
-from apps.noc.broadcast import broadcast_events
-from apps.noc.groups import tenant_group
 from apps.noc.messages import (
     AcknowledgeAlert,
     Filters,
@@ -183,7 +183,9 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             await self._send_event("heartbeat_ack", {"server_time": time.time()})
         elif isinstance(message, Subscribe):
             self.filters = message.filters
-            await self._send_event("subscribed", {"filters": message.filters.model_dump()})
+            await self._send_event(
+                "subscribed", {"filters": message.filters.model_dump(mode="json")}
+            )
         elif isinstance(message, Unsubscribe):
             self.filters = None
             await self._send_event("unsubscribed", {})

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from apps.alerts.models import Severity
+
 
 class _ClientMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -13,7 +15,7 @@ class _ClientMessage(BaseModel):
 
 class Filters(_ClientMessage):
     site: str | None = Field(default=None, max_length=100)
-    severity: list[Literal["CRITICAL", "HIGH", "MEDIUM", "LOW"]] | None = None
+    severity: list[Severity] | None = None
     device: str | None = Field(default=None, max_length=64)
 
 

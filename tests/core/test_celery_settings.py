@@ -60,6 +60,38 @@ def test_an_unknown_queue_is_refused_with_the_known_ones_named():
         worker_argv("urgent")
 
 
-def test_every_routed_task_exists():
+def test_every_routed_task_exists_and_every_task_is_routed():
     app.loader.import_default_modules()
-    assert set(celery_settings.TASK_ROUTES) <= set(app.tasks)
+    ours = {name for name in app.tasks if not name.startswith("celery.")}
+    assert set(celery_settings.TASK_ROUTES) <= ours
+    assert ours - set(celery_settings.TASK_ROUTES) == set(celery_settings.RENAMED_TASKS)
+
+
+def test_a_task_name_starts_with_the_module_that_defines_it():
+    # The worker imports exactly these modules (TASK_MODULES), so a wrong one loses the task.
+    app.loader.import_default_modules()
+    for name in celery_settings.TASK_QUEUES:
+        assert app.tasks[name].__module__ == name.rpartition(".")[0], name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_queued_under_its_former_name_still_runs(all_queue_workers, redis_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.core.models import ProcessedMessage
+    from tests.services import wait_for
+
+    former = "apps.mqtt.tasks.prune_processed_messages"
+    assert celery_settings.RENAMED_TASKS[former] == celery_settings.PRUNE_PROCESSED_MESSAGES
+    stale = ProcessedMessage.objects.create(key="device/d/telemetry#1", kind="telemetry")
+    ProcessedMessage.objects.filter(pk=stale.pk).update(
+        processed_at=timezone.now() - timedelta(days=365)
+    )
+    app.send_task(former, queue="general")
+    wait_for(
+        lambda: not ProcessedMessage.objects.filter(pk=stale.pk).exists(),
+        timeout=30,
+        what="the task queued under its former name to prune the stale key",
+    )

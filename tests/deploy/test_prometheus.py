@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from apps.core.metrics import exported_names
 from apps.core.tasks.celery_settings import QUEUES
-from apps.monitoring.metrics import exported_names
 from tests.environment import free_port
 from tests.services import ROOT, Service, Stack, executable, wait_for
 

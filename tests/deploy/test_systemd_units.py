@@ -14,8 +14,8 @@ import pytest
 from django.conf import settings
 from django.core.management import get_commands
 
-from apps.core import stack
 from apps.core.tasks.celery_settings import QUEUES, beat_argv
+from apps.monitoring import stack
 from tests.services import ROOT
 
 UNITS = ROOT / "deploy" / "systemd"

@@ -16,9 +16,9 @@ from django.conf import settings
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from apps.core.intake_status import write_status
 from apps.monitoring.exporter import render_metrics
 from apps.monitoring.tasks import canary
-from apps.mqtt.status import write_status
 from intelliwiz_config.celery import app
 from tests.environment import free_port
 from tests.services import ROOT, Service, wait_for
@@ -127,7 +127,7 @@ def test_live_gauges_of_a_process_that_died_without_notice_are_dropped(
     directory: Path = settings.PROMETHEUS_MULTIPROC_DIR
     recorder = (
         "import django; django.setup()\n"
-        "from apps.monitoring.metrics import WEBSOCKET_CONNECTIONS\n"
+        "from apps.core.metrics import WEBSOCKET_CONNECTIONS\n"
         "WEBSOCKET_CONNECTIONS.inc(3)\n"
         "import os; print(os.getpid())\n"
     )

@@ -235,8 +235,8 @@ def test_on_sigterm_the_subscriber_hands_on_and_acknowledges_what_it_holds(
     start_subscriber: Callable[..., Service],
     transactional_db: None,
 ):
+    from apps.core.intake_status import read_statuses
     from apps.core.redis_client import state_redis
-    from apps.mqtt.status import read_statuses
 
     create_tenant_with_devices("acme", "sensor-001")
     # Batches that never fill and never time out: only the shutdown can flush them.

@@ -154,12 +154,13 @@ def test_a_silent_device_goes_offline_and_its_next_message_brings_it_back(site):
 
     from django.utils import timezone
 
+    from apps.core.tasks.celery_settings import DETECT_OFFLINE_DEVICES
     from intelliwiz_config.celery import app
 
     Device.objects.filter(device_id="sensor-001").update(
         last_seen=timezone.now() - timedelta(hours=1)
     )
-    app.send_task("apps.devices.tasks.detect_offline_devices")
+    app.send_task(DETECT_OFFLINE_DEVICES)
     wait_for(
         lambda: Device.objects.get(device_id="sensor-001").status == Device.Status.OFFLINE,
         timeout=20,
@@ -182,8 +183,8 @@ def test_a_silent_device_goes_offline_and_its_next_message_brings_it_back(site):
 def test_subscribers_in_a_shared_group_split_one_stream(
     redis_client, all_queue_workers, start_subscriber, transactional_db
 ):
+    from apps.core.intake_status import read_statuses
     from apps.core.redis_client import state_redis
-    from apps.mqtt.status import read_statuses
 
     create_tenant_with_devices("acme", "sensor-001")
     for member in ("a", "b"):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from apps.core.envelope import Envelope
 from apps.devices.models import Device
-from apps.mqtt.intake import Envelope, Intake, Reason, Rejection, idempotency_key
+from apps.mqtt.intake import Intake, Reason, Rejection, idempotency_key
 from tests.factories import create_tenant_with_devices, now_iso, panic, payload, telemetry
 
 pytestmark = pytest.mark.django_db
@@ -95,15 +96,26 @@ def test_the_idempotency_key_is_the_msg_id_when_present_else_a_hash():
     assert first != idempotency_key("device/other/telemetry", None, b'{"a": 1}')
 
 
-def test_every_topic_prefix_has_a_schema_a_route_and_an_auto_registration_kind():
-    from apps.core.tasks.celery_settings import TASK_QUEUES, TOPIC_ROUTES
-    from apps.devices.services import KIND_BY_PREFIX
-    from apps.mqtt.schemas import TOPIC_KINDS
+def test_the_subscriber_the_acl_and_the_routes_follow_the_topic_table():
+    from apps.core.tasks.celery_settings import TASK_QUEUES
+    from apps.mqtt.credentials import render_acl
     from apps.mqtt.subscriber import ALLOWED_TOPIC_PREFIXES
+    from apps.mqtt.topics import TOPIC_KINDS
 
-    assert set(TOPIC_KINDS) == set(TOPIC_ROUTES) == set(KIND_BY_PREFIX)
-    assert set(ALLOWED_TOPIC_PREFIXES) == set(TOPIC_ROUTES)
-    assert all(task in TASK_QUEUES for task in TOPIC_ROUTES.values())
+    assert list(ALLOWED_TOPIC_PREFIXES) == [kind.prefix for kind in TOPIC_KINDS]
+    acl = render_acl("app-account")
+    for kind in TOPIC_KINDS:
+        assert kind.task in TASK_QUEUES, f"{kind.name}'s task has no queue in celery_settings"
+        assert f"pattern write {kind.prefix}%u/#" in acl
+        assert kind.registers_as in Device.Kind.values
+
+
+def test_an_alert_type_the_system_raises_cannot_be_sent_by_a_device(intake):
+    outcome = intake.check("alert/panic-007/panic", panic(alert_type="offline").encode())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.SCHEMA
+    allowed = "EQUIPMENT_FAILURE, FIRE, INTRUSION, MEDICAL, PANIC, SOS"
+    assert f"must be one of {allowed}, not 'offline'" in outcome.detail
 
 
 def test_device_timestamps_are_kept_in_utc(intake):

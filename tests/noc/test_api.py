@@ -26,10 +26,10 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from apps.alerts.models import Alert, AlertStatus
 from apps.alerts.services import AlertSignal, raise_alert
+from apps.core.events import tenant_group
 from apps.devices.models import Device, GuardLocation, SensorReading, TelemetryReading
 from apps.devices.services import register_device
 from apps.noc.auth import issue_access_token
-from apps.noc.groups import tenant_group
 from apps.tenants.models import Tenant, User
 from tests.factories import OPERATOR_PASSWORD, operator
 

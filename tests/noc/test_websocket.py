@@ -324,7 +324,7 @@ def test_an_alert_of_another_tenant_cannot_be_touched(daphne_server, alice):
 def test_a_long_lived_connection_outlives_the_channel_layers_group_expiry(
     redis_client: object, alice: User, scratch_dir: Path
 ):
-    from apps.noc.broadcast import broadcast_to_noc_dashboard
+    from apps.core.events import broadcast_to_noc_dashboard
 
     expiry = 2
     service, port = start_daphne(
@@ -396,7 +396,7 @@ def test_daphne_refuses_to_start_without_the_encryption_key_outside_debug(tmp_pa
 
 
 def test_filters_narrow_the_stream_and_unsubscribe_silences_it(daphne_server, alice):
-    from apps.noc.broadcast import broadcast_to_noc_dashboard
+    from apps.core.events import broadcast_to_noc_dashboard
 
     token = issue_access_token(alice)
 
@@ -426,7 +426,7 @@ def test_filters_narrow_the_stream_and_unsubscribe_silences_it(daphne_server, al
 
 
 def test_telemetry_is_conflated_to_the_latest_values_per_device(daphne_server, alice):
-    from apps.noc.broadcast import broadcast_to_noc_dashboard
+    from apps.core.events import broadcast_to_noc_dashboard
 
     token = issue_access_token(alice)
 

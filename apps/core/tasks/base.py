@@ -1,72 +1,77 @@
-"""What every message-processing task shares, written once.
+"""What every message-processing task shares, written once: the generic batch runner.
 
-A processing task receives a batch of envelopes (apps/mqtt/intake.py) and a consumer function
-holding only domain logic. This module adds the rest:
+A processing task receives a batch of envelopes and a handler holding the rest (for device
+messages, apps/mqtt/consumers/base.py `with_devices`). This module adds what every batch needs:
 
-- idempotency: the batch's keys are claimed in the ProcessedMessage ledger inside the same
-  transaction as the effects, so a redelivered message, retried task or re-run batch adds
-  nothing — no row, no alert, no broadcast;
-- device resolution and last-seen bookkeeping (including clearing OFFLINE);
+- idempotency: the batch's keys are claimed in the ledger (ledger.py) inside the same
+  transaction as the handler's effects, so a redelivered message, retried task or re-run batch
+  adds nothing — no row, no alert, no broadcast;
+- dead letters for the messages the handler refuses, in that same transaction;
 - bounded retries with exponential backoff and jitter, then per-message isolation so a single
   poison message is dead-lettered instead of its whole batch;
-- metrics and the NOC broadcast after commit.
+- metrics, and the NOC broadcast of the handler's events after commit.
+
+`enqueue` is the other end: how the subscriber and replay hand envelopes to a task.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from celery import Task
+from celery import Task, current_app
 from django.conf import settings
 from django.db import transaction
 
-from apps.core import dead_letters
-from apps.core.models import DeadLetter, ProcessedMessage
-from apps.core.tasks.celery_settings import TASK_QUEUES
-from apps.devices.models import Device
-from apps.monitoring import metrics
-from apps.mqtt.intake import Envelope
-from apps.noc.broadcast import NocEvent, broadcast_events
+from apps.core import dead_letters, metrics
+from apps.core.backoff import backoff_delay
+from apps.core.envelope import Envelope
+from apps.core.events import Event, broadcast_events
+from apps.core.models import DeadLetter
+from apps.core.tasks import ledger
+from apps.core.tasks.celery_settings import TASK_QUEUES, QueueSpec
 
 log = structlog.get_logger(__name__)
 
+# When even dead-lettering fails (the database is down), the batch comes back this much later.
+OUTAGE_RETRY_SECONDS = 60
 
-@dataclass
-class Batch:
-    """Fresh (never processed) messages of one kind, with their devices resolved."""
 
-    kind: str
-    messages: list[Envelope]
-    devices: dict[str, Device]
+@dataclass(frozen=True)
+class Refusal:
+    """Why a handler will never apply a message (it is dead-lettered with this reason)."""
 
-    def device(self, envelope: Envelope) -> Device:
-        return self.devices[envelope.source_id]
+    reason: str
+    detail: str
 
 
 @dataclass
 class Outcome:
-    """What a consumer produced beyond rows: events for the NOC after commit."""
+    """What a handler produced beyond rows: events for the NOC after commit, and refusals."""
 
-    events: list[NocEvent] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    refused: list[tuple[Envelope, Refusal]] = field(default_factory=list)
 
 
-Consumer = Callable[[Batch], Outcome]
+Handler = Callable[[list[Envelope]], Outcome]
+
+
+def enqueue(task_name: str, envelopes: list[Envelope]) -> QueueSpec:
+    """Hand envelopes to one task, in Redis when this returns; the queue it went to.
+
+    Routing (queue and priority) comes from task_routes in celery_settings.
+    """
+    current_app.send_task(task_name, args=[[envelope.to_message() for envelope in envelopes]])
+    return TASK_QUEUES[task_name]
 
 
 def retry_delay(retries: int) -> float:
-    """Exponential backoff with jitter, capped at five minutes."""
-    return float(min(300, 2**retries) * random.uniform(0.5, 1.5))  # noqa: S311
-
-
-def received(envelope: Envelope) -> datetime:
-    return datetime.fromtimestamp(envelope.received_at, tz=UTC)
+    """Seconds before a task's retry number `retries`: 1 s doubling, at most five minutes."""
+    return backoff_delay(retries, base=1.0, cap=300.0)
 
 
 if TYPE_CHECKING:
@@ -85,12 +90,8 @@ class BusTask(_Task):
     max_retries = None
 
 
-# When even dead-lettering fails (the database is down), the batch comes back this much later.
-OUTAGE_RETRY_SECONDS = 60
-
-
 def run_batch(
-    task: BusTask, kind: str, consumer: Consumer, raw: list[dict[str, Any]]
+    task: BusTask, kind: str, handler: Handler, raw: list[dict[str, Any]]
 ) -> dict[str, int]:
     queue = TASK_QUEUES[task.name].name
     labels = {"task": task.name.rsplit(".", 1)[-1], "queue": queue}
@@ -98,7 +99,7 @@ def run_batch(
     started = time.perf_counter()
     envelopes = [Envelope.from_message(message) for message in raw]
     try:
-        result = _process(kind, consumer, envelopes)
+        result = _process(kind, handler, envelopes)
     except Exception as exc:  # SoftTimeLimitExceeded included: a hung batch is retried too
         if task.request.retries < settings.TASK_MAX_RETRIES:
             metrics.TASKS_RETRIED.labels(**labels).inc()
@@ -112,7 +113,7 @@ def run_batch(
             raise task.retry(exc=exc, countdown=retry_delay(task.request.retries)) from exc
         # Out of retries: isolate, so only the messages that fail on their own are dead-lettered.
         try:
-            result = _process_one_by_one(kind, consumer, envelopes, labels)
+            result = _process_one_by_one(kind, handler, envelopes, labels)
         except Exception as outage:
             # Not even a dead letter could be written. Never drop the batch: it goes back to
             # the broker (a new message, then this one is acknowledged) to try again later.
@@ -130,75 +131,36 @@ def run_batch(
     return result
 
 
-def _process(kind: str, consumer: Consumer, envelopes: list[Envelope]) -> dict[str, int]:
+def _process(kind: str, handler: Handler, envelopes: list[Envelope]) -> dict[str, int]:
     with transaction.atomic():
-        fresh = _claim(kind, envelopes)
-        # Locked for the transaction: workers of several queues update the same devices
-        # (PostgreSQL; SQLite serialises writers anyway). Ordered to avoid deadlocks.
-        devices = {
-            device.device_id: device
-            for device in Device.objects.select_for_update(of=("self",))
-            .select_related("tenant")
-            .filter(device_id__in={envelope.source_id for envelope in fresh})
-            .order_by("pk")
-        }
-        orphans = [envelope for envelope in fresh if envelope.source_id not in devices]
-        if orphans:
-            _dead_letter(orphans, "unknown_device", "device was removed from the registry")
-        batch = Batch(kind, [e for e in fresh if e.source_id in devices], devices)
-        outcome = consumer(batch) if batch.messages else Outcome()
-        outcome.events.extend(_touch_devices(batch))
-        transaction.on_commit(lambda: _after_commit(kind, batch.messages, outcome.events))
+        fresh = ledger.claim(kind, envelopes)
+        outcome = handler(fresh) if fresh else Outcome()
+        _dead_letter(outcome.refused)
+        refused_keys = {envelope.key for envelope, _ in outcome.refused}
+        applied = [envelope for envelope in fresh if envelope.key not in refused_keys]
+        transaction.on_commit(lambda: _after_commit(kind, applied, outcome.events))
     duplicates = len(envelopes) - len(fresh)
     if duplicates:
         metrics.MESSAGES_DUPLICATE.labels(kind=kind).inc(duplicates)
-    metrics.MESSAGES_PROCESSED.labels(kind=kind).inc(len(batch.messages))
-    return {"processed": len(batch.messages), "duplicates": duplicates, "dead": len(orphans)}
+    metrics.MESSAGES_PROCESSED.labels(kind=kind).inc(len(applied))
+    return {"processed": len(applied), "duplicates": duplicates, "dead": len(refused_keys)}
 
 
-def _claim(kind: str, envelopes: list[Envelope]) -> list[Envelope]:
-    """The envelopes not processed before, recorded as processed (same transaction as effects)."""
-    seen = set(
-        ProcessedMessage.objects.filter(key__in={e.key for e in envelopes}).values_list(
-            "key", flat=True
-        )
-    )
-    fresh: list[Envelope] = []
-    for envelope in envelopes:
-        if envelope.key not in seen:
-            seen.add(envelope.key)
-            fresh.append(envelope)
-    ProcessedMessage.objects.bulk_create([ProcessedMessage(key=e.key, kind=kind) for e in fresh])
-    return fresh
-
-
-def _touch_devices(batch: Batch) -> list[NocEvent]:
-    """Last seen for every device heard from; a device that was OFFLINE is back."""
-    from apps.devices.status import mark_seen
-
-    latest: dict[str, datetime] = {}
-    for envelope in batch.messages:
-        seen = received(envelope)
-        if envelope.source_id not in latest or seen > latest[envelope.source_id]:
-            latest[envelope.source_id] = seen
-    return mark_seen([(batch.devices[source], seen) for source, seen in latest.items()])
-
-
-def _after_commit(kind: str, messages: list[Envelope], events: list[NocEvent]) -> None:
+def _after_commit(kind: str, applied: list[Envelope], events: list[Event]) -> None:
     broadcast_events(events)
     now = time.time()
     histogram = metrics.END_TO_END_LATENCY.labels(kind=kind)
-    for envelope in messages:
+    for envelope in applied:
         histogram.observe(max(0.0, now - envelope.received_at))
 
 
 def _process_one_by_one(
-    kind: str, consumer: Consumer, envelopes: list[Envelope], labels: dict[str, str]
+    kind: str, handler: Handler, envelopes: list[Envelope], labels: dict[str, str]
 ) -> dict[str, int]:
     totals = {"processed": 0, "duplicates": 0, "dead": 0}
     for envelope in envelopes:
         try:
-            result = _process(kind, consumer, [envelope])
+            result = _process(kind, handler, [envelope])
         except Exception as exc:  # this message alone fails: keep it, move on
             log.error(
                 "message failed after retries; dead-lettered",
@@ -208,8 +170,9 @@ def _process_one_by_one(
                 hint="inspect with manage.py dead_letters list --reason processing_failed",
             )
             metrics.TASKS_FAILED.labels(**labels).inc()
+            failed = Refusal("processing_failed", f"{type(exc).__name__}: {exc}")
             with transaction.atomic():
-                _dead_letter([envelope], "processing_failed", f"{type(exc).__name__}: {exc}")
+                _dead_letter([(envelope, failed)])
             totals["dead"] += 1
             continue
         for name, value in result.items():
@@ -217,18 +180,18 @@ def _process_one_by_one(
     return totals
 
 
-def _dead_letter(envelopes: list[Envelope], reason: str, detail: str) -> None:
+def _dead_letter(refused: list[tuple[Envelope, Refusal]]) -> None:
     dead_letters.store(
         [
             dead_letters.Letter(
                 stage=DeadLetter.Stage.PROCESSING,
-                reason=reason,
-                detail=detail,
+                reason=refusal.reason,
+                detail=refusal.detail,
                 topic=envelope.topic,
                 payload=json.dumps(envelope.payload).encode(),
                 received_at=envelope.received_at,
                 envelope=envelope.to_message(),
             )
-            for envelope in envelopes
+            for envelope, refusal in refused
         ]
     )

@@ -1,17 +1,20 @@
 """The one source of truth for Celery queues, task routes, priorities and worker settings.
 
-Worker command lines (`make run`, systemd's `celery@.service`), the Celery app's routing, the
-MQTT subscriber's topic routing and the docs all derive from the constants here. Adding a queue
-or a task means editing this file only; see docs/architecture.md ("Adding a queue").
+Worker command lines (`make run`, systemd's `celery@.service`), the Celery app's routing and
+imports, the beat schedule, health checks and the docs all derive from the constants here; the
+MQTT topic table (apps/mqtt/topics.py) names each topic kind's task from the names below. Adding
+a queue or a task means editing this file; see docs/architecture.md ("Recipes").
 
 With the Redis transport Celery priority 0 is the *highest* and 9 the lowest.
 """
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 CELERY_APP: Final = "intelliwiz_config"
 
@@ -35,11 +38,6 @@ class QueueSpec:
     time_limit: int  # seconds; the child process is killed
     max_memory_per_child: int  # KiB; the child is replaced after a task that exceeds it
     max_tasks_per_child: int = 10_000
-
-    @property
-    def node_name(self) -> str:
-        """Worker node name, e.g. `critical@host`, so `inspect ping -d critical@host` works."""
-        return f"{self.name}@{socket.gethostname()}"
 
 
 CRITICAL = QueueSpec(
@@ -98,28 +96,40 @@ QUEUES: Final[tuple[QueueSpec, ...]] = (CRITICAL, HIGH_PRIORITY, GENERAL, ML_TRA
 QUEUES_BY_NAME: Final = {queue.name: queue for queue in QUEUES}
 DEFAULT_QUEUE: Final = GENERAL
 
+# Task names. Each starts with the module that defines the task: the worker imports exactly
+# those modules (TASK_MODULES), so a task is found by its name alone, with no autodiscovery.
+PROCESS_DEVICE_ALERTS: Final = "apps.mqtt.tasks.process_device_alerts"
+PROCESS_GUARD_GPS: Final = "apps.mqtt.tasks.process_guard_gps"
+PROCESS_DEVICE_TELEMETRY: Final = "apps.mqtt.tasks.process_device_telemetry"
+PROCESS_SENSOR_READINGS: Final = "apps.mqtt.tasks.process_sensor_readings"
+PROCESS_SYSTEM_HEALTH: Final = "apps.mqtt.tasks.process_system_health"
+PUBLISH_DEVICE_COMMAND: Final = "apps.mqtt.tasks.publish_device_command"
+DETECT_OFFLINE_DEVICES: Final = "apps.mqtt.presence.detect_offline_devices"
+PRUNE_PROCESSED_MESSAGES: Final = "apps.core.tasks.ledger.prune_processed_messages"
+# The health canary: a tiny task sent to each queue at top priority; the worker that runs it
+# records when, so health can tell a queue that is consumed from one whose worker merely answers.
+CANARY_TASK: Final = "apps.monitoring.tasks.canary"
+
 # Task name -> queue. The task's priority is its queue's unless it says otherwise.
 TASK_QUEUES: Final[dict[str, QueueSpec]] = {
-    "apps.mqtt.tasks.process_device_alerts": CRITICAL,
-    "apps.mqtt.tasks.process_guard_gps": HIGH_PRIORITY,
-    "apps.mqtt.tasks.process_device_telemetry": GENERAL,
-    "apps.mqtt.tasks.process_sensor_readings": GENERAL,
-    "apps.mqtt.tasks.process_system_health": GENERAL,
-    "apps.devices.tasks.detect_offline_devices": GENERAL,
-    "apps.mqtt.tasks.prune_processed_messages": GENERAL,
+    PROCESS_DEVICE_ALERTS: CRITICAL,
+    PROCESS_GUARD_GPS: HIGH_PRIORITY,
+    PROCESS_DEVICE_TELEMETRY: GENERAL,
+    PROCESS_SENSOR_READINGS: GENERAL,
+    PROCESS_SYSTEM_HEALTH: GENERAL,
+    DETECT_OFFLINE_DEVICES: GENERAL,
+    PRUNE_PROCESSED_MESSAGES: GENERAL,
     # Default route only: beat sends one canary to *every* queue with queue= (BEAT_SCHEDULE).
-    "apps.monitoring.tasks.canary": GENERAL,
-    "apps.mqtt.tasks.publish_device_command": EXTERNAL_API,
+    CANARY_TASK: GENERAL,
+    PUBLISH_DEVICE_COMMAND: EXTERNAL_API,
 }
+TASK_MODULES: Final = sorted({name.rpartition(".")[0] for name in TASK_QUEUES})
 
-# MQTT topic prefix -> the task that processes its messages (and so, through TASK_QUEUES, the
-# queue and priority). The subscriber accepts exactly these prefixes.
-TOPIC_ROUTES: Final[dict[str, str]] = {
-    "alert/": "apps.mqtt.tasks.process_device_alerts",
-    "guard/": "apps.mqtt.tasks.process_guard_gps",
-    "device/": "apps.mqtt.tasks.process_device_telemetry",
-    "sensor/": "apps.mqtt.tasks.process_sensor_readings",
-    "system/": "apps.mqtt.tasks.process_system_health",
+# Former name -> current name of each task that moved. Messages queued under the former name by
+# an earlier release still run after an upgrade (register_renamed_tasks).
+RENAMED_TASKS: Final[dict[str, str]] = {
+    "apps.devices.tasks.detect_offline_devices": DETECT_OFFLINE_DEVICES,
+    "apps.mqtt.tasks.prune_processed_messages": PRUNE_PROCESSED_MESSAGES,
 }
 
 TASK_ROUTES: Final[dict[str, dict[str, Any]]] = {
@@ -151,9 +161,6 @@ def broker_list_keys(queue_name: str) -> list[str]:
     return [queue_name if step == 0 else f"{queue_name}{sep}{step}" for step in steps]
 
 
-# The health canary: a tiny task sent to each queue at top priority; the worker that runs it
-# records when, so health can tell a queue that is consumed from one whose worker merely answers.
-CANARY_TASK: Final = "apps.monitoring.tasks.canary"
 CANARY_INTERVAL_SECONDS: Final = 15
 
 
@@ -165,11 +172,11 @@ def canary_options(queue_name: str) -> dict[str, Any]:
 # Periodic tasks run by Celery beat: name -> task, interval in seconds, arguments, options.
 BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
     "detect-offline-devices": {
-        "task": "apps.devices.tasks.detect_offline_devices",
+        "task": DETECT_OFFLINE_DEVICES,
         "schedule": 60.0,
     },
     "prune-processed-messages": {
-        "task": "apps.mqtt.tasks.prune_processed_messages",
+        "task": PRUNE_PROCESSED_MESSAGES,
         "schedule": 3600.0,
     },
     **{
@@ -193,6 +200,7 @@ def celery_config() -> dict[str, Any]:
         "task_default_queue": DEFAULT_QUEUE.name,
         "task_default_priority": DEFAULT_QUEUE.priority,
         "task_routes": TASK_ROUTES,
+        "imports": TASK_MODULES,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # Processing tasks never fail outright: run_batch retries, dead-letters, or re-queues
@@ -211,6 +219,19 @@ def celery_config() -> dict[str, Any]:
         "worker_send_task_events": False,
         "timezone": "UTC",
     }
+
+
+def register_renamed_tasks(app: Celery) -> None:
+    """Register each former name of RENAMED_TASKS as a task that runs its current task."""
+    for former, current in RENAMED_TASKS.items():
+        app.task(name=former, acks_late=True, ignore_result=True)(_forward_to(app, current))
+
+
+def _forward_to(app: Celery, name: str) -> Any:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return app.tasks[name](*args, **kwargs)
+
+    return forward
 
 
 def worker_argv(queue_name: str, *, loglevel: str = "INFO") -> list[str]:

@@ -1,1 +1,1 @@
-"""One module per message kind, domain logic only; apps/core/tasks/base.py does the rest."""
+"""One module per topic kind, domain logic only; base.py and apps/core/tasks/base.py do the rest."""

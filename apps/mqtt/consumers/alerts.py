@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from apps.alerts.services import AlertSignal, raise_alert
-from apps.core.tasks.base import Batch, Outcome
+from apps.core.events import Event
+from apps.mqtt.consumers.base import DeviceBatch
 from apps.mqtt.schemas import AlertPayload
 
 
-def process(batch: Batch) -> Outcome:
-    outcome = Outcome()
+def process(batch: DeviceBatch) -> list[Event]:
+    events = []
     for envelope in batch.messages:
         payload = AlertPayload.model_validate(envelope.payload)
         signal = AlertSignal(
@@ -20,5 +21,5 @@ def process(batch: Batch) -> Outcome:
             lat=payload.location.lat if payload.location else None,
             lon=payload.location.lon if payload.location else None,
         )
-        outcome.events.append(raise_alert(signal))
-    return outcome
+        events.append(raise_alert(signal))
+    return events

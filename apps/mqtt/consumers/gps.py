@@ -6,14 +6,14 @@ from typing import Any
 
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alert
-from apps.core.tasks.base import Batch, Outcome
+from apps.core.events import Event
 from apps.devices.models import Geofence, GuardLocation
-from apps.mqtt.consumers.common import reading_fields, telemetry_updates
+from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
 from apps.mqtt.schemas import GpsPayload
 
 
-def process(batch: Batch) -> Outcome:
-    outcome = Outcome()
+def process(batch: DeviceBatch) -> list[Event]:
+    events: list[Event] = []
     tenant_ids = {device.tenant_id for device in batch.devices.values()}
     fences: dict[int, list[Geofence]] = {tenant_id: [] for tenant_id in tenant_ids}
     for fence in Geofence.objects.filter(tenant_id__in=tenant_ids, active=True):
@@ -50,7 +50,7 @@ def process(batch: Batch) -> Outcome:
                 lat=payload.lat,
                 lon=payload.lon,
             )
-            outcome.events.append(raise_alert(signal))
+            events.append(raise_alert(signal))
         updates[envelope.source_id] = {
             "lat": payload.lat,
             "lon": payload.lon,
@@ -58,5 +58,5 @@ def process(batch: Batch) -> Outcome:
             "recorded_at": payload.timestamp.isoformat(),
         }
     GuardLocation.objects.bulk_create(rows)
-    outcome.events.extend(telemetry_updates(updates, batch))
-    return outcome
+    events.extend(telemetry_updates(updates, batch))
+    return events

@@ -10,9 +10,9 @@ from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alert
-from apps.core.tasks.base import Batch, Outcome
+from apps.core.events import Event
 from apps.devices.models import SensorReading
-from apps.mqtt.consumers.common import reading_fields, telemetry_updates
+from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
 from apps.mqtt.schemas import SensorPayload
 
 
@@ -20,8 +20,8 @@ from apps.mqtt.schemas import SensorPayload
 class SensorRule:
     sensor_type: str
     fires: Callable[[SensorPayload], bool]
-    alert_type: str
-    severity: str
+    alert_type: AlertType
+    severity: Severity
     describe: Callable[[SensorPayload], str]
 
 
@@ -47,8 +47,8 @@ RULES: tuple[SensorRule, ...] = (
 )
 
 
-def process(batch: Batch) -> Outcome:
-    outcome = Outcome()
+def process(batch: DeviceBatch) -> list[Event]:
+    events: list[Event] = []
     rows: list[SensorReading] = []
     updates: dict[str, dict[str, Any]] = {}
     for envelope in batch.messages:
@@ -70,7 +70,7 @@ def process(batch: Batch) -> Outcome:
                     seen_at=payload.timestamp,
                     message=rule.describe(payload),
                 )
-                outcome.events.append(raise_alert(signal))
+                events.append(raise_alert(signal))
         updates[envelope.source_id] = {
             "sensor_type": payload.type,
             "value": payload.value,
@@ -78,5 +78,5 @@ def process(batch: Batch) -> Outcome:
             "recorded_at": payload.timestamp.isoformat(),
         }
     SensorReading.objects.bulk_create(rows)
-    outcome.events.extend(telemetry_updates(updates, batch))
-    return outcome
+    events.extend(telemetry_updates(updates, batch))
+    return events

@@ -8,14 +8,14 @@ from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, clear_alert, raise_alert
-from apps.core.tasks.base import Batch, Outcome
+from apps.core.events import Event
 from apps.devices.models import SystemHealthSample
-from apps.mqtt.consumers.common import reading_fields, telemetry_updates
+from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
 from apps.mqtt.schemas import SystemHealthPayload
 
 
-def process(batch: Batch) -> Outcome:
-    outcome = Outcome()
+def process(batch: DeviceBatch) -> list[Event]:
+    events: list[Event] = []
     rows: list[SystemHealthSample] = []
     latest: dict[str, SystemHealthPayload] = {}
     for envelope in batch.messages:
@@ -51,11 +51,11 @@ def process(batch: Batch) -> Outcome:
                 seen_at=payload.timestamp,
                 message=f"{detail} (limit {limit:g} %)",
             )
-            outcome.events.append(raise_alert(signal))
+            events.append(raise_alert(signal))
         else:
             cleared = clear_alert(device, AlertType.SYSTEM_HEALTH, "resources back under the limit")
             if cleared:
-                outcome.events.append(cleared)
+                events.append(cleared)
         updates[source_id] = {**resources, "recorded_at": payload.timestamp.isoformat()}
-    outcome.events.extend(telemetry_updates(updates, batch))
-    return outcome
+    events.extend(telemetry_updates(updates, batch))
+    return events

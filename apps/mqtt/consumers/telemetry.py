@@ -8,15 +8,15 @@ from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, clear_alert, raise_alert
-from apps.core.tasks.base import Batch, Outcome
+from apps.core.events import Event
 from apps.devices.models import Device, TelemetryReading
-from apps.devices.status import status_event
-from apps.mqtt.consumers.common import reading_fields, telemetry_updates
+from apps.devices.services import status_event
+from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
 from apps.mqtt.schemas import TelemetryPayload
 
 
-def process(batch: Batch) -> Outcome:
-    outcome = Outcome()
+def process(batch: DeviceBatch) -> list[Event]:
+    events: list[Event] = []
     rows: list[TelemetryReading] = []
     latest: dict[str, tuple[Any, TelemetryPayload]] = {}
     for envelope in batch.messages:
@@ -42,21 +42,21 @@ def process(batch: Batch) -> Outcome:
         before = device.status
         device.battery = payload.battery if payload.battery is not None else device.battery
         device.signal = payload.signal if payload.signal is not None else device.signal
-        outcome.events.extend(_battery_rules(device, payload, recorded_at))
+        events.extend(_battery_rules(device, payload, recorded_at))
         changed.append(device)
         if device.status != before:
-            outcome.events.append(status_event(device))
+            events.append(status_event(device))
         updates[source_id] = {
             "temperature": payload.temperature,
             "connectivity": payload.connectivity,
             "recorded_at": recorded_at.isoformat(),
         }
     Device.objects.bulk_update(changed, ["battery", "signal", "status"])
-    outcome.events.extend(telemetry_updates(updates, batch))
-    return outcome
+    events.extend(telemetry_updates(updates, batch))
+    return events
 
 
-def _battery_rules(device: Device, payload: TelemetryPayload, at: Any) -> list[Any]:
+def _battery_rules(device: Device, payload: TelemetryPayload, at: Any) -> list[Event]:
     if payload.battery is None:
         return []
     threshold = settings.LOW_BATTERY_PERCENT

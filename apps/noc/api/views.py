@@ -29,6 +29,7 @@ from rest_framework.views import APIView
 
 from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
 from apps.alerts.services import TransitionError, transition
+from apps.core.events import broadcast_events
 from apps.devices.models import Device
 from apps.noc.api.serializers import (
     READING_SERIALIZERS,
@@ -42,7 +43,6 @@ from apps.noc.api.serializers import (
     readings_of,
 )
 from apps.noc.auth import ALERT_ACTION_PERMISSION, NOC_PERMISSION
-from apps.noc.broadcast import broadcast_events
 from apps.tenants.models import User
 
 

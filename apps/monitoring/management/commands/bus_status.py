@@ -8,11 +8,10 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.db.models import Count
 
+from apps.core import intake_status as status
 from apps.core.models import DeadLetter
 from apps.core.redis_client import state_redis
 from apps.monitoring import bus_state
-from apps.monitoring.celery_hooks import read_worker_heartbeats
-from apps.mqtt import status
 
 
 def _age(seconds: float | None) -> str:
@@ -38,7 +37,9 @@ class Command(BaseCommand):
         write(f"  unacknowledged (running or prefetched): {bus_state.unacked_count(client)}")
 
         write("Workers")
-        heartbeats = sorted(read_worker_heartbeats(client), key=lambda h: (h.queue, h.hostname))
+        heartbeats = sorted(
+            bus_state.read_worker_heartbeats(client), key=lambda h: (h.queue, h.hostname)
+        )
         if not heartbeats:
             write(self.style.ERROR("  none has reported: are the Celery workers running?"))
         for beat in heartbeats:

@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.core import stack
+from apps.monitoring import stack
 
 
 class Command(BaseCommand):

@@ -1,13 +1,23 @@
-"""Tenant and operator set-up shared by the management commands and `make run`."""
+"""Operator accounts: the permissions an operator needs, and the demo operator of `make run`."""
 
 from __future__ import annotations
 
 import secrets
 from pathlib import Path
 
+from django.contrib.auth.models import Permission
 from django.db import transaction
 
+from apps.noc.auth import ALERT_ACTION_PERMISSION, NOC_PERMISSION
 from apps.tenants.models import Tenant, User
+
+
+def grant_operator_permissions(user: User) -> None:
+    """What an operator needs: watch the NOC and act on alerts."""
+    codenames = [perm.split(".", 1)[1] for perm in (NOC_PERMISSION, ALERT_ACTION_PERMISSION)]
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="alerts", codename__in=codenames)
+    )
 
 
 @transaction.atomic
@@ -19,8 +29,6 @@ def ensure_demo_operator(tenant_name: str, username: str, password_file: Path) -
         username=username,
         defaults={"tenant": tenant},
     )
-    from apps.noc.auth import grant_operator_permissions
-
     grant_operator_permissions(user)
     if created or not password_file.exists():
         password = secrets.token_urlsafe(12)

@@ -226,7 +226,7 @@ def supervisor_config(paths: StackPaths, stack: list[Program]) -> str:
     base_dir = settings.BASE_DIR
     secret = secrets.token_urlsafe(16)
     lines = [
-        "; Written by `manage.py runstack` on every start; edit apps/core/stack.py instead.",
+        "; Written by `manage.py runstack` on every start; edit apps/monitoring/stack.py instead.",
         "[unix_http_server]",
         f"file={paths.run_dir / 'supervisor.sock'}",
         "chmod=0700",

@@ -16,7 +16,7 @@ from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from apps.core.models import DeadLetter
-from apps.core.replay import replay
+from apps.mqtt.replay import replay
 
 
 class Command(BaseCommand):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import current_app
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.core.redis_client import state_redis
-from apps.monitoring.celery_hooks import read_worker_heartbeats
+from apps.monitoring.bus_state import read_worker_heartbeats
 
 
 class Command(BaseCommand):
@@ -26,8 +27,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from intelliwiz_config.celery import app
-
         alive = [beat for beat in read_worker_heartbeats(state_redis()) if beat.up]
         if alive and not options["force"]:
             names = ", ".join(sorted({beat.hostname for beat in alive}))
@@ -35,7 +34,7 @@ class Command(BaseCommand):
                 f"workers are up ({names}): their unacknowledged tasks are in progress. "
                 "Stop the workers first, or pass --force."
             )
-        with app.connection_for_write() as connection:
+        with current_app.connection_for_write() as connection:
             channel: Any = connection.default_channel
             tags = channel.client.hkeys(channel.unacked_key)
             for number, tag in enumerate(tags, start=1):

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from apps.core import intake_status as status
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import broker_list_keys
 from apps.devices.models import TelemetryReading
 from apps.monitoring import bus_state
-from apps.mqtt import status
 from tests import environment
 from tests.factories import create_tenant_with_devices, telemetry
 from tests.services import ROOT, Service, mqtt_publish, wait_for
@@ -108,7 +108,7 @@ def test_requeue_puts_tasks_of_killed_workers_back_on_their_queue(redis_client: 
 
 
 def test_requeue_refuses_while_workers_are_up(redis_client: Any, all_queue_workers: list[Service]):
-    from apps.monitoring.celery_hooks import read_worker_heartbeats
+    from apps.monitoring.bus_state import read_worker_heartbeats
 
     wait_for(lambda: read_worker_heartbeats(redis_client), timeout=15, what="worker heartbeats")
     with pytest.raises(CommandError, match="Stop the workers first, or pass --force"):

@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from apps.noc.auth import grant_operator_permissions
+from apps.noc.operators import grant_operator_permissions
 from apps.tenants.models import Tenant, User
 
 

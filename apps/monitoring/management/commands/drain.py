@@ -14,10 +14,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.core import intake_status as status
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import ML_TRAINING
 from apps.monitoring import bus_state
-from apps.mqtt import status
 
 PROGRESS_EVERY_SECONDS = 2.0
 

@@ -1,4 +1,8 @@
-"""The subscriber's liveness record in Redis, written by the subscriber and read by health checks.
+"""MQTT intake's state in Redis: each subscriber's status, and the operator's pause flag.
+
+A contract between processes on both sides of a layer: subscribers write their status and follow
+the pause flag (apps/mqtt/subscriber.py); `manage.py drain` sets the flag, and health, metrics,
+`bus_status` (apps/monitoring) and offline detection (apps/mqtt/presence.py) read both.
 
 Key `mqtt_subscriber:status:<client_id>` is a hash that expires unless refreshed, so a dead
 subscriber disappears from health by itself instead of looking connected forever.

@@ -18,8 +18,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.core import stack
-from apps.tenants.services import ensure_demo_operator
+from apps.monitoring import stack
+from apps.noc.operators import ensure_demo_operator
 
 STARTUP_DEADLINE_SECONDS = 90
 

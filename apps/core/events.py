@@ -1,0 +1,82 @@
+"""Events for NOC dashboards: their types, the tenant groups they go to, and the one sender.
+
+Domain code (alerts, devices) and ingest build `Event`s and return them; the batch runner and
+the NOC's own actions send them after their transaction commits, with `broadcast_events`. The
+NOC's WebSocket consumer (apps/noc/consumers.py) has one handler per `EventType`, named after it
+(a test holds the two together), and joins only the group of its user's tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from apps.core import metrics
+
+log = structlog.get_logger(__name__)
+
+
+class EventType(StrEnum):
+    CRITICAL_ALERT = "critical_alert"
+    ALERT_UPDATED = "alert_updated"
+    TELEMETRY_UPDATE = "telemetry_update"
+    DEVICE_STATUS = "device_status"
+    TASK_PROGRESS = "task_progress"
+
+
+@dataclass(frozen=True)
+class Event:
+    tenant_id: int
+    message_type: EventType
+    data: dict[str, Any]
+
+
+def tenant_group(tenant_id: int) -> str:
+    """The channel-layer group of one tenant's dashboards, from the tenant's id only."""
+    return f"noc.tenant.{int(tenant_id)}"
+
+
+def broadcast_events(events: list[Event]) -> int:
+    """Send events in one event-loop pass; the number the channel layer took."""
+    if not events:
+        return 0
+    return int(async_to_sync(_send_all)(events))
+
+
+def broadcast_to_noc_dashboard(message_type: str, data: dict[str, Any], *, tenant_id: int) -> bool:
+    """One event to a tenant's dashboards (the runbook's name); True when the layer took it.
+
+    Raises ValueError for a `message_type` that is not an `EventType`.
+    """
+    return broadcast_events([Event(tenant_id, EventType(message_type), data)]) == 1
+
+
+async def _send_all(events: list[Event]) -> int:
+    layer = get_channel_layer()
+    sent = 0
+    for event in events:
+        message_type = event.message_type.value  # the consumer's handler of the same name
+        try:
+            if layer is None:
+                raise RuntimeError("CHANNEL_LAYERS is not configured")
+            await layer.group_send(
+                tenant_group(event.tenant_id), {"type": message_type, "data": event.data}
+            )
+        except Exception as exc:  # counted and logged; the data is already stored
+            metrics.WEBSOCKET_BROADCAST_FAILURE.labels(message_type=message_type).inc()
+            log.error(
+                "NOC broadcast failed",
+                message_type=message_type,
+                tenant_id=event.tenant_id,
+                error=f"{type(exc).__name__}: {exc}",
+                hint="check the channel layer (Redis DB 2, CHANNELS_ENCRYPTION_KEY)",
+            )
+        else:
+            metrics.WEBSOCKET_BROADCAST_SUCCESS.labels(message_type=message_type).inc()
+            sent += 1
+    return sent

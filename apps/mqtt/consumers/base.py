@@ -1,0 +1,102 @@
+"""What every consumer of device messages shares, written once.
+
+The batch runner (apps/core/tasks/base.py) hands `with_devices(consumer)` the fresh messages of
+one batch inside its transaction. This module locks their devices, sets aside messages whose
+device is gone, calls the consumer with a `DeviceBatch`, and records that the devices were heard
+from (apps/mqtt/presence.py). A consumer holds only domain logic: it bulk-creates rows and
+returns the events for the NOC.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from apps.core.envelope import Envelope
+from apps.core.events import Event, EventType
+from apps.core.tasks.base import Outcome, Refusal
+from apps.devices.models import Device
+from apps.devices.services import device_state
+from apps.mqtt import presence
+
+
+@dataclass(frozen=True)
+class DeviceBatch:
+    """Fresh (never processed) messages of one kind, each with its device, locked."""
+
+    messages: list[Envelope]
+    devices: dict[str, Device]
+
+    def device(self, envelope: Envelope) -> Device:
+        return self.devices[envelope.source_id]
+
+
+Consumer = Callable[[DeviceBatch], list[Event]]
+
+
+def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
+    """The batch runner's handler for one topic kind's consumer."""
+
+    def handle(envelopes: list[Envelope]) -> Outcome:
+        # Locked for the transaction: workers of several queues update the same devices
+        # (PostgreSQL; SQLite serialises writers anyway). Ordered to avoid deadlocks.
+        devices = {
+            device.device_id: device
+            for device in Device.objects.select_for_update(of=("self",))
+            .select_related("tenant")
+            .filter(device_id__in={envelope.source_id for envelope in envelopes})
+            .order_by("pk")
+        }
+        known = [envelope for envelope in envelopes if envelope.source_id in devices]
+        orphans = [envelope for envelope in envelopes if envelope.source_id not in devices]
+        batch = DeviceBatch(known, devices)
+        events = consumer(batch) if known else []
+        events.extend(presence.mark_seen(_last_heard(batch)))
+        gone = Refusal("unknown_device", "device was removed from the registry")
+        return Outcome(events, refused=[(envelope, gone) for envelope in orphans])
+
+    return handle
+
+
+def received(envelope: Envelope) -> datetime:
+    return datetime.fromtimestamp(envelope.received_at, tz=UTC)
+
+
+def _last_heard(batch: DeviceBatch) -> list[tuple[Device, datetime]]:
+    latest: dict[str, datetime] = {}
+    for envelope in batch.messages:
+        heard = received(envelope)
+        if envelope.source_id not in latest or heard > latest[envelope.source_id]:
+            latest[envelope.source_id] = heard
+    return [(batch.devices[source], heard) for source, heard in latest.items()]
+
+
+def reading_fields(batch: DeviceBatch, envelope: Envelope, recorded_at: Any) -> dict[str, Any]:
+    """The columns every reading row has (tenant, device, key, times)."""
+    device = batch.device(envelope)
+    return {
+        "tenant_id": device.tenant_id,
+        "device": device,
+        "idempotency_key": envelope.key,
+        "recorded_at": recorded_at,
+        "received_at": received(envelope),
+    }
+
+
+def telemetry_updates(items: dict[str, dict[str, Any]], batch: DeviceBatch) -> list[Event]:
+    """One conflated `telemetry_update` per tenant: the latest values per device, and how many
+    messages they stand for (the dashboard's messages-per-second)."""
+    per_tenant: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for source_id, values in items.items():
+        device = batch.devices[source_id]
+        per_tenant[device.tenant_id].append({**device_state(device), **values})
+    counts: dict[int, int] = defaultdict(int)
+    for envelope in batch.messages:
+        counts[batch.device(envelope).tenant_id] += 1
+    return [
+        Event(tenant, EventType.TELEMETRY_UPDATE, {"devices": devices, "messages": counts[tenant]})
+        for tenant, devices in per_tenant.items()
+    ]

@@ -1,0 +1,89 @@
+"""Presence: when each device was last heard from, and ONLINE / OFFLINE with their alerts.
+
+Every processed batch marks its devices seen (consumers/base.py); beat runs
+`detect_offline_devices` every minute for the devices that went silent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import structlog
+from celery import shared_task
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.alerts.models import AlertType, Severity
+from apps.alerts.services import AlertSignal, clear_alert, raise_alert
+from apps.core import intake_status
+from apps.core.events import Event, broadcast_events
+from apps.core.redis_client import state_redis
+from apps.core.tasks.celery_settings import DETECT_OFFLINE_DEVICES
+from apps.devices.models import Device
+from apps.devices.services import status_event
+
+log = structlog.get_logger(__name__)
+
+
+def mark_seen(seen: list[tuple[Device, datetime]]) -> list[Event]:
+    """Record that devices were heard from: a new device is ONLINE, an OFFLINE one is back
+    and its alert cleared."""
+    events: list[Event] = []
+    changed: list[Device] = []
+    for device, at in seen:
+        if device.last_seen is not None and at <= device.last_seen:
+            continue
+        device.last_seen = at
+        changed.append(device)
+        if device.status == Device.Status.UNKNOWN:
+            device.status = Device.Status.ONLINE
+            events.append(status_event(device))
+        elif device.status == Device.Status.OFFLINE:
+            device.status = Device.Status.ONLINE
+            cleared = clear_alert(device, AlertType.OFFLINE, "device reported again")
+            if cleared:
+                events.append(cleared)
+            events.append(status_event(device))
+    Device.objects.bulk_update(changed, ["last_seen", "status"])
+    return events
+
+
+def mark_offline(device: Device, now: datetime) -> list[Event]:
+    device.status = Device.Status.OFFLINE
+    device.save(update_fields=["status"])
+    signal = AlertSignal(
+        device=device,
+        alert_type=AlertType.OFFLINE,
+        severity=Severity.MEDIUM,
+        seen_at=now,
+        message=(
+            f"no message since {device.last_seen:%Y-%m-%d %H:%M:%S} UTC"
+            if device.last_seen
+            else "never heard from"
+        ),
+    )
+    return [raise_alert(signal), status_event(device)]
+
+
+@shared_task(name=DETECT_OFFLINE_DEVICES, acks_late=True)
+def detect_offline_devices() -> int:
+    """Devices silent for DEVICE_OFFLINE_AFTER seconds go OFFLINE with an alert; how many did."""
+    client = state_redis()
+    listening = any(status.connected for status in intake_status.read_statuses(client))
+    if intake_status.intake_paused(client) or not listening:
+        # Devices are not silent when nobody is listening: no mass OFFLINE during an outage.
+        log.warning("offline detection skipped: MQTT intake is paused or no subscriber is up")
+        return 0
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER)
+    events: list[Event] = []
+    gone = 0
+    with transaction.atomic():
+        silent = Device.objects.filter(last_seen__lt=cutoff).exclude(status=Device.Status.OFFLINE)
+        for device in silent.select_for_update():
+            events.extend(mark_offline(device, now))
+            gone += 1
+            log.info("device offline", device_id=device.device_id, last_seen=str(device.last_seen))
+        transaction.on_commit(lambda: broadcast_events(events))
+    return gone

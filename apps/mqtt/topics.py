@@ -1,0 +1,124 @@
+"""The topic table: one row per kind of device message, and the topic grammar.
+
+Topics look like `<prefix><source_id>/<segment>`, e.g. `device/sensor-001/telemetry`. Each row
+says what its prefix carries and everything derived from that: the payload schema intake
+validates, the consumer that applies it, the Celery task (whose queue and priority are in
+apps/core/tasks/celery_settings.py), whether the subscriber sends it at once or in batches, and
+the kind an auto-registered device gets. The subscriber's ALLOWED_TOPIC_PREFIXES, the Mosquitto
+ACL, auto-registration and the processing tasks are all read from here; adding a topic kind is a
+row here plus its schema and consumer (docs/architecture.md, "Adding a topic kind").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from apps.core.tasks import celery_settings as tasks
+from apps.devices.models import Device
+from apps.mqtt import schemas
+from apps.mqtt.consumers import alerts, gps, sensor, system_health, telemetry
+from apps.mqtt.consumers.base import Consumer
+
+MAX_SEGMENT = 32
+SOURCE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TopicKind:
+    name: str  # Envelope.kind and the `kind` label of the bus metrics
+    prefix: str
+    segments: frozenset[str] | None  # the accepted last segments; None: any (alert/<id>/fire …)
+    payload: type[schemas.DevicePayload]
+    consumer: Consumer
+    task: str
+    immediate: bool  # sent to Celery the moment it arrives, not batched
+    registers_as: Device.Kind  # the kind DEVICE_AUTO_REGISTER gives a device first heard here
+
+
+TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
+    TopicKind(
+        name="alert",
+        prefix="alert/",
+        segments=None,
+        payload=schemas.AlertPayload,
+        consumer=alerts.process,
+        task=tasks.PROCESS_DEVICE_ALERTS,
+        immediate=True,
+        registers_as=Device.Kind.PANIC_BUTTON,
+    ),
+    TopicKind(
+        name="gps",
+        prefix="guard/",
+        segments=frozenset({"gps", "location"}),
+        payload=schemas.GpsPayload,
+        consumer=gps.process,
+        task=tasks.PROCESS_GUARD_GPS,
+        immediate=False,
+        registers_as=Device.Kind.GPS_TRACKER,
+    ),
+    TopicKind(
+        name="telemetry",
+        prefix="device/",
+        segments=frozenset({"telemetry"}),
+        payload=schemas.TelemetryPayload,
+        consumer=telemetry.process,
+        task=tasks.PROCESS_DEVICE_TELEMETRY,
+        immediate=False,
+        registers_as=Device.Kind.OTHER,
+    ),
+    TopicKind(
+        name="sensor",
+        prefix="sensor/",
+        segments=None,
+        payload=schemas.SensorPayload,
+        consumer=sensor.process,
+        task=tasks.PROCESS_SENSOR_READINGS,
+        immediate=False,
+        registers_as=Device.Kind.SENSOR,
+    ),
+    TopicKind(
+        name="system_health",
+        prefix="system/",
+        segments=frozenset({"health"}),
+        payload=schemas.SystemHealthPayload,
+        consumer=system_health.process,
+        task=tasks.PROCESS_SYSTEM_HEALTH,
+        immediate=False,
+        registers_as=Device.Kind.GATEWAY,
+    ),
+)
+KINDS_BY_NAME: Final = {kind.name: kind for kind in TOPIC_KINDS}
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    source_id: str
+    segment: str
+    kind: TopicKind
+
+
+class TopicError(ValueError):
+    pass
+
+
+def parse_topic(topic: str) -> ParsedTopic:
+    kind = next((k for k in TOPIC_KINDS if topic.startswith(k.prefix)), None)
+    if kind is None:
+        allowed = ", ".join(k.prefix for k in TOPIC_KINDS)
+        raise TopicError(f"prefix not allowed (allowed: {allowed})")
+    parts = topic[len(kind.prefix) :].split("/")
+    if len(parts) != 2 or not parts[1]:
+        raise TopicError(f"topic must look like {kind.prefix}<source_id>/<kind>")
+    source_id, segment = parts
+    if len(segment) > MAX_SEGMENT:
+        raise TopicError(f"kind segment longer than {MAX_SEGMENT} characters")
+    if not SOURCE_ID_PATTERN.match(source_id):
+        raise TopicError("source id must be 1-64 characters of letters, digits, _ . : -")
+    if kind.segments is not None and segment not in kind.segments:
+        expected = " or ".join(sorted(kind.segments))
+        raise TopicError(
+            f"kind segment {segment!r} not accepted under {kind.prefix}; use {expected}"
+        )
+    return ParsedTopic(source_id, segment, kind)
