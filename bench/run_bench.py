@@ -52,7 +52,7 @@ def start_subscriber(name: str, **env: str) -> Service:
         SCRATCH / "log" / f"{name}.log",
         env={**os.environ, "LOG_LEVEL": "INFO", "MQTT_CLIENT_ID": name, **env},
     )
-    wait_for(lambda: "Connected to MQTT Broker" in service.log(), timeout=30, what=name)
+    wait_for(lambda: "Subscribed to device topics" in service.log(), timeout=30, what=name)
     return service
 
 

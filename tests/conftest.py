@@ -133,10 +133,12 @@ def start_subscriber(
             env={**INFO_LOGS, "MQTT_CLIENT_ID": client_id, **env},
         )
         started.append(service)
+        # Subscribed, not merely connected: a message published before the broker has the
+        # subscription of a brand-new session is delivered to nobody.
         wait_for(
-            lambda: "Connected to MQTT Broker" in service.log(),
+            lambda: "Subscribed to device topics" in service.log(),
             timeout=30,
-            what="the subscriber to connect",
+            what="the subscriber to connect and subscribe",
         )
         return service
 

@@ -136,6 +136,7 @@ class Subscriber:
         client = app_client(self.config.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -173,6 +174,31 @@ class Subscriber:
             client.unsubscribe([f"{prefix}#" for prefix in ALLOWED_TOPIC_PREFIXES])
         client.subscribe(self.config.subscriptions())
         self._report()
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        """The broker's SUBACK: from here on, device messages reach this subscriber."""
+        filters = [topic for topic, _qos in self.config.subscriptions()]
+        refused = [
+            f"{topic}: {code}"
+            for topic, code in zip(filters, reason_codes, strict=False)
+            if code.is_failure
+        ]
+        if refused:
+            log.error(
+                "MQTT broker refused subscriptions; their messages will not arrive",
+                refused=refused,
+                hint="the application account (MQTT_USERNAME) must be allowed to read every "
+                "ingest prefix; rewrite the ACL with manage.py sync_mqtt_credentials",
+            )
+            return
+        log.info("Subscribed to device topics", filters=filters)
 
     def _on_disconnect(
         self,
