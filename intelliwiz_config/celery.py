@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
 
-from apps.core.tasks.celery_settings import celery_config, register_renamed_tasks
+from apps.core.tasks.celery_settings import RENAMED_TASKS, celery_config
 from apps.monitoring import celery_hooks
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "intelliwiz_config.settings")
@@ -14,8 +15,22 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "intelliwiz_config.settings")
 app = Celery("intelliwiz_config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(celery_config())
-register_renamed_tasks(app)
 celery_hooks.install(app)
-# The apps send tasks through `celery.current_app`; make it this app in every thread, not only
-# the one that imported this module (Daphne runs health checks in worker threads).
+# The apps send tasks through `celery.current_app`; let that be this app in every thread.
 app.set_default()
+
+
+def _register_renamed_tasks() -> None:
+    """A message queued under a task's former name by an earlier release runs the task it became."""
+    for former, current in RENAMED_TASKS.items():
+        app.task(name=former, acks_late=True, ignore_result=True)(_forward_to(current))
+
+
+def _forward_to(name: str) -> Any:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return app.tasks[name](*args, **kwargs)
+
+    return forward
+
+
+_register_renamed_tasks()

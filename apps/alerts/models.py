@@ -32,15 +32,13 @@ class AlertType(models.TextChoices):
 
 # What a device may report on `alert/<id>/<kind>`; the other types are raised by the system's
 # own rules (battery, geofences, presence, resources).
-DEVICE_ALERT_TYPES = frozenset(
-    {
-        AlertType.PANIC,
-        AlertType.SOS,
-        AlertType.INTRUSION,
-        AlertType.FIRE,
-        AlertType.MEDICAL,
-        AlertType.EQUIPMENT_FAILURE,
-    }
+DEVICE_ALERT_TYPES = (
+    AlertType.PANIC,
+    AlertType.SOS,
+    AlertType.INTRUSION,
+    AlertType.FIRE,
+    AlertType.MEDICAL,
+    AlertType.EQUIPMENT_FAILURE,
 )
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import random
 
+# The jitter of a loop that retries on its own (reconnects, flushes): up to the full delay.
+LOOP_JITTER = (0.5, 1.0)
 
-def backoff_delay(attempt: int, *, base: float, cap: float) -> float:
-    """Seconds to wait before retry number `attempt` (0 first): between half and all of
-    min(cap, base·2^attempt), so processes that failed together do not retry together."""
-    delay = min(cap, base * 2**attempt)
-    return random.uniform(delay / 2, delay)  # noqa: S311  (jitter, not cryptography)
+
+def backoff_delay(
+    attempt: int, *, base: float, cap: float, jitter: tuple[float, float] = LOOP_JITTER
+) -> float:
+    """Seconds to wait before retry number `attempt` (0 first): min(cap, base·2^attempt) times
+    a random factor within `jitter`, so processes that failed together do not retry together."""
+    low, high = jitter
+    return float(min(cap, base * 2**attempt) * random.uniform(low, high))  # noqa: S311
 
 
 class Backoff:

@@ -32,8 +32,11 @@ class EventType(StrEnum):
 @dataclass(frozen=True)
 class Event:
     tenant_id: int
-    message_type: EventType
+    message_type: EventType  # a plain string is accepted if it names one; else ValueError
     data: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message_type", EventType(self.message_type))
 
 
 def tenant_group(tenant_id: int) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from prometheus_client import Counter, Gauge, Histogram, values
+from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -175,3 +175,9 @@ def exported_names() -> frozenset[str]:
             for family in value.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])
     return frozenset(names)
+
+
+def forget_process(pid: int) -> None:
+    """Drop the live gauges of a process that exited; its counters stay, as totals must."""
+    directory = str(settings.PROMETHEUS_MULTIPROC_DIR)
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

@@ -18,7 +18,6 @@ import redis
 import structlog
 from celery import Celery, bootsteps, signals
 from django.conf import settings
-from prometheus_client import multiprocess
 
 from apps.core.redis_client import state_redis
 
@@ -85,10 +84,12 @@ def stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
 
 
 def forget_exited_child(pid: int | None = None, **_: Any) -> None:
-    """Drop the live gauges of a pool child that exited; its counters stay, as totals must."""
-    directory = settings.PROMETHEUS_MULTIPROC_DIR
-    if pid is not None and directory.is_dir():
-        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+    # Imported here: declaring the metrics reads the settings, and this module is loaded while
+    # the Celery app is built, before they are.
+    from apps.core import metrics
+
+    if pid is not None and settings.PROMETHEUS_MULTIPROC_DIR.is_dir():
+        metrics.forget_process(pid)
 
 
 def install(app: Celery) -> None:

@@ -97,7 +97,7 @@ def forget_dead_processes(directory: Path) -> None:
     for path in directory.glob("gauge_live*_*.db"):
         pid = path.stem.rpartition("_")[2]
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            multiprocess.mark_process_dead(int(pid), str(directory))  # type: ignore[no-untyped-call]
+            metrics.forget_process(int(pid))
 
 
 def render_metrics(client: redis.Redis[str]) -> bytes:

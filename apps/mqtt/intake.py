@@ -100,7 +100,7 @@ class Intake:
                 Reason.NOT_OBJECT, f"payload is a JSON {type(document).__name__}, not an object"
             )
         try:
-            message = parsed.kind.payload.model_validate(document)
+            message = parsed.kind.schema.model_validate(document)
         except ValidationError as exc:
             return reject(Reason.SCHEMA, _schema_detail(exc))
         for field, claimed in message.claimed_sources().items():

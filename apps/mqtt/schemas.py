@@ -9,9 +9,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from apps.alerts.models import DEVICE_ALERT_TYPES, AlertType, Severity
+
+# "'PANIC', 'SOS', … or 'EQUIPMENT_FAILURE'", as pydantic words a choice of literals.
+_DEVICE_ALERT_NAMES = " or ".join(
+    [", ".join(f"'{name}'" for name in DEVICE_ALERT_TYPES[:-1]), f"'{DEVICE_ALERT_TYPES[-1]}'"]
+)
 
 Percent = Annotated[float, Field(ge=0, le=100)]
 MessageId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -98,21 +104,15 @@ class AlertPayload(DevicePayload):
     message: str = Field(default="", max_length=2000)
     location: Location | None = None
 
-    @field_validator("severity", mode="before")
+    @field_validator("alert_type", "severity", mode="before")
     @classmethod
-    def _case_insensitive(cls, value: Any) -> Any:
-        # Devices send "critical"; a lower-case severity must never skip an alert.
-        return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator("alert_type", mode="before")
-    @classmethod
-    def _sent_by_devices(cls, value: Any) -> Any:
-        # Devices send "panic"; the types the system raises itself are not theirs to send.
-        name = value.strip().upper() if isinstance(value, str) else value
-        allowed = sorted(alert_type.value for alert_type in DEVICE_ALERT_TYPES)
-        if name not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}, not {value!r}")
-        return name
+    def _case_insensitive(cls, value: Any, info: ValidationInfo) -> Any:
+        # Devices send "panic" / "critical"; a lower-case severity must never skip an alert.
+        value = value.strip().upper() if isinstance(value, str) else value
+        if info.field_name == "alert_type" and value not in DEVICE_ALERT_TYPES:
+            # The types the system raises itself (OFFLINE, LOW_BATTERY …) are not a device's.
+            raise PydanticCustomError("literal_error", f"Input should be {_DEVICE_ALERT_NAMES}")
+        return value
 
 
 class SystemHealthPayload(DevicePayload):

@@ -29,8 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from apps.core import dead_letters, metrics
-from apps.core import intake_status as status
+from apps.core import dead_letters, intake_status, metrics
 from apps.core.backoff import Backoff
 from apps.core.envelope import Envelope
 from apps.core.models import DeadLetter
@@ -349,7 +348,7 @@ class Subscriber:
             1 if connected else 0
         )
         try:
-            status.write_status(
+            intake_status.write_status(
                 state_redis(),
                 self.config.client_id,
                 connected=connected,
@@ -401,12 +400,12 @@ class Subscriber:
         self.flush()
         if now >= self.next_report_at:
             self._report()
-            self.next_report_at = now + status.HEARTBEAT_INTERVAL_SECONDS
+            self.next_report_at = now + intake_status.HEARTBEAT_INTERVAL_SECONDS
 
     def _follow_pause_flag(self) -> None:
         """`manage.py drain` pauses intake: hand on what we hold, then leave the broker."""
         try:
-            paused = status.intake_paused(state_redis())
+            paused = intake_status.intake_paused(state_redis())
         except Exception:  # Redis down: keep doing what we did; flush() reports the outage
             return
         if paused == self.paused:
@@ -452,7 +451,7 @@ class Subscriber:
     def _shutdown(self) -> None:
         self._leave_broker()
         try:
-            status.clear_status(state_redis(), self.config.client_id)
+            intake_status.clear_status(state_redis(), self.config.client_id)
         except Exception as exc:  # the key expires by itself
             log.warning("could not clear subscriber status", error=str(exc))
         metrics.MQTT_SUBSCRIBER_CONNECTED.labels(client_id=self.config.client_id).set(0)

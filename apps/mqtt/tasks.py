@@ -20,13 +20,16 @@ from apps.mqtt.topics import TOPIC_KINDS, TopicKind
 def _processing_task(kind: TopicKind) -> BusTask:
     handler = with_devices(kind.consumer)
 
-    @shared_task(bind=True, base=BusTask, name=kind.task)
     def process(self: BusTask, messages: list[dict[str, Any]]) -> dict[str, int]:
         return run_batch(self, kind.name, handler, messages)
 
-    return process
+    # Named as its task is (process_device_alerts …), for tracebacks and the worker's log.
+    process.__name__ = process.__qualname__ = kind.task.rpartition(".")[2]
+    task: BusTask = shared_task(bind=True, base=BusTask, name=kind.task)(process)
+    return task
 
 
+# The processing task of each topic kind, registered with Celery when this module is imported.
 PROCESSING_TASKS: dict[str, BusTask] = {kind.name: _processing_task(kind) for kind in TOPIC_KINDS}
 
 

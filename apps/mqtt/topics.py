@@ -15,7 +15,13 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from apps.core.tasks import celery_settings as tasks
+from apps.core.tasks.celery_settings import (
+    PROCESS_DEVICE_ALERTS,
+    PROCESS_DEVICE_TELEMETRY,
+    PROCESS_GUARD_GPS,
+    PROCESS_SENSOR_READINGS,
+    PROCESS_SYSTEM_HEALTH,
+)
 from apps.devices.models import Device
 from apps.mqtt import schemas
 from apps.mqtt.consumers import alerts, gps, sensor, system_health, telemetry
@@ -30,7 +36,7 @@ class TopicKind:
     name: str  # Envelope.kind and the `kind` label of the bus metrics
     prefix: str
     segments: frozenset[str] | None  # the accepted last segments; None: any (alert/<id>/fire …)
-    payload: type[schemas.DevicePayload]
+    schema: type[schemas.DevicePayload]
     consumer: Consumer
     task: str
     immediate: bool  # sent to Celery the moment it arrives, not batched
@@ -42,9 +48,9 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         name="alert",
         prefix="alert/",
         segments=None,
-        payload=schemas.AlertPayload,
+        schema=schemas.AlertPayload,
         consumer=alerts.process,
-        task=tasks.PROCESS_DEVICE_ALERTS,
+        task=PROCESS_DEVICE_ALERTS,
         immediate=True,
         registers_as=Device.Kind.PANIC_BUTTON,
     ),
@@ -52,9 +58,9 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         name="gps",
         prefix="guard/",
         segments=frozenset({"gps", "location"}),
-        payload=schemas.GpsPayload,
+        schema=schemas.GpsPayload,
         consumer=gps.process,
-        task=tasks.PROCESS_GUARD_GPS,
+        task=PROCESS_GUARD_GPS,
         immediate=False,
         registers_as=Device.Kind.GPS_TRACKER,
     ),
@@ -62,9 +68,9 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         name="telemetry",
         prefix="device/",
         segments=frozenset({"telemetry"}),
-        payload=schemas.TelemetryPayload,
+        schema=schemas.TelemetryPayload,
         consumer=telemetry.process,
-        task=tasks.PROCESS_DEVICE_TELEMETRY,
+        task=PROCESS_DEVICE_TELEMETRY,
         immediate=False,
         registers_as=Device.Kind.OTHER,
     ),
@@ -72,9 +78,9 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         name="sensor",
         prefix="sensor/",
         segments=None,
-        payload=schemas.SensorPayload,
+        schema=schemas.SensorPayload,
         consumer=sensor.process,
-        task=tasks.PROCESS_SENSOR_READINGS,
+        task=PROCESS_SENSOR_READINGS,
         immediate=False,
         registers_as=Device.Kind.SENSOR,
     ),
@@ -82,9 +88,9 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         name="system_health",
         prefix="system/",
         segments=frozenset({"health"}),
-        payload=schemas.SystemHealthPayload,
+        schema=schemas.SystemHealthPayload,
         consumer=system_health.process,
-        task=tasks.PROCESS_SYSTEM_HEALTH,
+        task=PROCESS_SYSTEM_HEALTH,
         immediate=False,
         registers_as=Device.Kind.GATEWAY,
     ),

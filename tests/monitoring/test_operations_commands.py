@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from apps.core import intake_status as status
+from apps.core import intake_status
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import broker_list_keys
 from apps.devices.models import TelemetryReading
@@ -44,7 +44,7 @@ def test_drain_pauses_intake_waits_for_empty_queues_and_resume_lets_the_broker_d
     client = state_redis()
     assert sum(queue.depth for queue in bus_state.queue_stats(client)) == 0
     assert bus_state.unacked_count(client) == 0
-    assert all(sub.paused for sub in status.read_statuses(client))
+    assert all(sub.paused for sub in intake_status.read_statuses(client))
     handed_on = TelemetryReading.objects.count()
 
     # While paused, the broker keeps what devices send; after --resume it all arrives.
@@ -61,7 +61,9 @@ def test_drain_pauses_intake_waits_for_empty_queues_and_resume_lets_the_broker_d
 def test_bus_status_shows_queues_workers_subscribers_breakers_and_dead_letters(bus: Service):
     from apps.core.circuit_breaker import CircuitBreaker
 
-    wait_for(lambda: status.read_statuses(state_redis()), timeout=15, what="subscriber status")
+    wait_for(
+        lambda: intake_status.read_statuses(state_redis()), timeout=15, what="subscriber status"
+    )
     breaker = CircuitBreaker("webhook", failure_threshold=1)
     with pytest.raises(ConnectionError):
         breaker.call(lambda: (_ for _ in ()).throw(ConnectionError("down")))

@@ -70,8 +70,9 @@ def enqueue(task_name: str, envelopes: list[Envelope]) -> QueueSpec:
 
 
 def retry_delay(retries: int) -> float:
-    """Seconds before a task's retry number `retries`: 1 s doubling, at most five minutes."""
-    return backoff_delay(retries, base=1.0, cap=300.0)
+    """Seconds before a task's retry number `retries`: 1 s doubling up to five minutes, spread
+    half either way so a batch's retries do not line up with everything that failed with it."""
+    return backoff_delay(retries, base=1.0, cap=300.0, jitter=(0.5, 1.5))
 
 
 if TYPE_CHECKING:

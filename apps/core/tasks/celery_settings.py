@@ -11,10 +11,7 @@ With the Redis transport Celery priority 0 is the *highest* and 9 the lowest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
-
-if TYPE_CHECKING:
-    from celery import Celery
+from typing import Any, Final
 
 CELERY_APP: Final = "intelliwiz_config"
 
@@ -126,7 +123,7 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
 TASK_MODULES: Final = sorted({name.rpartition(".")[0] for name in TASK_QUEUES})
 
 # Former name -> current name of each task that moved. Messages queued under the former name by
-# an earlier release still run after an upgrade (register_renamed_tasks).
+# an earlier release still run after an upgrade (intelliwiz_config/celery.py registers them).
 RENAMED_TASKS: Final[dict[str, str]] = {
     "apps.devices.tasks.detect_offline_devices": DETECT_OFFLINE_DEVICES,
     "apps.mqtt.tasks.prune_processed_messages": PRUNE_PROCESSED_MESSAGES,
@@ -219,19 +216,6 @@ def celery_config() -> dict[str, Any]:
         "worker_send_task_events": False,
         "timezone": "UTC",
     }
-
-
-def register_renamed_tasks(app: Celery) -> None:
-    """Register each former name of RENAMED_TASKS as a task that runs its current task."""
-    for former, current in RENAMED_TASKS.items():
-        app.task(name=former, acks_late=True, ignore_result=True)(_forward_to(app, current))
-
-
-def _forward_to(app: Celery, name: str) -> Any:
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        return app.tasks[name](*args, **kwargs)
-
-    return forward
 
 
 def worker_argv(queue_name: str, *, loglevel: str = "INFO") -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.db.models import Count
 
-from apps.core import intake_status as status
+from apps.core import intake_status
 from apps.core.models import DeadLetter
 from apps.core.redis_client import state_redis
 from apps.monitoring import bus_state
@@ -48,17 +48,17 @@ class Command(BaseCommand):
             write(f"  {beat.queue:<18} {beat.hostname:<24} {state}  (heartbeat {seen})")
 
         write("MQTT subscribers")
-        if status.intake_paused(client):
+        if intake_status.intake_paused(client):
             write(
                 self.style.WARNING(
                     "  intake PAUSED by an operator; resume: manage.py drain --resume"
                 )
             )
-        subscribers = status.read_statuses(client)
+        subscribers = intake_status.read_statuses(client)
         if not subscribers:
             write(
                 self.style.ERROR(
-                    f"  none has reported in the last {status.STATUS_TTL_SECONDS} s: "
+                    f"  none has reported in the last {intake_status.STATUS_TTL_SECONDS} s: "
                     "is the subscriber running?"
                 )
             )

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.core import intake_status as status
+from apps.core import intake_status
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import ML_TRAINING
 from apps.monitoring import bus_state
@@ -37,15 +37,15 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         client = state_redis()
         if options["resume"]:
-            status.resume_intake(client)
+            intake_status.resume_intake(client)
             self.stdout.write("Intake resumed: subscribers reconnect within a second or two.")
             return
 
-        status.pause_intake(client)
+        intake_status.pause_intake(client)
         self.stdout.write("Intake paused; waiting for subscribers to hand on what they hold …")
         started = time.monotonic()
         deadline = started + options["timeout"]
-        while any(sub.connected for sub in status.read_statuses(client)):
+        while any(sub.connected for sub in intake_status.read_statuses(client)):
             if time.monotonic() > deadline:
                 raise CommandError("a subscriber did not pause in time; is it stuck? see its log")
             time.sleep(0.5)

@@ -6,7 +6,7 @@ from apps.mqtt.subscriber import main
 
 
 class Command(BaseCommand):
-    help = "Run the MQTT subscriber (validate, route and enqueue device messages)."
+    help = "Run the MQTT subscriber (validate, batch and enqueue device messages)."
 
     def handle(self, *args: Any, **options: Any) -> None:
         main()
