@@ -164,12 +164,17 @@ LOGIN_REDIRECT_URL = "/noc/"
 _sqlite_path = VAR_DIR / "db.sqlite3"
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{_sqlite_path}")
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+# FULL: a committed batch survives a power cut (its MQTT messages are already acknowledged);
+# NORMAL may lose the last commits then, for faster writes (docs/reliability.md measures it).
+SQLITE_SYNCHRONOUS = env_str("SQLITE_SYNCHRONOUS", "FULL").upper()
+if SQLITE_SYNCHRONOUS not in {"FULL", "NORMAL"}:
+    raise ImproperlyConfigured(f"SQLITE_SYNCHRONOUS={SQLITE_SYNCHRONOUS!r} must be FULL or NORMAL")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (Daphne, workers, subscriber) write to one file: WAL lets readers run
     # beside a writer, IMMEDIATE transactions and a busy timeout make writers queue, not fail.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "init_command": f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SQLITE_SYNCHRONOUS};",
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
@@ -317,6 +322,8 @@ MQTT_MAX_PAYLOAD_BYTES = env_int("MQTT_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=
 MQTT_BATCH_SIZE = env_int("MQTT_BATCH_SIZE", 100, minimum=1)
 MQTT_BATCH_INTERVAL_MS = env_int("MQTT_BATCH_INTERVAL_MS", 50, minimum=1)
 MAX_CLOCK_SKEW_SECONDS = env_int("MAX_CLOCK_SKEW_SECONDS", 300, minimum=0)
+# Older device timestamps are refused (a clock reset to 1970 would sort its alerts last).
+MAX_MESSAGE_AGE_DAYS = env_int("MAX_MESSAGE_AGE_DAYS", 7, minimum=1)
 DEVICE_AUTO_REGISTER = env_bool("DEVICE_AUTO_REGISTER", False)
 DEVICE_AUTO_REGISTER_TENANT = os.environ.get("DEVICE_AUTO_REGISTER_TENANT", "")
 if DEVICE_AUTO_REGISTER and not DEVICE_AUTO_REGISTER_TENANT:
@@ -339,6 +346,13 @@ if IDEMPOTENCY_RETENTION_DAYS * 86400 <= MQTT_SESSION_EXPIRY:
     raise ImproperlyConfigured(
         f"IDEMPOTENCY_RETENTION_DAYS={IDEMPOTENCY_RETENTION_DAYS} must outlast "
         f"MQTT_SESSION_EXPIRY={MQTT_SESSION_EXPIRY} s, or redelivered messages count twice"
+    )
+if MAX_MESSAGE_AGE_DAYS > IDEMPOTENCY_RETENTION_DAYS:
+    # A message is refused as too old before its key could be forgotten, so a late redelivery
+    # can never be processed a second time.
+    raise ImproperlyConfigured(
+        f"MAX_MESSAGE_AGE_DAYS={MAX_MESSAGE_AGE_DAYS} must not exceed "
+        f"IDEMPOTENCY_RETENTION_DAYS={IDEMPOTENCY_RETENTION_DAYS}"
     )
 CIRCUIT_BREAKER_FAILURE_THRESHOLD = env_int("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5, minimum=1)
 CIRCUIT_BREAKER_RESET_SECONDS = env_int("CIRCUIT_BREAKER_RESET_SECONDS", 300, minimum=1)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from django.conf import settings
 from pydantic import ValidationError
@@ -28,11 +30,19 @@ class Reason(StrEnum):
     ENCODING = "encoding"
     JSON = "json"
     NOT_OBJECT = "not_object"
+    NON_FINITE = "non_finite_number"
+    OUT_OF_RANGE = "number_out_of_range"
+    NUL = "nul_character"
     SCHEMA = "schema"
     ID_MISMATCH = "id_mismatch"
     UNKNOWN_DEVICE = "unknown_device"
     FUTURE_TIMESTAMP = "future_timestamp"
+    STALE_TIMESTAMP = "stale_timestamp"
     INTERNAL = "internal_error"
+
+
+# What every store can hold: a signed 64-bit integer (PostgreSQL bigint, SQLite integer).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -44,13 +54,51 @@ class Rejection:
     received_at: float
 
 
-def idempotency_key(topic: str, msg_id: str | None, payload: bytes) -> str:
-    """The device's own message id, scoped by topic (a device may count per topic), when it
-    sends one; else a hash of topic and payload."""
+def idempotency_key(topic: str, msg_id: str | None, timestamp: datetime, payload: bytes) -> str:
+    """What makes a message the same message when it is delivered again.
+
+    With a device message id: the topic (a device may count per topic), the id and the device's
+    timestamp, so a counter that restarts after a reboot cannot collide with its earlier
+    messages, while a redelivery (the same bytes) always maps to the same key. Without an id:
+    a hash of topic and payload.
+    """
     if msg_id:
-        return f"{topic}#{msg_id}"
+        return f"{topic}#{msg_id}@{timestamp.astimezone(UTC):%Y%m%dT%H%M%S.%fZ}"
     digest = hashlib.sha256(topic.encode() + b"\n" + payload).hexdigest()
     return f"sha256:{digest}"
+
+
+class _NonFiniteConstant(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFiniteConstant(f"{name} is not a number any store can hold")
+
+
+def _unstorable(document: dict[str, Any]) -> tuple[Reason, str] | None:
+    """The first value no database or JSON reader can take: NaN or an infinity, an integer
+    beyond 64 bits, a NUL character (PostgreSQL refuses it in text). Iterative, so a deeply
+    nested payload costs no stack."""
+    pending: list[tuple[str, Any]] = [("payload", document)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                pending += [(f"{where} key", key), (f"{where}.{key}"[:120], item)]
+        elif isinstance(value, list):
+            pending += [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return Reason.NUL, f"{where} contains a NUL character (\\u0000)"
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int):
+            if not INT64_MIN <= value <= INT64_MAX:
+                return Reason.OUT_OF_RANGE, f"{where} = {str(value)[:24]}… does not fit in 64 bits"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return Reason.NON_FINITE, f"{where} is {value}, not a finite number"
+    return None
 
 
 def _schema_detail(error: ValidationError) -> str:
@@ -66,6 +114,7 @@ class Intake:
         self.directory = directory or DeviceDirectory()
         self.max_bytes: int = settings.MQTT_MAX_PAYLOAD_BYTES
         self.max_skew = timedelta(seconds=settings.MAX_CLOCK_SKEW_SECONDS)
+        self.max_age = timedelta(days=settings.MAX_MESSAGE_AGE_DAYS)
 
     def check(
         self, topic: str, payload: bytes, received_at: float | None = None
@@ -92,13 +141,17 @@ class Intake:
                 Reason.ENCODING, f"payload is not UTF-8 ({exc.reason} at byte {exc.start})"
             )
         try:
-            document = json.loads(text)
+            document = json.loads(text, parse_constant=_refuse_constant)
+        except _NonFiniteConstant as exc:
+            return reject(Reason.NON_FINITE, f"payload holds {exc}")
         except ValueError as exc:
             return reject(Reason.JSON, f"payload is not JSON: {exc}")
         if not isinstance(document, dict):
             return reject(
                 Reason.NOT_OBJECT, f"payload is a JSON {type(document).__name__}, not an object"
             )
+        if unstorable := _unstorable(document):
+            return reject(*unstorable)
         try:
             message = parsed.kind.schema.model_validate(document)
         except ValidationError as exc:
@@ -116,6 +169,12 @@ class Intake:
                 f"timestamp {message.timestamp.isoformat()} is more than "
                 f"{int(self.max_skew.total_seconds())} s ahead of the server clock",
             )
+        if now - message.timestamp > self.max_age:
+            return reject(
+                Reason.STALE_TIMESTAMP,
+                f"timestamp {message.timestamp.isoformat()} is more than "
+                f"{self.max_age.days} days old (MAX_MESSAGE_AGE_DAYS); is the device's clock set?",
+            )
         if not self.directory.admit(parsed.source_id, parsed.kind.registers_as):
             return reject(
                 Reason.UNKNOWN_DEVICE,
@@ -123,7 +182,7 @@ class Intake:
                 "(manage.py register_device, or DEVICE_AUTO_REGISTER)",
             )
         return Envelope(
-            key=idempotency_key(topic, message.msg_id, payload),
+            key=idempotency_key(topic, message.msg_id, message.timestamp, payload),
             topic=topic,
             source_id=parsed.source_id,
             kind=parsed.kind.name,

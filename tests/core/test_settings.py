@@ -48,6 +48,8 @@ def test_an_invalid_fernet_key_is_named():
         ("MQTT_PORT", "0", "MQTT_PORT=0 must be at least 1"),
         ("REDIS_URL", "redis://127.0.0.1:6379/3", "must not name a database"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT='xml' must be console or json"),
+        ("SQLITE_SYNCHRONOUS", "off", "SQLITE_SYNCHRONOUS='OFF' must be FULL or NORMAL"),
+        ("MAX_MESSAGE_AGE_DAYS", "30", "MAX_MESSAGE_AGE_DAYS=30 must not exceed"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(variable: str, value: str, message: str):
@@ -59,3 +61,16 @@ def test_a_bad_value_fails_naming_the_variable(variable: str, value: str, messag
 def test_the_test_environment_itself_passes_the_checks():
     result = django_check()
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.django_db
+def test_a_committed_batch_is_on_disk_before_sqlite_returns():
+    # synchronous=FULL (2): the WAL is fsynced at every commit, so a batch whose MQTT messages
+    # were acknowledged survives a power cut; NORMAL (1) could lose the last commits.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone()[0] == 2
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"

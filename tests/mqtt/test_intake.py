@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def intake() -> Intake:
-    create_tenant_with_devices("acme", "sensor-001", "panic-007", "guard-1")
+    create_tenant_with_devices("acme", "sensor-001", "panic-007", "guard-1", "gw-1")
     return Intake()
 
 
@@ -86,14 +86,74 @@ def test_gps_payload_must_name_the_same_guard_as_the_topic(intake):
     assert outcome.reason is Reason.ID_MISMATCH
 
 
-def test_the_idempotency_key_is_the_msg_id_when_present_else_a_hash():
-    assert idempotency_key("device/dev/telemetry", "42", b"{}") == "device/dev/telemetry#42"
+def test_the_idempotency_key_is_the_msg_id_and_device_time_when_present_else_a_hash():
+    from datetime import UTC, datetime, timedelta
+
+    at = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=UTC)
+    key = idempotency_key("device/dev/telemetry", "42", at, b"{}")
+    assert key == "device/dev/telemetry#42@20261127T100000.123456Z"
     # A device counting per topic: the same id on another topic is another message.
-    assert idempotency_key("alert/dev/panic", "42", b"{}") != "device/dev/telemetry#42"
-    first = idempotency_key("device/dev/telemetry", None, b'{"a": 1}')
-    assert first == idempotency_key("device/dev/telemetry", None, b'{"a": 1}')
-    assert first != idempotency_key("device/dev/telemetry", None, b'{"a": 2}')
-    assert first != idempotency_key("device/other/telemetry", None, b'{"a": 1}')
+    assert idempotency_key("alert/dev/panic", "42", at, b"{}") != key
+    # A counter that restarts after a reboot: the same id later is another message.
+    assert idempotency_key("device/dev/telemetry", "42", at + timedelta(hours=3), b"{}") != key
+    first = idempotency_key("device/dev/telemetry", None, at, b'{"a": 1}')
+    assert first == idempotency_key("device/dev/telemetry", None, at, b'{"a": 1}')
+    assert first != idempotency_key("device/dev/telemetry", None, at, b'{"a": 2}')
+    assert first != idempotency_key("device/other/telemetry", None, at, b'{"a": 1}')
+
+
+def test_a_redelivered_message_keeps_its_key_and_a_rebooted_counter_does_not_collide(intake):
+    body = telemetry(msg_id="1", timestamp=now_iso(-60)).encode()
+    first = intake.check("device/sensor-001/telemetry", body)
+    again = intake.check("device/sensor-001/telemetry", body)
+    after_reboot = intake.check(
+        "device/sensor-001/telemetry", telemetry(msg_id="1", timestamp=now_iso()).encode()
+    )
+    assert isinstance(first, Envelope)
+    assert isinstance(again, Envelope)
+    assert isinstance(after_reboot, Envelope)
+    assert first.key == again.key
+    assert after_reboot.key != first.key
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "detail"),
+    [
+        ('{"battery": NaN, "timestamp": "%s"}', Reason.NON_FINITE, "NaN is not a number"),
+        ('{"temperature": -Infinity, "timestamp": "%s"}', Reason.NON_FINITE, "-Infinity"),
+        ('{"temperature": 1e400, "timestamp": "%s"}', Reason.NON_FINITE, "payload.temperature"),
+        ('{"note": ["a", "b\\u0000c"], "timestamp": "%s"}', Reason.NUL, "payload.note[1]"),
+        ('{"x\\u0000": 1, "timestamp": "%s"}', Reason.NUL, "payload key"),
+        ('{"uptime": 9223372036854775808, "timestamp": "%s"}', Reason.OUT_OF_RANGE, "64 bits"),
+    ],
+    ids=["nan", "infinity", "overflowing-float", "nul-in-value", "nul-in-key", "huge-int"],
+)
+def test_values_no_store_can_hold_are_refused_with_their_own_reason(intake, body, reason, detail):
+    topic = "system/gw-1/health" if "uptime" in body else "device/sensor-001/telemetry"
+    outcome = intake.check(topic, (body % now_iso()).encode())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is reason
+    assert detail in outcome.detail
+
+
+def test_the_largest_64_bit_integer_is_still_accepted(intake):
+    body = payload(uptime=2**63 - 1)
+    assert isinstance(intake.check("system/gw-1/health", body.encode()), Envelope)
+
+
+def test_a_timestamp_older_than_the_allowed_age_is_refused(intake, settings):
+    eight_days = 8 * 86400
+    outcome = intake.check(
+        "device/sensor-001/telemetry", telemetry(timestamp=now_iso(-eight_days)).encode()
+    )
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.STALE_TIMESTAMP
+    assert "MAX_MESSAGE_AGE_DAYS" in outcome.detail
+    six_days = 6 * 86400
+    accepted = intake.check(
+        "device/sensor-001/telemetry", telemetry(timestamp=now_iso(-six_days)).encode()
+    )
+    assert isinstance(accepted, Envelope)
 
 
 def test_the_subscriber_the_acl_and_the_routes_follow_the_topic_table():
@@ -119,11 +179,15 @@ def test_an_alert_type_the_system_raises_cannot_be_sent_by_a_device(intake):
 
 
 def test_device_timestamps_are_kept_in_utc(intake):
+    from datetime import UTC, datetime, timedelta, timezone
+
+    utc = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(hours=1)
+    local = utc.astimezone(timezone(timedelta(hours=5, minutes=30)))
     outcome = intake.check(
-        "device/sensor-001/telemetry", telemetry(timestamp="2026-11-27T15:30:00+05:30").encode()
+        "device/sensor-001/telemetry", telemetry(timestamp=local.isoformat()).encode()
     )
     assert isinstance(outcome, Envelope)
-    assert outcome.payload["timestamp"] == "2026-11-27T10:00:00Z"
+    assert outcome.payload["timestamp"] == utc.isoformat().replace("+00:00", "Z")
 
 
 def test_every_id_a_payload_gives_must_match_the_topic(intake):
