@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
 from apps.core.logging import configure_logging
+from apps.core.tasks import celery_settings
 
 django_stubs_ext.monkeypatch()  # lets Django's generic classes be subscripted (ModelAdmin[T])
 
@@ -198,11 +199,18 @@ CELERY_BROKER_URL = f"{REDIS_URL}/0"
 CACHE_REDIS_URL = f"{REDIS_URL}/1"
 CHANNELS_REDIS_URL = f"{REDIS_URL}/2"
 
+# A Redis that stops answering must fail a call within seconds, never hang it (one value for
+# the broker, the cache, the bus state and the channel layer).
+REDIS_SOCKET_TIMEOUT_SECONDS = celery_settings.REDIS_SOCKET_TIMEOUT_SECONDS
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": CACHE_REDIS_URL,
         "KEY_PREFIX": "cache",
+        "OPTIONS": {
+            "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        },
     }
 }
 
@@ -228,7 +236,14 @@ elif not DEBUG:
 # A group membership lapses after this many seconds unless renewed; NOC connections renew theirs.
 CHANNELS_GROUP_EXPIRY = env_int("CHANNELS_GROUP_EXPIRY", 86400, minimum=2)
 _channel_layer_config: dict[str, object] = {
-    "hosts": [{"address": CHANNELS_REDIS_URL}],
+    # The read timeout outlasts the layer's own 5 s blocking receive (channels_redis).
+    "hosts": [
+        {
+            "address": CHANNELS_REDIS_URL,
+            "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+            "socket_timeout": 3 * REDIS_SOCKET_TIMEOUT_SECONDS,
+        }
+    ],
     "group_expiry": CHANNELS_GROUP_EXPIRY,
 }
 if CHANNELS_ENCRYPTION_KEY:

@@ -13,8 +13,8 @@ def state_redis() -> redis.Redis[str]:
     """The broker database: queues plus small shared state (subscriber status, breakers)."""
     return redis.Redis.from_url(
         settings.CELERY_BROKER_URL,
-        socket_timeout=5,
-        socket_connect_timeout=5,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
         health_check_interval=30,
         decode_responses=True,
     )

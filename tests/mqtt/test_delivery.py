@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from apps.alerts.models import Alert
 from apps.core.envelope import Envelope
-from apps.core.models import ProcessedMessage
+from apps.core.models import DeadLetter, ProcessedMessage
 from apps.core.tasks.celery_settings import QUEUES_BY_NAME, worker_argv
 from apps.devices.models import TelemetryReading
 from apps.mqtt.intake import idempotency_key
@@ -230,6 +231,60 @@ def test_while_redis_is_down_nothing_is_acknowledged_and_the_broker_keeps_every_
         worker.stop()
         redis_service.stop()
     assert ProcessedMessage.objects.count() == 200
+
+
+def test_a_frozen_redis_stalls_nothing_and_loses_nothing(
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+    tmp_path: Path,
+):
+    """Redis stops answering without refusing (SIGSTOP): calls fail by their timeouts, so the
+    subscriber keeps its MQTT session, acknowledges nothing, and hands everything on later."""
+    port = free_port()
+    broker_url = f"redis://127.0.0.1:{port}"
+    create_tenant_with_devices("acme", "sensor-001")
+    redis_service = start_redis(port, tmp_path / "redis")
+    worker = Service(
+        "general-private",
+        [sys.executable, "-m", "apps.core.worker", "general"],
+        tmp_path / "worker.log",
+        env={**os.environ, "REDIS_URL": broker_url, "LOG_LEVEL": "INFO"},
+    )
+    try:
+        subscriber = start_subscriber(REDIS_URL=broker_url)
+        mqtt_publish(PORT, numbered_telemetry(100)[:50])
+        wait_for(lambda: TelemetryReading.objects.count() == 50, timeout=60, what="the first 50")
+
+        redis_service.signal(signal.SIGSTOP)
+        try:
+            mqtt_publish(PORT, numbered_telemetry(100)[50:])
+            wait_for(
+                lambda: "holding them unacknowledged" in subscriber.log(),
+                timeout=40,
+                what="the subscriber to give up on the frozen Redis instead of hanging",
+            )
+            # The fault lasts 20 s whatever happens: the subscriber must stay up throughout,
+            # holding the messages, while every hand-off fails by its timeout.
+            frozen_until = time.monotonic() + 20
+            while time.monotonic() < frozen_until:
+                assert subscriber.alive(), subscriber.log()[-2000:]
+                time.sleep(0.5)
+            assert TelemetryReading.objects.count() == 50
+        finally:
+            redis_service.signal(signal.SIGCONT)
+
+        wait_for(
+            lambda: TelemetryReading.objects.count() == 100,
+            timeout=90,
+            interval=0.5,
+            what="the 50 messages held while Redis was frozen",
+        )
+        assert ProcessedMessage.objects.count() == 100
+        assert "Disconnected from MQTT Broker" not in subscriber.log()
+        assert not DeadLetter.objects.exists()
+    finally:
+        worker.stop()
+        redis_service.stop()
 
 
 def test_on_sigterm_the_subscriber_hands_on_and_acknowledges_what_it_holds(

@@ -63,9 +63,11 @@ Handler = Callable[[list[Envelope]], Outcome]
 def enqueue(task_name: str, envelopes: list[Envelope]) -> QueueSpec:
     """Hand envelopes to one task, in Redis when this returns; the queue it went to.
 
-    Routing (queue and priority) comes from task_routes in celery_settings.
+    Routing (queue and priority) comes from task_routes in celery_settings. One attempt, bounded
+    by the broker's socket timeouts: a caller that fails holds the messages and retries itself.
     """
-    current_app.send_task(task_name, args=[[envelope.to_message() for envelope in envelopes]])
+    messages = [envelope.to_message() for envelope in envelopes]
+    current_app.send_task(task_name, args=[messages], retry=False)
     return TASK_QUEUES[task_name]
 
 

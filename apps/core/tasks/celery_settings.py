@@ -139,11 +139,17 @@ TASK_ROUTES: Final[dict[str, dict[str, Any]]] = {
 # longest hard time limit below ml_training. Training tasks run for hours and must therefore
 # be acks_late=False (at most once; beat starts the next run) or they would be run twice.
 VISIBILITY_TIMEOUT_SECONDS: Final = 2 * max(q.time_limit for q in QUEUES if q is not ML_TRAINING)
+# A Redis that stops answering without refusing (frozen, a dead link) must fail a call, not hang
+# it: the subscriber then holds its messages unacknowledged and keeps its MQTT session alive.
+# Above the 1 s that a worker's BRPOP blocks for.
+REDIS_SOCKET_TIMEOUT_SECONDS: Final = 5
 BROKER_TRANSPORT_OPTIONS: Final[dict[str, Any]] = {
     "priority_steps": list(range(10)),
     "sep": ":",
     "queue_order_strategy": "priority",
     "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
 }
 
 
