@@ -162,7 +162,12 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 
 def mqtt_publish(
-    port: int, messages: list[tuple[str, bytes | str]], *, qos: int = 1, timeout: float = 60
+    port: int,
+    messages: list[tuple[str, bytes | str]],
+    *,
+    qos: int = 1,
+    retain: bool = False,
+    timeout: float = 60,
 ) -> None:
     """Publish with a real MQTT client and return once the broker has acknowledged every one."""
     import uuid
@@ -178,7 +183,9 @@ def mqtt_publish(
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        infos = [
+            client.publish(topic, payload, qos=qos, retain=retain) for topic, payload in messages
+        ]
         deadline = time.monotonic() + timeout
         for info in infos:
             info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))

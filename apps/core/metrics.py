@@ -39,6 +39,10 @@ MQTT_MESSAGES_ENQUEUED = Counter(
     "MQTT messages handed to Celery (acknowledged to the broker afterwards), by queue",
     ["queue"],
 )
+MQTT_MESSAGES_RETAINED_SKIPPED = Counter(
+    "mqtt_messages_retained_skipped_total",
+    "Retained messages the broker replayed to the subscriber, skipped (processed when live)",
+)
 DEAD_LETTERS = Counter(
     "dead_letters_total",
     "Messages written to the dead-letter store, by stage and reason",

@@ -28,6 +28,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from apps.core import dead_letters, intake_status, metrics
 from apps.core.backoff import Backoff
@@ -75,11 +76,17 @@ class SubscriberConfig:
             batch_interval=settings.MQTT_BATCH_INTERVAL_MS / 1000,
         )
 
-    def subscriptions(self) -> list[tuple[str, int]]:
-        filters = [(f"{prefix}#", qos) for prefix, qos in ALLOWED_TOPIC_PREFIXES.items()]
-        if self.shared_group:
-            return [(f"$share/{self.shared_group}/{topic}", qos) for topic, qos in filters]
-        return filters
+    def subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        """Each prefix's filter and options. Retained messages are not sent on subscribing:
+        they were delivered live when published, and every reconnect would replay them."""
+        share = f"$share/{self.shared_group}/" if self.shared_group else ""
+        return [
+            (
+                f"{share}{prefix}#",
+                SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND),
+            )
+            for prefix, qos in ALLOWED_TOPIC_PREFIXES.items()
+        ]
 
 
 @dataclass(frozen=True)
@@ -183,7 +190,7 @@ class Subscriber:
         properties: Properties | None,
     ) -> None:
         """The broker's SUBACK: from here on, device messages reach this subscriber."""
-        filters = [topic for topic, _qos in self.config.subscriptions()]
+        filters = [topic for topic, _options in self.config.subscriptions()]
         refused = [
             f"{topic}: {code}"
             for topic, code in zip(filters, reason_codes, strict=False)
@@ -216,6 +223,12 @@ class Subscriber:
         self.last_message_at = received_at
         delivery = Delivery(message.mid, message.qos, self.connection)
         topic = message.topic
+        if message.retain:
+            # A broker that ignores retain handling replays what was processed live already.
+            metrics.MQTT_MESSAGES_RETAINED_SKIPPED.inc()
+            log.warning("retained MQTT message replayed by the broker; skipped", topic=topic)
+            self._ack(delivery)
+            return
         prefix = topic.split("/", 1)[0] + "/"
         metrics.MQTT_MESSAGES_RECEIVED.labels(
             prefix=prefix if prefix in ALLOWED_TOPIC_PREFIXES else "other"

@@ -114,6 +114,10 @@ BAD_MESSAGES = [
     ("device/sensor-001/telemetry", telemetry(device_id="sensor-999"), "id_mismatch"),
     ("device/stranger-1/telemetry", telemetry(), "unknown_device"),
     ("device/sensor-001/telemetry", telemetry(timestamp=now_iso(3600)), "future_timestamp"),
+    ("device/sensor-001/telemetry", telemetry(timestamp=now_iso(-8 * 86400)), "stale_timestamp"),
+    ("device/sensor-001/telemetry", telemetry(battery=float("nan")), "non_finite_number"),
+    ("device/sensor-001/telemetry", telemetry(connectivity="4G\u0000"), "nul_character"),
+    ("system/gateway-01/health", payload(uptime=2**64), "number_out_of_range"),
 ]
 
 
@@ -210,3 +214,20 @@ def test_subscribers_in_a_shared_group_split_one_stream(
 
     wait_for(both_received, timeout=15, what="both group members to have received messages")
     assert ProcessedMessage.objects.count() == 400
+
+
+def test_a_retained_message_is_not_replayed_to_a_new_subscription(
+    redis_client, all_queue_workers, start_subscriber, transactional_db
+):
+    create_tenant_with_devices("acme", "sensor-001")
+    topic = "device/sensor-001/telemetry"
+    # Published live before this subscriber's session existed, and kept by the broker.
+    mqtt_publish(PORT, [(topic, telemetry(battery=11))], retain=True)
+    try:
+        start_subscriber()
+        mqtt_publish(PORT, [(topic, telemetry(battery=77))])
+        wait_for(lambda: TelemetryReading.objects.filter(battery=77).exists(), timeout=20)
+        assert not TelemetryReading.objects.filter(battery=11).exists()
+        assert not DeadLetter.objects.exists()
+    finally:
+        mqtt_publish(PORT, [(topic, b"")], retain=True)  # an empty retained payload clears it
