@@ -369,6 +369,11 @@ if MAX_MESSAGE_AGE_DAYS > IDEMPOTENCY_RETENTION_DAYS:
         f"MAX_MESSAGE_AGE_DAYS={MAX_MESSAGE_AGE_DAYS} must not exceed "
         f"IDEMPOTENCY_RETENTION_DAYS={IDEMPOTENCY_RETENTION_DAYS}"
     )
+# What is forgotten, hourly, by beat: readings (by when received), dead letters, and alerts
+# closed this long ago (with their history). Active alerts are kept however old.
+READING_RETENTION_DAYS = env_int("READING_RETENTION_DAYS", 90, minimum=1)
+DEAD_LETTER_RETENTION_DAYS = env_int("DEAD_LETTER_RETENTION_DAYS", 30, minimum=1)
+ALERT_RETENTION_DAYS = env_int("ALERT_RETENTION_DAYS", 365, minimum=1)
 CIRCUIT_BREAKER_FAILURE_THRESHOLD = env_int("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5, minimum=1)
 CIRCUIT_BREAKER_RESET_SECONDS = env_int("CIRCUIT_BREAKER_RESET_SECONDS", 300, minimum=1)
 

@@ -21,8 +21,10 @@ case "$profile" in
   run) ;;
   test)
     # The suite runs a real Prometheus and promtool against deploy/prometheus/, and drives
-    # Debian's chromium with Playwright (whose own browser download cannot work here).
+    # Debian's chromium with Playwright (whose own browser download cannot work here); logrotate
+    # rotates logs as deploy/logrotate/ says.
     wanted[prometheus]=prometheus
+    wanted[logrotate]=logrotate
     wanted[promtool]=prometheus
     wanted[chromium]=chromium
     ;;

@@ -58,6 +58,7 @@ class AlertStatus(models.TextChoices):
 
 
 ACTIVE_STATUSES = (AlertStatus.NEW, AlertStatus.ACKNOWLEDGED, AlertStatus.IN_PROGRESS)
+CLOSED_STATUSES = (AlertStatus.RESOLVED, AlertStatus.FALSE_ALARM)
 
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     AlertStatus.NEW: frozenset(

@@ -16,6 +16,7 @@ from django.utils import timezone
 from apps.alerts.models import (
     ACTIVE_STATUSES,
     ALLOWED_TRANSITIONS,
+    CLOSED_STATUSES,
     Alert,
     AlertStatus,
     AlertTransition,
@@ -132,7 +133,7 @@ def transition(alert: Alert, to_status: str, *, by: User | None, note: str = "")
     )
     alert.status = to_status
     fields = ["status", "updated_at"]
-    if to_status in (AlertStatus.RESOLVED, AlertStatus.FALSE_ALARM):
+    if to_status in CLOSED_STATUSES:
         alert.resolved_at = timezone.now()
         fields.append("resolved_at")
     alert.save(update_fields=fields)

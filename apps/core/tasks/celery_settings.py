@@ -103,6 +103,9 @@ PROCESS_SYSTEM_HEALTH: Final = "apps.mqtt.tasks.process_system_health"
 PUBLISH_DEVICE_COMMAND: Final = "apps.mqtt.tasks.publish_device_command"
 DETECT_OFFLINE_DEVICES: Final = "apps.mqtt.presence.detect_offline_devices"
 PRUNE_PROCESSED_MESSAGES: Final = "apps.core.tasks.ledger.prune_processed_messages"
+PRUNE_DEAD_LETTERS: Final = "apps.core.tasks.housekeeping.prune_dead_letters"
+PRUNE_READINGS: Final = "apps.devices.tasks.prune_readings"
+PRUNE_CLOSED_ALERTS: Final = "apps.alerts.tasks.prune_closed_alerts"
 # The health canary: a tiny task sent to each queue at top priority; the worker that runs it
 # records when, so health can tell a queue that is consumed from one whose worker merely answers.
 CANARY_TASK: Final = "apps.monitoring.tasks.canary"
@@ -116,6 +119,9 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     PROCESS_SYSTEM_HEALTH: GENERAL,
     DETECT_OFFLINE_DEVICES: GENERAL,
     PRUNE_PROCESSED_MESSAGES: GENERAL,
+    PRUNE_DEAD_LETTERS: GENERAL,
+    PRUNE_READINGS: GENERAL,
+    PRUNE_CLOSED_ALERTS: GENERAL,
     # Default route only: beat sends one canary to *every* queue with queue= (BEAT_SCHEDULE).
     CANARY_TASK: GENERAL,
     PUBLISH_DEVICE_COMMAND: EXTERNAL_API,
@@ -182,6 +188,11 @@ BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
         "task": PRUNE_PROCESSED_MESSAGES,
         "schedule": 3600.0,
     },
+    # Retention (DEAD_LETTER_RETENTION_DAYS, READING_RETENTION_DAYS, ALERT_RETENTION_DAYS):
+    # hourly, so each run deletes about an hour's worth, in small chunks.
+    "prune-dead-letters": {"task": PRUNE_DEAD_LETTERS, "schedule": 3600.0},
+    "prune-readings": {"task": PRUNE_READINGS, "schedule": 3600.0},
+    "prune-closed-alerts": {"task": PRUNE_CLOSED_ALERTS, "schedule": 3600.0},
     **{
         f"health-canary-{queue.name}": {
             "task": CANARY_TASK,

@@ -1,0 +1,101 @@
+"""Retention: the beat jobs forget what is older than its setting, and nothing else."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from apps.alerts.models import Alert, AlertStatus
+from apps.alerts.services import AlertSignal, raise_alert, transition
+from apps.core.models import DeadLetter
+from apps.core.retention import CHUNK_ROWS
+from apps.core.tasks import celery_settings
+from apps.devices.models import Device, SensorReading, TelemetryReading
+from intelliwiz_config.celery import app
+from tests.factories import create_tenant_with_devices
+from tests.services import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+NOW = datetime.now(tz=UTC)
+
+
+def reading(model, device: Device, days_ago: float) -> int:
+    at = NOW - timedelta(days=days_ago)
+    row = model._default_manager.create(
+        tenant_id=device.tenant_id,
+        device=device,
+        idempotency_key=uuid.uuid4().hex,
+        recorded_at=NOW,  # a device clock may say anything: age is by receipt
+        received_at=at,
+    )
+    return int(row.pk)
+
+
+def alert(device: Device, alert_type: str, *, closed_days_ago: float | None) -> int:
+    signal = AlertSignal(device, alert_type, "HIGH", seen_at=NOW - timedelta(days=400))
+    created = Alert.objects.get(pk=raise_alert(signal).data["id"])
+    if closed_days_ago is not None:
+        transition(created, AlertStatus.RESOLVED, by=None, note="done")
+        Alert.objects.filter(pk=created.pk).update(
+            resolved_at=NOW - timedelta(days=closed_days_ago)
+        )
+    return int(created.pk)
+
+
+def test_old_readings_dead_letters_and_closed_alerts_are_forgotten_and_nothing_else(
+    all_queue_workers, redis_client
+):
+    tenant = create_tenant_with_devices("acme", "sensor-001")
+    device = Device.objects.get(device_id="sensor-001", tenant=tenant)
+
+    # More old rows than one chunk, so the job has to go round.
+    old_telemetry = [reading(TelemetryReading, device, 91) for _ in range(CHUNK_ROWS + 5)]
+    kept_telemetry = reading(TelemetryReading, device, 89)
+    old_sensor, kept_sensor = reading(SensorReading, device, 120), reading(SensorReading, device, 1)
+
+    def letter(days_ago: float) -> int:
+        row = DeadLetter.objects.create(
+            stage="intake", reason="json", topic="t", payload=b"x", payload_size=1,
+            received_at=NOW,
+        )  # fmt: skip
+        DeadLetter.objects.filter(pk=row.pk).update(created_at=NOW - timedelta(days=days_ago))
+        return int(row.pk)
+
+    old_letter, kept_letter = letter(31), letter(29)
+    old_closed = alert(device, "LOW_BATTERY", closed_days_ago=366)
+    recent_closed = alert(device, "SYSTEM_HEALTH", closed_days_ago=364)
+    old_but_active = alert(device, "OFFLINE", closed_days_ago=None)
+
+    for task in (
+        celery_settings.PRUNE_READINGS,
+        celery_settings.PRUNE_DEAD_LETTERS,
+        celery_settings.PRUNE_CLOSED_ALERTS,
+    ):
+        app.send_task(task)
+
+    wait_for(
+        lambda: (
+            not TelemetryReading.objects.filter(pk__in=old_telemetry).exists()
+            and not SensorReading.objects.filter(pk=old_sensor).exists()
+            and not DeadLetter.objects.filter(pk=old_letter).exists()
+            and not Alert.objects.filter(pk=old_closed).exists()
+        ),
+        timeout=60,
+        what="the old rows to be pruned",
+    )
+    assert set(TelemetryReading.objects.values_list("pk", flat=True)) == {kept_telemetry}
+    assert set(SensorReading.objects.values_list("pk", flat=True)) == {kept_sensor}
+    assert set(DeadLetter.objects.values_list("pk", flat=True)) == {kept_letter}
+    assert set(Alert.objects.values_list("pk", flat=True)) == {recent_closed, old_but_active}
+
+
+def test_every_retention_job_is_on_the_beat_schedule():
+    scheduled = {entry["task"] for entry in celery_settings.BEAT_SCHEDULE.values()}
+    assert {
+        celery_settings.PRUNE_PROCESSED_MESSAGES,
+        celery_settings.PRUNE_READINGS,
+        celery_settings.PRUNE_DEAD_LETTERS,
+        celery_settings.PRUNE_CLOSED_ALERTS,
+    } <= scheduled
