@@ -10,7 +10,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from apps.core.circuit_breaker import CircuitBreaker, CircuitOpenError
-from apps.core.tasks.base import BusTask, retry_delay, run_batch
+from apps.core.tasks.base import BusTask, retry_delay, retry_later, run_batch
 from apps.core.tasks.celery_settings import PUBLISH_DEVICE_COMMAND
 from apps.mqtt.consumers.base import with_devices
 from apps.mqtt.downlink import DownlinkError, check_command, downlink
@@ -44,6 +44,6 @@ def publish_device_command(
     try:
         breaker.call(lambda: downlink().publish(device_id, command, params or {}, command_id))
     except CircuitOpenError as exc:
-        raise self.retry(exc=exc, countdown=breaker.reset_timeout) from exc
+        retry_later(self, exc, breaker.reset_timeout)
     except DownlinkError as exc:
-        raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from exc
+        retry_later(self, exc, retry_delay(self.request.retries))

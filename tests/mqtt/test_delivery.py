@@ -400,3 +400,107 @@ def test_a_poison_message_is_dead_lettered_alone_after_bounded_retries(
     assert "ValidationError" in letter.detail
     assert DeadLetter.objects.count() == 1
     assert "retrying" in (tmp_path / "worker.log").read_text()
+
+
+def test_a_message_of_another_release_is_dead_lettered_and_replayable_not_dropped(
+    private_broker: str, redis_server: Service, transactional_db: None, tmp_path: Path
+):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from apps.core.models import DeadLetter
+    from intelliwiz_config.celery import app
+
+    create_tenant_with_devices("acme", "sensor-001")
+    readable = Envelope(
+        key="device/sensor-001/telemetry#now",
+        topic="device/sensor-001/telemetry",
+        source_id="sensor-001",
+        kind="telemetry",
+        payload=json.loads(telemetry(battery=70)),
+        received_at=0.0,
+    )
+    # An envelope written by a release with a field this one does not know.
+    foreign = {**readable.to_message(), "payload": json.loads(telemetry(battery=40)), "v": 9}
+    worker = Service(
+        "general-foreign",
+        [sys.executable, "-m", "apps.core.worker", "general"],
+        tmp_path / "worker.log",
+        env={**os.environ, "REDIS_URL": private_broker},
+    )
+    try:
+        with app.connection_for_write(f"{private_broker}/0") as connection:
+            app.send_task(
+                "apps.mqtt.tasks.process_device_telemetry",
+                args=[[readable.to_message(), foreign]],
+                connection=connection,
+            )
+        letter = wait_for(
+            lambda: DeadLetter.objects.filter(reason="unreadable_envelope").first(),
+            timeout=60,
+            what="the unreadable envelope to be dead-lettered",
+        )
+        assert TelemetryReading.objects.get().battery == 70
+        assert letter.topic == "device/sensor-001/telemetry"
+        assert "fields: key, kind, payload" in letter.detail
+
+    finally:
+        worker.stop()
+    assert letter.payload_text().startswith('{"battery": 40')
+    # Replayed, it goes through intake again and becomes an envelope of this release.
+    output = StringIO()
+    call_command("dead_letters", "replay", str(letter.pk), stdout=output)
+    assert "Replayed 1, still rejected 0." in output.getvalue()
+
+
+def test_a_retry_that_cannot_be_published_leaves_the_batch_in_the_broker(
+    private_broker: str, transactional_db: None, tmp_path: Path
+):
+    """Celery drops a delivery whose retry it cannot publish; ours stays in Redis instead."""
+    import redis
+
+    from apps.monitoring import bus_state
+    from intelliwiz_config.celery import app
+
+    create_tenant_with_devices("acme", "sensor-001")
+    admin = redis.Redis.from_url(private_broker, decode_responses=True)
+    # A worker account that may take tasks but not publish any (as Redis out of memory would).
+    admin.execute_command("ACL", "SETUSER", "worker", "on", ">pw", "~*", "&*", "+@all", "-lpush")
+    worker_url = private_broker.replace("redis://", "redis://worker:pw@")
+    failing = Envelope(
+        key="device/sensor-001/telemetry#fails",
+        topic="device/sensor-001/telemetry",
+        source_id="sensor-001",
+        kind="telemetry",
+        payload={"x": 1},  # fails in processing, so the task asks for a retry
+        received_at=0.0,
+    )
+    worker = Service(
+        "general-cannot-publish",
+        [sys.executable, "-m", "apps.core.worker", "general"],
+        tmp_path / "worker.log",
+        env={**os.environ, "REDIS_URL": worker_url, "LOG_LEVEL": "INFO"},
+    )
+    try:
+        with app.connection_for_write(f"{private_broker}/0") as connection:
+            app.send_task(
+                "apps.mqtt.tasks.process_device_telemetry",
+                args=[[failing.to_message()]],
+                connection=connection,
+            )
+        wait_for(
+            lambda: "could not publish the retry" in worker.log(),
+            timeout=60,
+            what="the worker to fail publishing the retry",
+        )
+        # Neither acknowledged nor lost: still held for the broker to hand out again.
+        wait_for(
+            lambda: bus_state.unacked_count(admin) == 1,
+            timeout=10,
+            what="the delivery to stay in the broker",
+        )
+        held = admin.hvals(bus_state.UNACKED_KEY)
+        assert "device/sensor-001/telemetry#fails" in held[0]
+    finally:
+        worker.stop()

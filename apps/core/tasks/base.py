@@ -20,10 +20,11 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 from celery import Task, current_app
+from celery.exceptions import Reject
 from django.conf import settings
 from django.db import transaction
 
@@ -100,42 +101,79 @@ def run_batch(
     labels = {"task": task.name.rsplit(".", 1)[-1], "queue": queue}
     metrics.TASKS_RECEIVED.labels(**labels).inc()
     started = time.perf_counter()
-    envelopes = [Envelope.from_message(message) for message in raw]
+    envelopes, unreadable = _decode(raw)
     try:
-        result = _process(kind, handler, envelopes)
+        result = _process(kind, handler, envelopes, unreadable)
     except Exception as exc:  # SoftTimeLimitExceeded included: a hung batch is retried too
         if task.request.retries < settings.TASK_MAX_RETRIES:
             metrics.TASKS_RETRIED.labels(**labels).inc()
             log.warning(
                 "batch failed; retrying",
                 task=task.name,
-                messages=len(envelopes),
+                messages=len(raw),
                 attempt=task.request.retries + 1,
                 error=f"{type(exc).__name__}: {exc}",
             )
-            raise task.retry(exc=exc, countdown=retry_delay(task.request.retries)) from exc
+            retry_later(task, exc, retry_delay(task.request.retries))
         # Out of retries: isolate, so only the messages that fail on their own are dead-lettered.
         try:
-            result = _process_one_by_one(kind, handler, envelopes, labels)
+            result = _process_one_by_one(kind, handler, envelopes, unreadable, labels)
         except Exception as outage:
             # Not even a dead letter could be written. Never drop the batch: it goes back to
             # the broker (a new message, then this one is acknowledged) to try again later.
             log.error(
                 "cannot process or dead-letter a batch; it will be retried",
                 task=task.name,
-                messages=len(envelopes),
+                messages=len(raw),
                 retry_in_s=OUTAGE_RETRY_SECONDS,
                 error=f"{type(outage).__name__}: {outage}",
                 hint="check the database (DATABASE_URL)",
             )
-            raise task.retry(exc=outage, countdown=OUTAGE_RETRY_SECONDS) from outage
+            retry_later(task, outage, OUTAGE_RETRY_SECONDS)
     metrics.TASK_RUNTIME.labels(**labels).observe(time.perf_counter() - started)
     metrics.TASKS_SUCCEEDED.labels(**labels).inc()
     return result
 
 
-def _process(kind: str, handler: Handler, envelopes: list[Envelope]) -> dict[str, int]:
+def retry_later(task: Task[Any, Any], exc: Exception, countdown: float) -> NoReturn:
+    """Retry this delivery later: Celery publishes a new message, then acknowledges this one.
+
+    When that publish fails (Redis out of memory, the connection lost), Celery would drop the
+    delivery (Reject, requeue=False). It is put back instead or, if even that fails, left
+    unacknowledged for the broker to hand out again after its visibility timeout.
+    """
+    try:
+        retry = task.retry(exc=exc, countdown=countdown, throw=False)
+    except Reject as unpublished:
+        reason = unpublished.args[0] if unpublished.args else unpublished  # the publish error
+        log.error(
+            "could not publish the retry of a task; it stays in the broker",
+            task=task.name,
+            task_id=task.request.id,
+            error=f"{type(reason).__name__}: {reason}",
+            hint="check Redis (REDIS_URL): memory (maxmemory), connection",
+        )
+        raise Reject(reason, requeue=True) from exc
+    raise retry from exc
+
+
+def _decode(raw: list[Any]) -> tuple[list[Envelope], list[Any]]:
+    """The envelopes, and the messages no envelope can be made of (another release's, say)."""
+    envelopes: list[Envelope] = []
+    unreadable: list[Any] = []
+    for message in raw:
+        try:
+            envelopes.append(Envelope.from_message(message))
+        except (TypeError, ValueError):
+            unreadable.append(message)
+    return envelopes, unreadable
+
+
+def _process(
+    kind: str, handler: Handler, envelopes: list[Envelope], unreadable: list[Any]
+) -> dict[str, int]:
     with transaction.atomic():
+        _dead_letter_unreadable(unreadable)
         fresh = ledger.claim(kind, envelopes)
         outcome = handler(fresh) if fresh else Outcome()
         _dead_letter(outcome.refused)
@@ -146,7 +184,8 @@ def _process(kind: str, handler: Handler, envelopes: list[Envelope]) -> dict[str
     if duplicates:
         metrics.MESSAGES_DUPLICATE.labels(kind=kind).inc(duplicates)
     metrics.MESSAGES_PROCESSED.labels(kind=kind).inc(len(applied))
-    return {"processed": len(applied), "duplicates": duplicates, "dead": len(refused_keys)}
+    dead = len(refused_keys) + len(unreadable)
+    return {"processed": len(applied), "duplicates": duplicates, "dead": dead}
 
 
 def _after_commit(kind: str, applied: list[Envelope], events: list[Event]) -> None:
@@ -158,12 +197,18 @@ def _after_commit(kind: str, applied: list[Envelope], events: list[Event]) -> No
 
 
 def _process_one_by_one(
-    kind: str, handler: Handler, envelopes: list[Envelope], labels: dict[str, str]
+    kind: str,
+    handler: Handler,
+    envelopes: list[Envelope],
+    unreadable: list[Any],
+    labels: dict[str, str],
 ) -> dict[str, int]:
-    totals = {"processed": 0, "duplicates": 0, "dead": 0}
+    with transaction.atomic():
+        _dead_letter_unreadable(unreadable)
+    totals = {"processed": 0, "duplicates": 0, "dead": len(unreadable)}
     for envelope in envelopes:
         try:
-            result = _process(kind, handler, [envelope])
+            result = _process(kind, handler, [envelope], [])
         except Exception as exc:  # this message alone fails: keep it, move on
             log.error(
                 "message failed after retries; dead-lettered",
@@ -198,3 +243,27 @@ def _dead_letter(refused: list[tuple[Envelope, Refusal]]) -> None:
             for envelope, refusal in refused
         ]
     )
+
+
+def _dead_letter_unreadable(messages: list[Any]) -> None:
+    """Keep what can be read of each: a replay takes topic and payload through intake again,
+    which builds an envelope this release can read."""
+    now = time.time()
+    letters = []
+    for message in messages:
+        fields = message if isinstance(message, dict) else {}
+        topic = fields.get("topic")
+        received_at = fields.get("received_at")
+        letters.append(
+            dead_letters.Letter(
+                stage=DeadLetter.Stage.PROCESSING,
+                reason="unreadable_envelope",
+                detail="the task message is not an envelope this release reads "
+                f"(fields: {', '.join(sorted(map(str, fields))) or type(message).__name__}); "
+                "replay it after the upgrade: manage.py dead_letters replay",
+                topic=topic if isinstance(topic, str) else "",
+                payload=json.dumps(fields.get("payload", message), default=str).encode(),
+                received_at=received_at if isinstance(received_at, int | float) else now,
+            )
+        )
+    dead_letters.store(letters)
