@@ -354,6 +354,9 @@ LOW_BATTERY_PERCENT = env_float("LOW_BATTERY_PERCENT", 20.0)
 SYSTEM_RESOURCE_ALERT_PERCENT = env_float("SYSTEM_RESOURCE_ALERT_PERCENT", 90.0)
 SMOKE_ALARM_THRESHOLD = env_float("SMOKE_ALARM_THRESHOLD", 100.0)
 TASK_MAX_RETRIES = env_int("TASK_MAX_RETRIES", 5, minimum=0)
+# Deliveries of one batch that may kill their worker (a crash, the hard time limit) before it is
+# split into single messages, and a single one dead-lettered (reason poison).
+TASK_MAX_DELIVERIES = env_int("TASK_MAX_DELIVERIES", 3, minimum=1)
 # How long a processed message's idempotency key is kept: a redelivery older than this would be
 # processed again, so it must outlast the broker session (MQTT_SESSION_EXPIRY) by far.
 IDEMPOTENCY_RETENTION_DAYS = env_int("IDEMPOTENCY_RETENTION_DAYS", 7, minimum=1)

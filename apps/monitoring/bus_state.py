@@ -7,7 +7,8 @@ a contract with the subscriber itself and live in apps/core/intake_status.py.
 
 Each key is named where it is written: `worker_heartbeat:<queue>:<node>` (celery_hooks),
 `health:canary:<queue>` (tasks.py), `circuit_breaker:<service>` (apps/core/circuit_breaker.py),
-`mqtt_subscriber:*` (apps/core/intake_status.py), all in the broker database (DB 0).
+`mqtt_subscriber:*` (apps/core/intake_status.py), `task_deliveries:<task id>:<retry>`
+(apps/core/tasks/base.py), all in the broker database (DB 0).
 """
 
 from __future__ import annotations

@@ -504,3 +504,85 @@ def test_a_retry_that_cannot_be_published_leaves_the_batch_in_the_broker(
         assert "device/sensor-001/telemetry#fails" in held[0]
     finally:
         worker.stop()
+
+
+def test_a_batch_that_kills_its_worker_is_split_its_killer_dead_lettered_and_the_rest_drains(
+    private_broker: str, transactional_db: None, tmp_path: Path
+):
+    from django.db import connection
+
+    from apps.core.models import DeadLetter
+    from intelliwiz_config.celery import app
+
+    create_tenant_with_devices("acme", "sensor-001")
+    # A reading with battery 13 never finishes inserting: SQLite spins in C, where no Python
+    # exception (the soft time limit) can reach it, so the hard time limit kills the worker.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TRIGGER poison_13 BEFORE INSERT ON devices_telemetryreading "
+            "WHEN NEW.battery = 13 BEGIN SELECT count(*) FROM (WITH RECURSIVE c(x) AS "
+            "(SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c); END"
+        )
+    messages = [
+        Envelope(
+            key=f"device/sensor-001/telemetry#{battery}",
+            topic="device/sensor-001/telemetry",
+            source_id="sensor-001",
+            kind="telemetry",
+            payload=json.loads(telemetry(battery=battery)),
+            received_at=0.0,
+        ).to_message()
+        for battery in [*range(20, 40), 13]
+    ]
+    argv = worker_argv("general")
+    argv[argv.index("--soft-time-limit") + 1] = "1"
+    argv[argv.index("--time-limit") + 1] = "2"
+    argv[argv.index("--concurrency") + 1] = "1"
+    worker = Service(
+        "general-killed",
+        [str(Path(sys.executable).parent / "celery"), *argv[1:]],
+        tmp_path / "worker.log",
+        env={**os.environ, "REDIS_URL": private_broker, "TASK_MAX_DELIVERIES": "2"},
+    )
+    behind = [
+        [
+            Envelope(
+                key=f"device/sensor-001/telemetry#behind-{batch}-{i}",
+                topic="device/sensor-001/telemetry",
+                source_id="sensor-001",
+                kind="telemetry",
+                payload=json.loads(telemetry(battery=50)),
+                received_at=0.0,
+            ).to_message()
+            for i in range(100)
+        ]
+        for batch in range(100)
+    ]
+    try:
+        with app.connection_for_write(f"{private_broker}/0") as broker:
+            for batch_messages in [messages, *behind]:  # the poison first, 10,000 behind it
+                app.send_task(
+                    "apps.mqtt.tasks.process_device_telemetry",
+                    args=[batch_messages],
+                    connection=broker,
+                )
+        letter = wait_for(
+            lambda: DeadLetter.objects.filter(reason="poison").first(),
+            timeout=120,
+            interval=0.5,
+            what="the message that kills its worker to be dead-lettered",
+        )
+        wait_for(
+            lambda: TelemetryReading.objects.count() == 20 + 10_000,
+            timeout=120,
+            interval=0.5,
+            what="the other 20 messages of its batch and the 10,000 behind it",
+        )
+    finally:
+        worker.stop()
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS poison_13")
+    assert letter.envelope["key"] == "device/sensor-001/telemetry#13"
+    assert "killed the worker 2 times" in letter.detail
+    assert DeadLetter.objects.count() == 1
+    assert "split into single messages" in worker.log()

@@ -9,6 +9,8 @@ messages, apps/mqtt/consumers/base.py `with_devices`). This module adds what eve
 - dead letters for the messages the handler refuses, in that same transaction;
 - bounded retries with exponential backoff and jitter, then per-message isolation so a single
   poison message is dead-lettered instead of its whole batch;
+- bounded deliveries: a batch that keeps killing its worker (a crash, the hard time limit) is
+  split into single messages after TASK_MAX_DELIVERIES, and a single one is dead-lettered;
 - metrics, and the NOC broadcast of the handler's events after commit.
 
 `enqueue` is the other end: how the subscriber and replay hand envelopes to a task.
@@ -16,12 +18,14 @@ messages, apps/mqtt/consumers/base.py `with_devices`). This module adds what eve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import redis
 import structlog
 from celery import Task, current_app
 from celery.exceptions import Reject
@@ -33,6 +37,7 @@ from apps.core.backoff import backoff_delay
 from apps.core.envelope import Envelope
 from apps.core.events import Event, broadcast_events
 from apps.core.models import DeadLetter
+from apps.core.redis_client import state_redis
 from apps.core.tasks import ledger
 from apps.core.tasks.celery_settings import TASK_QUEUES, QueueSpec
 
@@ -40,6 +45,9 @@ log = structlog.get_logger(__name__)
 
 # When even dead-lettering fails (the database is down), the batch comes back this much later.
 OUTAGE_RETRY_SECONDS = 60
+# `task_deliveries:<task id>:<retry>`: how often a worker took this delivery (Redis, DB 0).
+DELIVERIES_KEY_PREFIX = "task_deliveries:"
+DELIVERIES_KEY_TTL_SECONDS = 2 * 86400
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,9 @@ def run_batch(
     labels = {"task": task.name.rsplit(".", 1)[-1], "queue": queue}
     metrics.TASKS_RECEIVED.labels(**labels).inc()
     started = time.perf_counter()
+    deliveries = _count_delivery(task)
+    if deliveries > settings.TASK_MAX_DELIVERIES:
+        return _stop_the_loop(task, kind, raw, deliveries, labels)
     envelopes, unreadable = _decode(raw)
     try:
         result = _process(kind, handler, envelopes, unreadable)
@@ -114,6 +125,7 @@ def run_batch(
                 attempt=task.request.retries + 1,
                 error=f"{type(exc).__name__}: {exc}",
             )
+            _forget_deliveries(task)  # the retry is a new delivery, counted afresh
             retry_later(task, exc, retry_delay(task.request.retries))
         # Out of retries: isolate, so only the messages that fail on their own are dead-lettered.
         try:
@@ -132,7 +144,75 @@ def run_batch(
             retry_later(task, outage, OUTAGE_RETRY_SECONDS)
     metrics.TASK_RUNTIME.labels(**labels).observe(time.perf_counter() - started)
     metrics.TASKS_SUCCEEDED.labels(**labels).inc()
+    _forget_deliveries(task)
     return result
+
+
+def _deliveries_key(task: BusTask) -> str:
+    return f"{DELIVERIES_KEY_PREFIX}{task.request.id}:{task.request.retries}"
+
+
+def _count_delivery(task: BusTask) -> int:
+    """How many times a worker has taken this delivery, this one included. A worker that dies
+    mid-batch (crash, hard time limit) hands it back uncounted by Celery; this counts it."""
+    try:
+        with state_redis().pipeline() as pipe:
+            pipe.incr(_deliveries_key(task))
+            pipe.expire(_deliveries_key(task), DELIVERIES_KEY_TTL_SECONDS)
+            count, _ = pipe.execute()
+    except redis.RedisError as exc:  # not counted this time; the batch is still processed
+        log.warning("could not count a task delivery", task=task.name, error=str(exc))
+        return 1
+    return int(count)
+
+
+def _forget_deliveries(task: BusTask) -> None:
+    with contextlib.suppress(redis.RedisError):  # else the key expires by itself
+        state_redis().delete(_deliveries_key(task))
+
+
+def _stop_the_loop(
+    task: BusTask, kind: str, raw: list[Any], deliveries: int, labels: dict[str, str]
+) -> dict[str, int]:
+    """A batch whose earlier deliveries all killed their worker: split it into one task per
+    message, so only the message that kills is held back; dead-letter a message alone."""
+    limit = TASK_QUEUES[task.name].time_limit
+    if len(raw) > 1:
+        try:
+            for message in raw:
+                current_app.send_task(task.name, args=[[message]], retry=False)
+        except Exception as exc:  # some may be sent twice later: their keys absorb it
+            raise Reject(exc, requeue=True) from exc
+        log.error(
+            "batch killed its worker on every delivery; split into single messages",
+            task=task.name,
+            messages=len(raw),
+            deliveries=deliveries - 1,
+            hint=f"a crash or the hard time limit ({limit} s); see the worker's log",
+        )
+        _forget_deliveries(task)
+        return {"processed": 0, "duplicates": 0, "dead": 0, "split": len(raw)}
+    envelopes, unreadable = _decode(raw)
+    poison = Refusal(
+        "poison",
+        f"its processing killed the worker {deliveries - 1} times (a crash or the hard time "
+        f"limit of {limit} s); not tried again. Replay it once the cause is fixed.",
+    )
+    try:
+        with transaction.atomic():
+            _dead_letter_unreadable(unreadable)
+            _dead_letter([(envelope, poison) for envelope in envelopes])
+    except Exception as outage:
+        retry_later(task, outage, OUTAGE_RETRY_SECONDS)
+    log.error(
+        "message killed its worker on every delivery; dead-lettered",
+        task=task.name,
+        keys=[envelope.key for envelope in envelopes],
+        hint="manage.py dead_letters list --reason poison",
+    )
+    metrics.TASKS_FAILED.labels(**labels).inc()
+    _forget_deliveries(task)
+    return {"processed": 0, "duplicates": 0, "dead": len(raw)}
 
 
 def retry_later(task: Task[Any, Any], exc: Exception, countdown: float) -> NoReturn:
