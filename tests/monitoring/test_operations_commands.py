@@ -44,11 +44,16 @@ def test_drain_pauses_intake_waits_for_empty_queues_and_resume_lets_the_broker_d
     client = state_redis()
     assert sum(queue.depth for queue in bus_state.queue_stats(client)) == 0
     assert bus_state.unacked_count(client) == 0
-    assert all(sub.paused for sub in intake_status.read_statuses(client))
+    statuses = intake_status.read_statuses(client)
+    assert statuses
+    # Paused means gone from the broker: a subscriber that is not connected receives nothing.
+    assert all(sub.paused and not sub.connected for sub in statuses)
     handed_on = TelemetryReading.objects.count()
 
     # While paused, the broker keeps what devices send; after --resume it all arrives.
     mqtt_publish(environment.MQTT_PORT, [("device/sensor-001/telemetry", telemetry(msg_id="late"))])
+    assert all(not sub.connected for sub in intake_status.read_statuses(client))
+    assert TelemetryReading.objects.count() == handed_on
     assert "Intake resumed" in run("drain", "--resume")
     wait_for(
         lambda: TelemetryReading.objects.count() == 501,

@@ -54,6 +54,7 @@ def test_messages_published_while_the_subscriber_is_down_arrive_once_and_only_on
     )
 
     # The same 5,000 again, then one new message as a marker that the stream got through.
+    duplicates_before = metric("bus_messages_duplicate_total", kind="telemetry")
     mqtt_publish(PORT, [*messages, ("device/sensor-001/telemetry", telemetry(msg_id="marker"))])
     wait_for(
         lambda: TelemetryReading.objects.filter(
@@ -66,6 +67,10 @@ def test_messages_published_while_the_subscriber_is_down_arrive_once_and_only_on
     wait_for(lambda: _queues_idle(), timeout=60, what="the general queue to drain")
     assert TelemetryReading.objects.count() == 5001
     assert ProcessedMessage.objects.count() == 5001
+    # Each resend recognised as a duplicate, none turned into a failure and a dead letter.
+    duplicates = metric("bus_messages_duplicate_total", kind="telemetry") - duplicates_before
+    assert duplicates == 5000
+    assert not DeadLetter.objects.exists()
 
 
 def _queues_idle() -> bool:
@@ -84,32 +89,60 @@ def test_a_worker_child_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     start_subscriber: Callable[..., Service],
     transactional_db: None,
 ):
+    from django.db import connection
+
     create_tenant_with_devices("acme", "sensor-001")
-    start_subscriber(MQTT_BATCH_SIZE="20")
+    # Every reading of these takes a few milliseconds to insert, so a batch of 20 is nearly
+    # always running when its process is killed.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TRIGGER slow_50 BEFORE INSERT ON devices_telemetryreading "
+            "WHEN NEW.battery = 50 BEGIN SELECT count(*) FROM (WITH RECURSIVE c(x) AS "
+            "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000) SELECT x FROM c); END"
+        )
     general = next(w for w in all_queue_workers if w.name == "celery-general")
-    total = 3000
-    mqtt_publish(PORT, numbered_telemetry(total))
+    lost_before = general.log().count("WorkerLostError")
+    total = 1000
+    try:
+        start_subscriber(MQTT_BATCH_SIZE="20")
+        mqtt_publish(PORT, numbered_telemetry(total))
+        wait_for(
+            lambda: 0 < TelemetryReading.objects.count() < total,
+            timeout=60,
+            interval=0.01,
+            what="processing to be under way",
+        )
+        # Kill the pool until a kill has interrupted a running batch (Celery then reports
+        # WorkerLostError for it), which proves what this test is about.
+        for _round in range(5):
+            victims = [c for c in descendants(general.pid) if c.ppid() == general.pid]
+            assert victims, "the general worker has no pool processes"
+            for child in victims:
+                child.send_signal(signal.SIGKILL)
+            try:
+                wait_for(
+                    lambda: general.log().count("WorkerLostError") > lost_before,
+                    timeout=5,
+                    what="a batch to be lost with its process",
+                )
+                break
+            except TimeoutError:
+                continue
+        assert general.log().count("WorkerLostError") > lost_before, "no kill hit a batch"
 
-    wait_for(
-        lambda: 0 < TelemetryReading.objects.count() < total,
-        timeout=60,
-        interval=0.01,
-        what="processing to be under way",
-    )
-    victims = [child for child in descendants(general.pid) if child.ppid() == general.pid]
-    assert victims, "the general worker has no pool processes"
-    for child in victims:
-        child.send_signal(signal.SIGKILL)
-
-    wait_for(
-        lambda: TelemetryReading.objects.count() == total,
-        timeout=120,
-        interval=0.5,
-        what=f"all {total} readings after the crash",
-    )
-    wait_for(lambda: _queues_idle(), timeout=60, what="the general queue to drain")
+        wait_for(
+            lambda: TelemetryReading.objects.count() == total,
+            timeout=120,
+            interval=0.5,
+            what=f"all {total} readings after the crash",
+        )
+        wait_for(lambda: _queues_idle(), timeout=60, what="the general queue to drain")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS slow_50")
     assert TelemetryReading.objects.count() == total
     assert ProcessedMessage.objects.count() == total
+    assert not DeadLetter.objects.exists()
     assert general.alive(), "the worker's main process should have replaced its children"
 
 

@@ -124,6 +124,7 @@ BAD_MESSAGES = [
 def test_every_rejection_is_dead_lettered_with_its_reason_and_the_loop_carries_on(site, bus):
     reasons = [reason for _, _, reason in BAD_MESSAGES]
     rejected_before = {r: metric("mqtt_messages_rejected_total", reason=r) for r in reasons}
+    lettered_before = {r: metric("dead_letters_total", stage="intake", reason=r) for r in reasons}
     mqtt_publish(PORT, [(topic, body) for topic, body, _ in BAD_MESSAGES])
     mqtt_publish(PORT, [("device/sensor-001/telemetry", telemetry(battery=77))])
 
@@ -145,7 +146,9 @@ def test_every_rejection_is_dead_lettered_with_its_reason_and_the_loop_carries_o
     for reason in reasons:
         counted = metric("mqtt_messages_rejected_total", reason=reason) - rejected_before[reason]
         assert counted == 1, f"{reason} counted {counted} times"
-        assert metric("dead_letters_total", stage="intake", reason=reason) >= 1
+        lettered = metric("dead_letters_total", stage="intake", reason=reason)
+        lettered -= lettered_before[reason]
+        assert lettered == 1, f"{reason} dead-lettered {lettered} times"
 
 
 def test_lower_case_severity_and_alert_type_are_accepted(site):
@@ -202,6 +205,7 @@ def test_subscribers_in_a_shared_group_split_one_stream(
     create_tenant_with_devices("acme", "sensor-001")
     for member in ("a", "b"):
         start_subscriber(MQTT_SHARED_GROUP="bus", MQTT_CLIENT_ID=f"shared-{member}")
+    received_before = metric("mqtt_messages_received_total", prefix="device/")
     mqtt_publish(
         PORT,
         [("device/sensor-001/telemetry", telemetry(msg_id=f"s{i}")) for i in range(400)],
@@ -214,6 +218,9 @@ def test_subscribers_in_a_shared_group_split_one_stream(
 
     wait_for(both_received, timeout=15, what="both group members to have received messages")
     assert ProcessedMessage.objects.count() == 400
+    # Split, not copied: had $share been ignored, each member would have received all 400.
+    received = metric("mqtt_messages_received_total", prefix="device/") - received_before
+    assert received == 400
 
 
 def test_a_retained_message_is_not_replayed_to_a_new_subscription(

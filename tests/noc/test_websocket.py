@@ -129,6 +129,21 @@ def test_an_operator_gets_connected_then_a_panic_alert_within_a_second_and_other
     assert alert["seq"] >= 2
     assert latency < 1.0, f"the alert took {latency:.2f} s to reach the NOC"
     assert [m["source_id"] for m in seen_by_bob if "source_id" in m] == ["panic-900"]
+    # Whatever the event (alerts name a source_id; device status and telemetry a device_id, one
+    # by one or in a list), bob sees none of acme's devices.
+    named = {name for message in seen_by_bob for name in devices_named(message)}
+    assert named == {"panic-900"}, named
+
+
+def devices_named(message: dict[str, object]) -> set[str]:
+    """Every device a NOC message names, at its top level or in its lists of devices."""
+    names = {str(message[key]) for key in ("source_id", "device_id") if key in message}
+    for value in message.values():
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    names |= devices_named(item)
+    return names
 
 
 @pytest.fixture
