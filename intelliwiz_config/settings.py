@@ -336,6 +336,11 @@ MQTT_ACL_FILE = Path(env_str("MQTT_ACL_FILE", "/etc/mosquitto/acl"))
 MQTT_MAX_PAYLOAD_BYTES = env_int("MQTT_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1)
 MQTT_BATCH_SIZE = env_int("MQTT_BATCH_SIZE", 100, minimum=1)
 MQTT_BATCH_INTERVAL_MS = env_int("MQTT_BATCH_INTERVAL_MS", 50, minimum=1)
+# What the subscriber may hold while it cannot hand messages on (Redis or the database down).
+# Past either bound it lets go of everything and leaves the broker until both answer again: the
+# broker keeps QoS 1 messages in the session; QoS 0 ones are dropped (counted).
+MQTT_HOLD_MAX_MESSAGES = env_int("MQTT_HOLD_MAX_MESSAGES", 10_000, minimum=1)
+MQTT_HOLD_MAX_BYTES = env_int("MQTT_HOLD_MAX_BYTES", 64 * 1024 * 1024, minimum=1024)
 MAX_CLOCK_SKEW_SECONDS = env_int("MAX_CLOCK_SKEW_SECONDS", 300, minimum=0)
 # Older device timestamps are refused (a clock reset to 1970 would sort its alerts last).
 MAX_MESSAGE_AGE_DAYS = env_int("MAX_MESSAGE_AGE_DAYS", 7, minimum=1)

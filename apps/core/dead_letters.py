@@ -21,6 +21,7 @@ class Letter:
     payload: bytes
     received_at: float
     envelope: dict[str, Any] | None = None
+    payload_size: int | None = None  # when `payload` is already cut short
 
 
 def store(letters: list[Letter]) -> None:
@@ -36,7 +37,9 @@ def store(letters: list[Letter]) -> None:
                 detail=letter.detail,
                 topic=letter.topic[:512],
                 payload=letter.payload[:keep],
-                payload_size=len(letter.payload),
+                payload_size=(
+                    len(letter.payload) if letter.payload_size is None else letter.payload_size
+                ),
                 received_at=datetime.fromtimestamp(letter.received_at, tz=UTC),
                 envelope=letter.envelope,
             )

@@ -43,6 +43,11 @@ MQTT_MESSAGES_RETAINED_SKIPPED = Counter(
     "mqtt_messages_retained_skipped_total",
     "Retained messages the broker replayed to the subscriber, skipped (processed when live)",
 )
+MQTT_MESSAGES_DROPPED = Counter(
+    "mqtt_messages_dropped_total",
+    "QoS 0 messages the subscriber let go of, by reason (QoS 1 ones stay with the broker)",
+    ["reason"],
+)
 DEAD_LETTERS = Counter(
     "dead_letters_total",
     "Messages written to the dead-letter store, by stage and reason",

@@ -16,14 +16,14 @@ from __future__ import annotations
 import signal
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -60,6 +60,8 @@ class SubscriberConfig:
     receive_maximum: int
     batch_size: int
     batch_interval: float
+    hold_max_messages: int
+    hold_max_bytes: int
 
     @classmethod
     def from_settings(cls) -> SubscriberConfig:
@@ -74,6 +76,8 @@ class SubscriberConfig:
             receive_maximum=settings.MQTT_RECEIVE_MAXIMUM,
             batch_size=settings.MQTT_BATCH_SIZE,
             batch_interval=settings.MQTT_BATCH_INTERVAL_MS / 1000,
+            hold_max_messages=settings.MQTT_HOLD_MAX_MESSAGES,
+            hold_max_bytes=settings.MQTT_HOLD_MAX_BYTES,
         )
 
     def subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
@@ -116,6 +120,16 @@ class PendingTask:
     envelopes: list[Envelope] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     opened_at: float = 0.0
+    payload_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Held:
+    """A rejected message waiting to be dead-lettered: only what the store keeps of it."""
+
+    rejection: Rejection
+    payload_size: int
+    delivery: Delivery
 
 
 class Subscriber:
@@ -126,8 +140,14 @@ class Subscriber:
         self.last_message_at: float | None = None
         self.connection = 0  # incremented per connection: acks never cross connections
         self.pending: dict[str, PendingTask] = defaultdict(PendingTask)  # by topic kind
-        self.rejections: list[tuple[Rejection, Delivery]] = []
+        self.rejections: list[Held] = []
         self.recheck: list[Unchecked] = []
+        # What the three above hold, bounded by MQTT_HOLD_MAX_MESSAGES / _BYTES (see _shed).
+        self.held_messages = 0
+        self.held_bytes = 0
+        self.shedding = False
+        self.next_probe_at = 0.0
+        self.probe_backoff = Backoff(1, 15)
         self.retry_flush_at = 0.0
         self.flush_backoff = Backoff(0.5, 30)
         self.connect_backoff = Backoff(1, config.reconnect_max_delay)
@@ -214,7 +234,9 @@ class Subscriber:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if not self.stopping:
+        if self.paused or self.shedding:
+            log.info("Left the MQTT broker; the session keeps QoS 1 messages meanwhile")
+        elif not self.stopping:
             log.warning("Disconnected from MQTT Broker; reconnecting", reason=str(reason_code))
         self._report()
 
@@ -240,6 +262,13 @@ class Subscriber:
             # The registry cannot be read just now: that says nothing about the message. Keep
             # it unacknowledged and decide again at the next flush.
             self.recheck.append(unchecked)
+        self.held_messages += 1
+        self.held_bytes += len(unchecked.payload)
+        if (
+            self.held_messages >= self.config.hold_max_messages
+            or self.held_bytes >= self.config.hold_max_bytes
+        ):
+            self._shed()
 
     def _admit(self, unchecked: Unchecked) -> None:
         """Validate one message and add it to its kind's pending task or to the rejections."""
@@ -262,13 +291,15 @@ class Subscriber:
                 reason=outcome.reason.value,
                 detail=outcome.detail,
             )
-            self.rejections.append((outcome, unchecked.delivery))
+            kept = replace(outcome, payload=payload[: DeadLetter.PAYLOAD_KEEP_BYTES])
+            self.rejections.append(Held(kept, len(payload), unchecked.delivery))
             return
         pending = self.pending[outcome.kind]
         if not pending.envelopes:
             pending.opened_at = time.monotonic()
         pending.envelopes.append(outcome)
         pending.deliveries.append(unchecked.delivery)
+        pending.payload_bytes += len(payload)
 
     def _recheck(self) -> None:
         """Messages the registry could not be asked about: ask again (raises while it is down)."""
@@ -320,24 +351,83 @@ class Subscriber:
             log.info("message hand-off recovered; acknowledging held messages")
             self.outage_logged = False
         self.flush_backoff.reset()
+        self._count_held()
         return True
+
+    def _count_held(self) -> None:
+        self.held_messages = len(self.rejections) + len(self.recheck)
+        self.held_bytes = sum(len(h.rejection.payload) for h in self.rejections)
+        self.held_bytes += sum(len(u.payload) for u in self.recheck)
+        for pending in self.pending.values():
+            self.held_messages += len(pending.envelopes)
+            self.held_bytes += pending.payload_bytes
+
+    def _shed(self) -> None:
+        """Holding too much while nothing can be handed on: let go of it all, unacknowledged,
+        and leave the broker until Redis and the database answer. The broker keeps the QoS 1
+        messages in our session and delivers them again; QoS 0 ones are gone (at most once)."""
+        deliveries = [u.delivery for u in self.recheck] + [h.delivery for h in self.rejections]
+        deliveries += [d for pending in self.pending.values() for d in pending.deliveries]
+        dropped = sum(1 for delivery in deliveries if delivery.qos == 0)
+        if dropped:
+            metrics.MQTT_MESSAGES_DROPPED.labels(reason="held_too_much").inc(dropped)
+        log.error(
+            "holding too much while messages cannot be handed on; leaving the broker until "
+            "Redis and the database answer",
+            held_messages=self.held_messages,
+            held_bytes=self.held_bytes,
+            qos0_dropped=dropped,
+            hint="the broker keeps QoS 1 messages; bounds: MQTT_HOLD_MAX_MESSAGES, "
+            "MQTT_HOLD_MAX_BYTES; check REDIS_URL and DATABASE_URL",
+        )
+        self.pending.clear()
+        self.rejections.clear()
+        self.recheck.clear()
+        self.held_messages = self.held_bytes = 0
+        self.shedding = True
+        self.next_probe_at = time.monotonic() + self.probe_backoff.next_delay()
+        self.client.disconnect()
+        self._report()
+
+    def _hand_off_possible(self) -> bool:
+        """One cheap round trip each to Redis and the database."""
+        try:
+            state_redis().ping()
+            close_old_connections()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def _follow_shedding(self, now: float) -> None:
+        if not self.shedding or now < self.next_probe_at:
+            return
+        if self._hand_off_possible():
+            log.info("Redis and the database answer again; rejoining the broker")
+            self.shedding = False
+            self.probe_backoff.reset()
+            self.next_connect_at = 0.0
+        else:
+            self.next_probe_at = now + self.probe_backoff.next_delay()
 
     def _flush_rejections(self) -> None:
         dead_letters.store(
             [
                 dead_letters.Letter(
                     stage=DeadLetter.Stage.INTAKE,
-                    reason=rejection.reason.value,
-                    detail=rejection.detail,
-                    topic=rejection.topic,
-                    payload=rejection.payload,
-                    received_at=rejection.received_at,
+                    reason=held.rejection.reason.value,
+                    detail=held.rejection.detail,
+                    topic=held.rejection.topic,
+                    payload=held.rejection.payload,
+                    received_at=held.rejection.received_at,
+                    payload_size=held.payload_size,
                 )
-                for rejection, _ in self.rejections
+                for held in self.rejections
             ]
         )
-        for _, delivery in self.rejections:
-            self._ack(delivery)
+        for held in self.rejections:
+            self._ack(held.delivery)
         self.rejections.clear()
 
     def _enqueue(self, kind: str, pending: PendingTask) -> None:
@@ -401,8 +491,10 @@ class Subscriber:
         if now >= self.next_pause_check_at:
             self._follow_pause_flag()
             self.next_pause_check_at = now + PAUSE_CHECK_SECONDS
+        self._follow_shedding(now)
         # No socket: neither connected nor connecting (paho closes it when a connection drops).
-        if self.client.socket() is None and now >= self.next_connect_at and not self.paused:
+        away = self.paused or self.shedding
+        if self.client.socket() is None and now >= self.next_connect_at and not away:
             self._connect()
         if self.client.socket() is not None:
             rc = self.client.loop(timeout=min(0.01, self.config.batch_interval))

@@ -619,3 +619,49 @@ def test_a_batch_that_kills_its_worker_is_split_its_killer_dead_lettered_and_the
     assert "killed the worker 2 times" in letter.detail
     assert DeadLetter.objects.count() == 1
     assert "split into single messages" in worker.log()
+
+
+def test_a_flood_while_redis_is_down_is_let_go_not_held_and_qos1_still_arrives(
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+    tmp_path: Path,
+):
+    port = free_port()
+    broker_url = f"redis://127.0.0.1:{port}"
+    create_tenant_with_devices("acme", "sensor-001")
+    redis_service = start_redis(port, tmp_path / "redis")
+    subscriber = start_subscriber(REDIS_URL=broker_url, MQTT_HOLD_MAX_MESSAGES="300")
+    redis_service.stop()
+    dropped_before = metric("mqtt_messages_dropped_total", reason="held_too_much")
+
+    # QoS 0 is at most once; QoS 1 must all arrive, whatever the subscriber could not hold.
+    flood = [("device/sensor-001/telemetry", telemetry(battery=40)) for _ in range(2000)]
+    mqtt_publish(PORT, flood, qos=0)
+    mqtt_publish(PORT, numbered_telemetry(500))
+    wait_for(
+        lambda: "holding too much while messages cannot be handed on" in subscriber.log(),
+        timeout=60,
+        what="the subscriber to let go and leave the broker",
+    )
+    assert metric("mqtt_messages_dropped_total", reason="held_too_much") > dropped_before
+    assert subscriber.alive()
+
+    redis_service = start_redis(port, tmp_path / "redis")
+    worker = Service(
+        "general-after-flood",
+        [sys.executable, "-m", "apps.core.worker", "general"],
+        tmp_path / "worker.log",
+        env={**os.environ, "REDIS_URL": broker_url},
+    )
+    try:
+        wait_for(
+            lambda: TelemetryReading.objects.filter(battery=50).count() == 500,
+            timeout=120,
+            interval=0.5,
+            what="every QoS 1 message once Redis is back",
+        )
+    finally:
+        worker.stop()
+        redis_service.stop()
+    assert "rejoining the broker" in subscriber.log()
+    assert not DeadLetter.objects.exists()
