@@ -44,6 +44,8 @@ os.environ.update(
         "MQTT_PORT": str(MQTT_PORT),
         "MQTT_CLIENT_ID": f"test-subscriber-{secrets.token_hex(4)}",
         "LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "WARNING"),
+        # The shortest silence that makes a device OFFLINE: tests wait a whole period of it.
+        "DEVICE_OFFLINE_AFTER": "10",
         "PYTHONUNBUFFERED": "1",
     }
 )

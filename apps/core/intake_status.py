@@ -19,6 +19,9 @@ STATUS_KEY_PREFIX = "mqtt_subscriber:status:"
 # Set by `manage.py drain`: subscribers hand on what they hold, then leave the broker (their
 # sessions stay, so the broker keeps new messages) until `manage.py drain --resume`.
 INTAKE_PAUSED_KEY = "mqtt_subscriber:intake_paused"
+# Hash: device id -> when a subscriber last received (and queued) one of its messages. Offline
+# detection judges silence by this, not by what the workers have processed so far.
+LAST_RECEIVED_KEY = "mqtt_subscriber:last_received"
 STATUS_TTL_SECONDS = 15
 HEARTBEAT_INTERVAL_SECONDS = 5
 
@@ -30,6 +33,7 @@ class SubscriberStatus:
     updated_at: float
     last_message_at: float | None
     paused: bool = False
+    connected_since: float | None = None  # when its current broker connection began
 
     @property
     def last_message_age(self) -> float | None:
@@ -43,6 +47,7 @@ def write_status(
     connected: bool,
     last_message_at: float | None,
     paused: bool = False,
+    connected_since: float | None = None,
 ) -> None:
     key = STATUS_KEY_PREFIX + client_id
     fields: dict[str | bytes, str] = {
@@ -50,6 +55,7 @@ def write_status(
         "paused": "1" if paused else "0",
         "updated_at": repr(time.time()),
         "last_message_at": "" if last_message_at is None else repr(last_message_at),
+        "connected_since": "" if connected_since is None else repr(connected_since),
     }
     with client.pipeline() as pipe:
         pipe.hset(key, mapping=fields)
@@ -68,6 +74,7 @@ def read_statuses(client: redis.Redis[str]) -> list[SubscriberStatus]:
         if not fields:
             continue
         last = fields.get("last_message_at") or None
+        since = fields.get("connected_since") or None
         statuses.append(
             SubscriberStatus(
                 client_id=str(key).removeprefix(STATUS_KEY_PREFIX),
@@ -75,9 +82,28 @@ def read_statuses(client: redis.Redis[str]) -> list[SubscriberStatus]:
                 updated_at=float(fields.get("updated_at") or 0),
                 last_message_at=float(last) if last else None,
                 paused=fields.get("paused") == "1",
+                connected_since=float(since) if since else None,
             )
         )
     return statuses
+
+
+def record_received(client: redis.Redis[str], latest: dict[str, float]) -> None:
+    """Note when each device's newest message was received (the subscriber, once queued)."""
+    if latest:
+        client.hset(LAST_RECEIVED_KEY, mapping={k: repr(v) for k, v in latest.items()})
+
+
+def last_received(client: redis.Redis[str], device_ids: list[str]) -> dict[str, float]:
+    """When a subscriber last received a message of each device (absent: not recorded)."""
+    if not device_ids:
+        return {}
+    values = client.hmget(LAST_RECEIVED_KEY, device_ids)
+    return {
+        device_id: float(value)
+        for device_id, value in zip(device_ids, values, strict=True)
+        if value is not None
+    }
 
 
 def pause_intake(client: redis.Redis[str]) -> None:

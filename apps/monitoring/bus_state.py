@@ -5,10 +5,11 @@ canaries are read here and nowhere else, so /metrics/export/, /monitoring/health
 operator commands (`bus_status`, `drain`, `requeue`) always agree. The subscribers' records are
 a contract with the subscriber itself and live in apps/core/intake_status.py.
 
-Each key is named where it is written: `worker_heartbeat:<queue>:<node>` (celery_hooks),
-`health:canary:<queue>` (tasks.py), `circuit_breaker:<service>` (apps/core/circuit_breaker.py),
-`mqtt_subscriber:*` (apps/core/intake_status.py), `task_deliveries:<task id>:<retry>`
-(apps/core/tasks/base.py), all in the broker database (DB 0).
+Each key is named where it is written, all in the broker database (DB 0):
+`worker_heartbeat:<queue>:<node>` (celery_hooks), `health:canary:<queue>` (tasks.py),
+`circuit_breaker:<service>` (apps/core/circuit_breaker.py), `mqtt_subscriber:*` (status, pause
+flag, last received per device: apps/core/intake_status.py), `task_deliveries:<id>:<retry>`
+(apps/core/tasks/base.py).
 """
 
 from __future__ import annotations

@@ -68,20 +68,41 @@ def mark_offline(device: Device, now: datetime) -> list[Event]:
 
 @shared_task(name=DETECT_OFFLINE_DEVICES, acks_late=True)
 def detect_offline_devices() -> int:
-    """Devices silent for DEVICE_OFFLINE_AFTER seconds go OFFLINE with an alert; how many did."""
+    """Devices silent for DEVICE_OFFLINE_AFTER seconds go OFFLINE with an alert; how many did.
+
+    Silent means nothing *received* for that long, while subscribers listened the whole time:
+    a message still waiting in a queue, or in the broker while a subscriber was away, is not
+    silence. After an outage detection waits until intake has listened a full period again.
+    """
     client = state_redis()
-    listening = any(status.connected for status in intake_status.read_statuses(client))
-    if intake_status.intake_paused(client) or not listening:
+    window = timedelta(seconds=settings.DEVICE_OFFLINE_AFTER)
+    now = timezone.now()
+    cutoff = now - window
+    connected = [s for s in intake_status.read_statuses(client) if s.connected]
+    if intake_status.intake_paused(client) or not connected:
         # Devices are not silent when nobody is listening: no mass OFFLINE during an outage.
         log.warning("offline detection skipped: MQTT intake is paused or no subscriber is up")
         return 0
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER)
+    listening_since = max(s.connected_since or now.timestamp() for s in connected)
+    if listening_since > cutoff.timestamp():
+        log.info(
+            "offline detection waits: intake has not listened a whole period yet",
+            listening_s=round(now.timestamp() - listening_since),
+            period_s=settings.DEVICE_OFFLINE_AFTER,
+        )
+        return 0
     events: list[Event] = []
     gone = 0
     with transaction.atomic():
-        silent = Device.objects.filter(last_seen__lt=cutoff).exclude(status=Device.Status.OFFLINE)
-        for device in silent.select_for_update():
+        candidates = list(
+            Device.objects.filter(last_seen__lt=cutoff)
+            .exclude(status=Device.Status.OFFLINE)
+            .select_for_update()
+        )
+        heard = intake_status.last_received(client, [d.device_id for d in candidates])
+        for device in candidates:
+            if heard.get(device.device_id, 0.0) >= cutoff.timestamp():
+                continue  # received recently; its message is still on its way to the database
             events.extend(mark_offline(device, now))
             gone += 1
             log.info("device offline", device_id=device.device_id, last_seen=str(device.last_seen))

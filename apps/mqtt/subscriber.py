@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import redis
 import structlog
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
@@ -138,6 +139,7 @@ class Subscriber:
         self.intake = intake or Intake()
         self.stopping = False
         self.last_message_at: float | None = None
+        self.connected_since: float | None = None
         self.connection = 0  # incremented per connection: acks never cross connections
         self.pending: dict[str, PendingTask] = defaultdict(PendingTask)  # by topic kind
         self.rejections: list[Held] = []
@@ -186,6 +188,7 @@ class Subscriber:
             )
             return
         self.connection += 1
+        self.connected_since = time.time()
         self.connect_backoff.reset()
         log.info(
             "Connected to MQTT Broker",
@@ -432,10 +435,23 @@ class Subscriber:
 
     def _enqueue(self, kind: str, pending: PendingTask) -> None:
         queue = enqueue(KINDS_BY_NAME[kind].task, pending.envelopes).name
+        self._record_received(pending.envelopes)
         metrics.MQTT_MESSAGES_ENQUEUED.labels(queue=queue).inc(len(pending.envelopes))
         metrics.MQTT_BATCH_SIZE.labels(queue=queue).observe(len(pending.envelopes))
         for delivery in pending.deliveries:
             self._ack(delivery)
+
+    def _record_received(self, envelopes: list[Envelope]) -> None:
+        """For offline detection: these devices spoke, even if their messages wait in a queue."""
+        latest: dict[str, float] = {}
+        for envelope in envelopes:
+            latest[envelope.source_id] = max(
+                envelope.received_at, latest.get(envelope.source_id, 0)
+            )
+        try:
+            intake_status.record_received(state_redis(), latest)
+        except redis.RedisError as exc:  # the messages are queued; only this note is missing
+            log.warning("could not record when devices were last heard", error=str(exc))
 
     def _ack(self, delivery: Delivery) -> None:
         # An ack on a later connection could acknowledge a different message with the same
@@ -457,6 +473,7 @@ class Subscriber:
                 connected=connected,
                 last_message_at=self.last_message_at,
                 paused=self.paused,
+                connected_since=self.connected_since if connected else None,
             )
         except Exception as exc:  # Redis down must not stop the loop
             log.warning("could not record subscriber status in Redis", error=str(exc))

@@ -176,6 +176,7 @@ def test_a_silent_device_goes_offline_and_its_next_message_brings_it_back(site, 
     Device.objects.filter(device_id="sensor-001").update(
         last_seen=timezone.now() - timedelta(hours=1)
     )
+    listened_a_period()
     app.send_task(task_name)
     wait_for(
         lambda: Device.objects.get(device_id="sensor-001").status == Device.Status.OFFLINE,
@@ -194,6 +195,37 @@ def test_a_silent_device_goes_offline_and_its_next_message_brings_it_back(site, 
     )
     offline.refresh_from_db()
     assert offline.status == "RESOLVED"
+
+
+def listened_a_period() -> None:
+    """Offline detection judges only after intake has listened DEVICE_OFFLINE_AFTER seconds."""
+    import time
+
+    from django.conf import settings
+
+    from apps.core.intake_status import read_statuses
+    from apps.core.redis_client import state_redis
+
+    def listened() -> bool:
+        since = [s.connected_since for s in read_statuses(state_redis()) if s.connected]
+        return bool(since) and time.time() - max(s or time.time() for s in since) > (
+            settings.DEVICE_OFFLINE_AFTER + 1
+        )
+
+    wait_for(listened, timeout=settings.DEVICE_OFFLINE_AFTER + 30, what="a whole period")
+
+
+def test_the_subscriber_notes_when_each_device_was_last_heard(site):
+    from apps.core.intake_status import last_received
+    from apps.core.redis_client import state_redis
+
+    mqtt_publish(PORT, [("device/sensor-001/telemetry", telemetry(battery=61))])
+    heard = wait_for(
+        lambda: last_received(state_redis(), ["sensor-001", "smoke-301"]),
+        timeout=20,
+        what="the subscriber to note when sensor-001 was heard",
+    )
+    assert set(heard) == {"sensor-001"}
 
 
 def test_subscribers_in_a_shared_group_split_one_stream(
