@@ -125,7 +125,7 @@ class PendingTask:
 
 
 @dataclass(frozen=True)
-class Held:
+class HeldRejection:
     """A rejected message waiting to be dead-lettered: only what the store keeps of it."""
 
     rejection: Rejection
@@ -142,7 +142,7 @@ class Subscriber:
         self.connected_since: float | None = None
         self.connection = 0  # incremented per connection: acks never cross connections
         self.pending: dict[str, PendingTask] = defaultdict(PendingTask)  # by topic kind
-        self.rejections: list[Held] = []
+        self.rejections: list[HeldRejection] = []
         self.recheck: list[Unchecked] = []
         # What the three above hold, bounded by MQTT_HOLD_MAX_MESSAGES / _BYTES (see _shed).
         self.held_messages = 0
@@ -295,7 +295,7 @@ class Subscriber:
                 detail=outcome.detail,
             )
             kept = replace(outcome, payload=payload[: DeadLetter.PAYLOAD_KEEP_BYTES])
-            self.rejections.append(Held(kept, len(payload), unchecked.delivery))
+            self.rejections.append(HeldRejection(kept, len(payload), unchecked.delivery))
             return
         pending = self.pending[outcome.kind]
         if not pending.envelopes:
