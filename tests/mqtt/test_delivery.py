@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,8 @@ import pytest
 from apps.alerts.models import Alert
 from apps.core.envelope import Envelope
 from apps.core.models import DeadLetter, ProcessedMessage
-from apps.core.tasks.celery_settings import QUEUES_BY_NAME, worker_argv
+from apps.core.tasks.celery_settings import PROCESS_DEVICE_TELEMETRY, QUEUES_BY_NAME, worker_argv
 from apps.devices.models import TelemetryReading
-from apps.mqtt.intake import idempotency_key
 from tests import environment
 from tests.environment import free_port
 from tests.factories import create_tenant_with_devices, panic, telemetry
@@ -31,6 +29,34 @@ def numbered_telemetry(count: int, device: str = "sensor-001") -> list[tuple[str
     return [
         (f"device/{device}/telemetry", telemetry(battery=50, msg_id=f"m-{i}")) for i in range(count)
     ]
+
+
+def general_worker(name: str, redis_url: str, log: Path, **env: str) -> Service:
+    """A `general` worker of the test's own, on the test's own Redis, as `make run` starts one."""
+    argv = [sys.executable, "-m", "apps.core.worker", "general"]
+    return Service(name, argv, log, env={**os.environ, "REDIS_URL": redis_url, **env})
+
+
+def telemetry_envelope(key: str, payload: dict[str, object]) -> dict[str, object]:
+    """A sensor-001 telemetry message as the subscriber queues it (key after the `#`)."""
+    topic = "device/sensor-001/telemetry"
+    return Envelope(
+        key=f"{topic}#{key}",
+        topic=topic,
+        source_id="sensor-001",
+        kind="telemetry",
+        payload=payload,
+        received_at=0.0,
+    ).to_message()
+
+
+def send_batches(redis_url: str, batches: list[list[dict[str, object]]]) -> None:
+    """Queue telemetry batches straight into a Redis, as the subscriber would."""
+    from intelliwiz_config.celery import app
+
+    with app.connection_for_write(f"{redis_url}/0") as connection:
+        for batch in batches:
+            app.send_task(PROCESS_DEVICE_TELEMETRY, args=[batch], connection=connection)
 
 
 def test_messages_published_while_the_subscriber_is_down_arrive_once_and_only_once(
@@ -161,23 +187,12 @@ def test_a_critical_alert_overtakes_a_backlog_of_10000_general_messages(
     transactional_db: None,
     tmp_path: Path,
 ):
-    from intelliwiz_config.celery import app
-
     tenant = create_tenant_with_devices("acme", "sensor-001", "panic-007")
-    general_task = "apps.mqtt.tasks.process_device_telemetry"
-    with app.connection_for_write(f"{private_broker}/0") as connection:
-        for i in range(10_000):
-            body = telemetry(msg_id=f"backlog-{i}")
-            sent_at = datetime.fromisoformat(json.loads(body)["timestamp"])
-            envelope = Envelope(
-                key=idempotency_key("device/sensor-001/telemetry", f"backlog-{i}", sent_at, b""),
-                topic="device/sensor-001/telemetry",
-                source_id="sensor-001",
-                kind="telemetry",
-                payload=json.loads(body),
-                received_at=0.0,
-            )
-            app.send_task(general_task, args=[[envelope.to_message()]], connection=connection)
+    # One task per message, as the runbook's system queued them: 10,000 tasks ahead.
+    send_batches(
+        private_broker,
+        [[telemetry_envelope(f"backlog-{i}", json.loads(telemetry()))] for i in range(10_000)],
+    )
 
     start_subscriber(REDIS_URL=private_broker)
     mqtt_publish(PORT, [("alert/panic-007/panic", panic())])
@@ -245,13 +260,7 @@ def test_while_redis_is_down_nothing_is_acknowledged_and_the_broker_keeps_every_
     subscriber.process.wait(10)
 
     redis_service = start_redis(port, tmp_path / "redis")
-    env = {**os.environ, "REDIS_URL": broker_url}
-    worker = Service(
-        "general-private",
-        [sys.executable, "-m", "apps.core.worker", "general"],
-        tmp_path / "worker.log",
-        env=env,
-    )
+    worker = general_worker("general-private", broker_url, tmp_path / "worker.log")
     try:
         start_subscriber(REDIS_URL=broker_url)
         wait_for(
@@ -277,11 +286,8 @@ def test_a_frozen_redis_stalls_nothing_and_loses_nothing(
     broker_url = f"redis://127.0.0.1:{port}"
     create_tenant_with_devices("acme", "sensor-001")
     redis_service = start_redis(port, tmp_path / "redis")
-    worker = Service(
-        "general-private",
-        [sys.executable, "-m", "apps.core.worker", "general"],
-        tmp_path / "worker.log",
-        env={**os.environ, "REDIS_URL": broker_url, "LOG_LEVEL": "INFO"},
+    worker = general_worker(
+        "general-private", broker_url, tmp_path / "worker.log", LOG_LEVEL="INFO"
     )
     try:
         subscriber = start_subscriber(REDIS_URL=broker_url)
@@ -391,36 +397,14 @@ def test_the_subscriber_reconnects_after_a_broker_restart_and_carries_on(
 def test_a_poison_message_is_dead_lettered_alone_after_bounded_retries(
     private_broker: str, transactional_db: None, tmp_path: Path
 ):
-    from apps.core.models import DeadLetter
-    from intelliwiz_config.celery import app
-
     create_tenant_with_devices("acme", "sensor-001")
-    good = Envelope(
-        key="device/sensor-001/telemetry#good",
-        topic="device/sensor-001/telemetry",
-        source_id="sensor-001",
-        kind="telemetry",
-        payload=json.loads(telemetry(battery=70)),
-        received_at=0.0,
-    )
+    good = telemetry_envelope("good", json.loads(telemetry(battery=70)))
     # Passed intake once, but its payload can no longer be read (say, a schema change).
-    poison = Envelope(
-        **{**good.to_message(), "key": "device/sensor-001/telemetry#poison", "payload": {"x": 1}}
-    )
-    env = {**os.environ, "REDIS_URL": private_broker, "TASK_MAX_RETRIES": "1"}
-    worker = Service(
-        "general-poison",
-        [sys.executable, "-m", "apps.core.worker", "general"],
-        tmp_path / "worker.log",
-        env=env,
-    )
+    poison = telemetry_envelope("poison", {"x": 1})
+    log = tmp_path / "worker.log"
+    worker = general_worker("general-poison", private_broker, log, TASK_MAX_RETRIES="1")
     try:
-        with app.connection_for_write(f"{private_broker}/0") as connection:
-            app.send_task(
-                "apps.mqtt.tasks.process_device_telemetry",
-                args=[[good.to_message(), poison.to_message()]],
-                connection=connection,
-            )
+        send_batches(private_broker, [[good, poison]])
         letter = wait_for(
             lambda: DeadLetter.objects.filter(reason="processing_failed").first(),
             timeout=60,
@@ -442,33 +426,13 @@ def test_a_message_of_another_release_is_dead_lettered_and_replayable_not_droppe
 
     from django.core.management import call_command
 
-    from apps.core.models import DeadLetter
-    from intelliwiz_config.celery import app
-
     create_tenant_with_devices("acme", "sensor-001")
-    readable = Envelope(
-        key="device/sensor-001/telemetry#now",
-        topic="device/sensor-001/telemetry",
-        source_id="sensor-001",
-        kind="telemetry",
-        payload=json.loads(telemetry(battery=70)),
-        received_at=0.0,
-    )
+    readable = telemetry_envelope("now", json.loads(telemetry(battery=70)))
     # An envelope written by a release with a field this one does not know.
-    foreign = {**readable.to_message(), "payload": json.loads(telemetry(battery=40)), "v": 9}
-    worker = Service(
-        "general-foreign",
-        [sys.executable, "-m", "apps.core.worker", "general"],
-        tmp_path / "worker.log",
-        env={**os.environ, "REDIS_URL": private_broker},
-    )
+    foreign = {**readable, "payload": json.loads(telemetry(battery=40)), "v": 9}
+    worker = general_worker("general-foreign", private_broker, tmp_path / "worker.log")
     try:
-        with app.connection_for_write(f"{private_broker}/0") as connection:
-            app.send_task(
-                "apps.mqtt.tasks.process_device_telemetry",
-                args=[[readable.to_message(), foreign]],
-                connection=connection,
-            )
+        send_batches(private_broker, [[readable, foreign]])
         letter = wait_for(
             lambda: DeadLetter.objects.filter(reason="unreadable_envelope").first(),
             timeout=60,
@@ -494,34 +458,17 @@ def test_a_retry_that_cannot_be_published_leaves_the_batch_in_the_broker(
     import redis
 
     from apps.monitoring import bus_state
-    from intelliwiz_config.celery import app
 
     create_tenant_with_devices("acme", "sensor-001")
     admin = redis.Redis.from_url(private_broker, decode_responses=True)
     # A worker account that may take tasks but not publish any (as Redis out of memory would).
     admin.execute_command("ACL", "SETUSER", "worker", "on", ">pw", "~*", "&*", "+@all", "-lpush")
     worker_url = private_broker.replace("redis://", "redis://worker:pw@")
-    failing = Envelope(
-        key="device/sensor-001/telemetry#fails",
-        topic="device/sensor-001/telemetry",
-        source_id="sensor-001",
-        kind="telemetry",
-        payload={"x": 1},  # fails in processing, so the task asks for a retry
-        received_at=0.0,
-    )
-    worker = Service(
-        "general-cannot-publish",
-        [sys.executable, "-m", "apps.core.worker", "general"],
-        tmp_path / "worker.log",
-        env={**os.environ, "REDIS_URL": worker_url, "LOG_LEVEL": "INFO"},
-    )
+    failing = telemetry_envelope("fails", {"x": 1})  # fails in processing: a retry is asked
+    log = tmp_path / "worker.log"
+    worker = general_worker("general-cannot-publish", worker_url, log, LOG_LEVEL="INFO")
     try:
-        with app.connection_for_write(f"{private_broker}/0") as connection:
-            app.send_task(
-                "apps.mqtt.tasks.process_device_telemetry",
-                args=[[failing.to_message()]],
-                connection=connection,
-            )
+        send_batches(private_broker, [[failing]])
         wait_for(
             lambda: "could not publish the retry" in worker.log(),
             timeout=60,
@@ -544,9 +491,6 @@ def test_a_batch_that_kills_its_worker_is_split_its_killer_dead_lettered_and_the
 ):
     from django.db import connection
 
-    from apps.core.models import DeadLetter
-    from intelliwiz_config.celery import app
-
     create_tenant_with_devices("acme", "sensor-001")
     # A reading with battery 13 never finishes inserting: SQLite spins in C, where no Python
     # exception (the soft time limit) can reach it, so the hard time limit kills the worker.
@@ -557,14 +501,7 @@ def test_a_batch_that_kills_its_worker_is_split_its_killer_dead_lettered_and_the
             "(SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c); END"
         )
     messages = [
-        Envelope(
-            key=f"device/sensor-001/telemetry#{battery}",
-            topic="device/sensor-001/telemetry",
-            source_id="sensor-001",
-            kind="telemetry",
-            payload=json.loads(telemetry(battery=battery)),
-            received_at=0.0,
-        ).to_message()
+        telemetry_envelope(str(battery), json.loads(telemetry(battery=battery)))
         for battery in [*range(20, 40), 13]
     ]
     argv = worker_argv("general")
@@ -578,27 +515,11 @@ def test_a_batch_that_kills_its_worker_is_split_its_killer_dead_lettered_and_the
         env={**os.environ, "REDIS_URL": private_broker, "TASK_MAX_DELIVERIES": "2"},
     )
     behind = [
-        [
-            Envelope(
-                key=f"device/sensor-001/telemetry#behind-{batch}-{i}",
-                topic="device/sensor-001/telemetry",
-                source_id="sensor-001",
-                kind="telemetry",
-                payload=json.loads(telemetry(battery=50)),
-                received_at=0.0,
-            ).to_message()
-            for i in range(100)
-        ]
+        [telemetry_envelope(f"behind-{batch}-{i}", json.loads(telemetry())) for i in range(100)]
         for batch in range(100)
     ]
     try:
-        with app.connection_for_write(f"{private_broker}/0") as broker:
-            for batch_messages in [messages, *behind]:  # the poison first, 10,000 behind it
-                app.send_task(
-                    "apps.mqtt.tasks.process_device_telemetry",
-                    args=[batch_messages],
-                    connection=broker,
-                )
+        send_batches(private_broker, [messages, *behind])  # the killer first, 10,000 behind it
         letter = wait_for(
             lambda: DeadLetter.objects.filter(reason="poison").first(),
             timeout=120,
@@ -647,12 +568,7 @@ def test_a_flood_while_redis_is_down_is_let_go_not_held_and_qos1_still_arrives(
     assert subscriber.alive()
 
     redis_service = start_redis(port, tmp_path / "redis")
-    worker = Service(
-        "general-after-flood",
-        [sys.executable, "-m", "apps.core.worker", "general"],
-        tmp_path / "worker.log",
-        env={**os.environ, "REDIS_URL": broker_url},
-    )
+    worker = general_worker("general-after-flood", broker_url, tmp_path / "worker.log")
     try:
         wait_for(
             lambda: TelemetryReading.objects.filter(battery=50).count() == 500,
