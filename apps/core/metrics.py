@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client import Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -129,6 +129,13 @@ CIRCUIT_BREAKER_TRANSITIONS = Counter(
     ["service", "state"],
 )
 
+# --- The metric files themselves (apps/core/metric_files.py) -------------------------------
+
+PROCESSES_ARCHIVED = Counter(
+    "metrics_processes_archived_total",
+    "Exited processes whose metric files were folded into the archive files, then deleted",
+)
+
 # --- Read from Redis at scrape time (apps/monitoring/exporter.py) -------------------------
 
 
@@ -184,9 +191,3 @@ def exported_names() -> frozenset[str]:
             for family in value.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])
     return frozenset(names)
-
-
-def forget_process(pid: int) -> None:
-    """Drop the live gauges of a process that exited; its counters stay, as totals must."""
-    directory = str(settings.PROMETHEUS_MULTIPROC_DIR)
-    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

@@ -4,7 +4,8 @@
   the oldest message waiting in a queue (Celery itself stores no send time).
 - Each worker writes a heartbeat per queue it consumes, from its own event loop, so
   `celery_worker_up` costs one Redis SCAN per scrape instead of a broadcast to every worker.
-- A pool child that exits has its live gauges removed from the multiprocess directory.
+- A pool child that exits folds its metric files into the archives of the multiprocess
+  directory (core/metric_files.py), so replaced children leave no files behind.
 
 The readers of what these hooks write are in bus_state.py.
 """
@@ -86,10 +87,10 @@ def stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
 def forget_exited_child(pid: int | None = None, **_: Any) -> None:
     # Imported here: declaring the metrics reads the settings, and this module is loaded while
     # the Celery app is built, before they are.
-    from apps.core import metrics
+    from apps.core import metric_files
 
     if pid is not None and settings.PROMETHEUS_MULTIPROC_DIR.is_dir():
-        metrics.forget_process(pid)
+        metric_files.forget_process(settings.PROMETHEUS_MULTIPROC_DIR, pid)
 
 
 def install(app: Celery) -> None:

@@ -1,27 +1,27 @@
 """/metrics/export/: every process's metrics on this host plus the bus state read from Redis.
 
 Processes write their metrics into PROMETHEUS_MULTIPROC_DIR (prometheus_client multiprocess
-mode); each scrape sums those files and adds gauges computed from Redis at that moment, so the
-queue depths, workers and breakers shown are never older than the scrape.
+mode); each scrape folds the files of dead processes into the archives (core/metric_files.py),
+sums the files and adds gauges computed from Redis at that moment, so the queue depths, workers
+and breakers shown are never older than the scrape.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import psutil
 import redis
 import structlog
 from django.conf import settings
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from apps.core import metrics
 from apps.core.circuit_breaker import CLOSED, HALF_OPEN, OPEN
 from apps.core.intake_status import read_statuses
+from apps.core.metric_files import ArchivingCollector
 from apps.monitoring import bus_state
 
 log = structlog.get_logger(__name__)
@@ -92,18 +92,8 @@ class BusStateCollector(Collector):
         return family
 
 
-def forget_dead_processes(directory: Path) -> None:
-    """Drop live gauges left by processes that died without saying so (SIGKILL, a crash)."""
-    for path in directory.glob("gauge_live*_*.db"):
-        pid = path.stem.rpartition("_")[2]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            metrics.forget_process(int(pid))
-
-
 def render_metrics(client: redis.Redis[str]) -> bytes:
-    directory: Path = settings.PROMETHEUS_MULTIPROC_DIR
-    forget_dead_processes(directory)
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    registry.register(ArchivingCollector(settings.PROMETHEUS_MULTIPROC_DIR))
     registry.register(BusStateCollector(client))
     return generate_latest(registry)

@@ -298,11 +298,13 @@ def _quote_value(value: str) -> str:
 
 
 def reset_metrics_dir() -> None:
-    """Start the metrics from zero: files left by an earlier run's pids would be summed in."""
+    """Start the metrics from zero: an earlier run's files and archives would be summed in."""
     directory: Path = settings.PROMETHEUS_MULTIPROC_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()
+    # Every file: a merge the last run left unfinished (core/metric_files.py) must not resume.
+    for stale in directory.iterdir():
+        if stale.is_file():
+            stale.unlink()
 
 
 def prepare(paths: StackPaths) -> list[Program]:

@@ -4,8 +4,7 @@ Beat sends one canary to every queue every CANARY_INTERVAL_SECONDS at top priori
 (celery_settings.BEAT_SCHEDULE); the worker that runs it records the time under
 `health:canary:<queue>`, read by bus_state for health and /metrics/export/.
 A queue nobody consumes collects one canary per interval; a returning worker clears them in
-moments. The canary records no process metric: on ml_training every task gets a fresh child
-process, and each would leave a metrics file behind.
+moments. The canary records no process metric.
 """
 
 from __future__ import annotations

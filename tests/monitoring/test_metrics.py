@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from django.conf import settings
 from django.test import Client
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from apps.core import metric_files
 from apps.core.intake_status import write_status
 from apps.monitoring.exporter import render_metrics
 from apps.monitoring.tasks import canary
@@ -121,7 +125,7 @@ def test_breakers_and_connected_subscribers_are_read_from_redis_at_scrape_time(
     assert value(samples, "celery_mqtt_subscriber_connected_total") == 2
 
 
-def test_live_gauges_of_a_process_that_died_without_notice_are_dropped(
+def test_a_process_that_died_without_notice_loses_its_live_gauges_and_its_files_at_a_scrape(
     client: Client, redis_client: object
 ):
     directory: Path = settings.PROMETHEUS_MULTIPROC_DIR
@@ -144,7 +148,7 @@ def test_live_gauges_of_a_process_that_died_without_notice_are_dropped(
     samples = scrape(client)
 
     assert (value(samples, "websocket_connections_active") or 0) < 3
-    assert not (directory / f"gauge_livesum_{pid}.db").exists()
+    assert not list(directory.glob(f"*_{pid}.db"))
 
 
 def test_an_unreachable_redis_is_reported_as_a_metric_not_as_an_error():
@@ -206,3 +210,210 @@ def test_after_real_traffic_the_bus_counters_have_moved(client: Client, bus: Ser
         lambda samples: all(grew(samples, name, **labels) for name, labels in checks),
         what="every bus counter to move",
     )
+
+
+# --- The files of dead processes, folded into the archives (apps/core/metric_files.py) ------
+
+# Any process recording metrics: a counter, a histogram and a gauge of each kind of fate.
+RECORDER = """
+import os, sys
+from prometheus_client import Counter, Gauge, Histogram
+amount = float(sys.argv[1])
+Counter("jobs", "Jobs done", ["kind"]).labels("batch").inc(amount)
+Histogram("job_seconds", "Job run time", buckets=(1, 2, 4)).observe(amount / 2)
+Gauge("peak_batch", "Largest batch of any process", multiprocess_mode="max").set(amount)
+Gauge("busy", "Processes at work", multiprocess_mode="livesum").set(1)
+Gauge("resident_bytes", "Memory of each process", multiprocess_mode="all").set(amount * 1024)
+print(os.getpid(), flush=True)
+sys.stdin.read()  # until the test lets it go
+"""
+# What must never move when a dead process's files are folded in.
+TOTALS = ("jobs_total", "job_seconds_bucket", "job_seconds_count", "job_seconds_sum", "peak_batch")
+
+
+def recording_env(directory: Path) -> dict[str, str]:
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+
+
+def dead_recorder(directory: Path, amount: float) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", RECORDER, str(amount)],
+        env=recording_env(directory),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(done.stdout)
+
+
+@pytest.fixture
+def live_recorder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A recorder that stays alive (amount 5) in tmp_path until the end of the test."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", RECORDER, "5"],
+        env=recording_env(tmp_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    wait_for(
+        lambda: value(recorded(tmp_path), "resident_bytes", pid=str(process.pid)) == 5 * 1024,
+        timeout=30,
+        what="the live recorder's metrics",
+    )
+    yield process
+    assert process.stdin is not None
+    process.stdin.close()
+    process.wait(timeout=30)
+
+
+def samples_of(families: Iterable[Metric]) -> Samples:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families
+        for sample in family.samples
+    }
+
+
+def recorded(directory: Path) -> Samples:
+    """What a scrape of `directory` shows, read without folding anything."""
+    return samples_of(MultiProcessCollector(None, str(directory)).collect())
+
+
+def scrape_dir(directory: Path) -> Samples:
+    """A scrape of `directory` as /metrics/export/ makes it: dead processes are folded first."""
+    return samples_of(metric_files.ArchivingCollector(directory).collect())
+
+
+def totals(samples: Samples) -> Samples:
+    return {key: number for key, number in samples.items() if key[0] in TOTALS}
+
+
+def contents(directory: Path, pattern: str = "*") -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.glob(pattern))}
+
+
+def test_a_dead_process_files_are_folded_into_archives_and_no_total_moves(
+    tmp_path: Path, live_recorder: subprocess.Popen[str]
+):
+    dead = dead_recorder(tmp_path, 3)
+    live_files = contents(tmp_path, f"*_{live_recorder.pid}.db")
+    before = recorded(tmp_path)
+    assert value(before, "jobs_total", kind="batch") == 3 + 5
+
+    after = scrape_dir(tmp_path)
+
+    assert not list(tmp_path.glob(f"*_{dead}.db"))
+    assert sorted(path.name for path in tmp_path.glob("*_archive.db")) == [
+        "counter_archive.db",
+        "gauge_max_archive.db",
+        "histogram_archive.db",
+    ]
+    assert totals(after) == totals(before)
+    assert value(after, "peak_batch") == 5
+    # The gauges that only speak for a process (per pid, or living ones) went with it.
+    assert value(after, "resident_bytes", pid=str(dead)) is None
+    assert value(after, "resident_bytes", pid=str(live_recorder.pid)) == 5 * 1024
+    assert value(after, "busy") == 1
+    assert contents(tmp_path, f"*_{live_recorder.pid}.db") == live_files
+
+    folded = contents(tmp_path)
+    assert scrape_dir(tmp_path) == after
+    assert contents(tmp_path) == folded
+
+
+def test_a_pool_child_folds_its_own_files_as_it_exits_counting_itself(tmp_path: Path):
+    exiting_child = (
+        "import django; django.setup()\n"
+        "import os\n"
+        "from apps.core.metrics import TASKS_SUCCEEDED\n"
+        "from apps.monitoring.celery_hooks import forget_exited_child\n"
+        "TASKS_SUCCEEDED.labels('canary', 'ml_training').inc(2)\n"
+        "forget_exited_child(pid=os.getpid(), exitcode=0)\n"
+        "print(os.getpid())\n"
+    )
+    pid = subprocess.run(
+        [sys.executable, "-c", exiting_child],
+        cwd=ROOT,
+        env=recording_env(tmp_path),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+
+    assert not list(tmp_path.glob(f"*_{pid}.db"))
+    samples = recorded(tmp_path)
+    labels = {"task": "canary", "queue": "ml_training"}
+    assert value(samples, "celery_tasks_succeeded_total", **labels) == 2
+    assert value(samples, "metrics_processes_archived_total") == 1
+
+
+def test_a_merge_cut_short_after_its_commit_is_finished_once_before_anything_reads(
+    tmp_path: Path,
+):
+    dead = dead_recorder(tmp_path, 3)
+    dead_files = sorted(tmp_path.glob(f"*_{dead}.db"))
+    dead_contents = contents(tmp_path, f"*_{dead}.db")
+    before = recorded(tmp_path)
+
+    metric_files.commit_merge(tmp_path, dead_files)
+    assert recorded(tmp_path) == before  # committed, nothing visible yet
+    journal = (tmp_path / metric_files.JOURNAL).read_bytes()
+    metric_files.finish_merge(tmp_path)
+    # As if it crashed after renaming the archives, before deleting the dead files and journal:
+    # read as they are, the dead process would count twice.
+    for name, content in dead_contents.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / metric_files.JOURNAL).write_bytes(journal)
+
+    after = scrape_dir(tmp_path)
+
+    assert totals(after) == totals(before)
+    assert not list(tmp_path.glob(f"*_{dead}.db"))
+    assert not (tmp_path / metric_files.JOURNAL).exists()
+
+
+def test_processes_folding_the_same_dead_files_at_once_fold_each_file_once(tmp_path: Path):
+    directory, merger_metrics = tmp_path / "metrics", tmp_path / "merger-metrics"
+    directory.mkdir()
+    dead = [dead_recorder(directory, amount) for amount in range(1, 7)]
+    before = recorded(directory)
+    merger = (
+        "import django; django.setup()\n"
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from apps.core.metric_files import ArchivingCollector\n"
+        "Path(sys.argv[2]).touch()\n"
+        "sys.stdin.readline()\n"
+        "ArchivingCollector(Path(sys.argv[1])).collect()\n"
+    )
+    ready = [tmp_path / f"ready-{n}" for n in range(4)]
+    mergers = [
+        subprocess.Popen(
+            [sys.executable, "-c", merger, str(directory), str(flag)],
+            cwd=ROOT,
+            env=recording_env(merger_metrics),
+            stdin=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    try:
+        wait_for(lambda: all(flag.exists() for flag in ready), timeout=60, what="every merger")
+        for process in mergers:  # released together
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        assert [process.wait(timeout=60) for process in mergers] == [0] * len(mergers)
+    finally:
+        for process in mergers:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+
+    assert not [path for pid in dead for path in directory.glob(f"*_{pid}.db")]
+    assert totals(recorded(directory)) == totals(before)
+    assert value(recorded(merger_metrics), "metrics_processes_archived_total") == len(dead)
