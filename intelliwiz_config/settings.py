@@ -235,6 +235,9 @@ elif not DEBUG:
 
 # A group membership lapses after this many seconds unless renewed; NOC connections renew theirs.
 CHANNELS_GROUP_EXPIRY = env_int("CHANNELS_GROUP_EXPIRY", 86400, minimum=2)
+# Events that may wait for one Daphne process (shared by all its clients) before new ones are
+# dropped: 100, channels_redis's default, is lost in one burst of alerts to a busy NOC.
+CHANNELS_CAPACITY = env_int("CHANNELS_CAPACITY", 5000, minimum=100)
 _channel_layer_config: dict[str, object] = {
     # The read timeout outlasts the layer's own 5 s blocking receive (channels_redis).
     "hosts": [
@@ -245,6 +248,9 @@ _channel_layer_config: dict[str, object] = {
         }
     ],
     "group_expiry": CHANNELS_GROUP_EXPIRY,
+    # Messages waiting for one Daphne process (all its clients share one Redis list) or one
+    # receiver; beyond this, group messages are dropped and counted (noc_events_dropped_total).
+    "capacity": CHANNELS_CAPACITY,
 }
 if CHANNELS_ENCRYPTION_KEY:
     _channel_layer_config["symmetric_encryption_keys"] = [CHANNELS_ENCRYPTION_KEY]
@@ -308,6 +314,9 @@ NOC_MAX_MESSAGES_PER_MINUTE = env_int("NOC_MAX_MESSAGES_PER_MINUTE", 100, minimu
 NOC_MAX_FRAME_BYTES = env_int("NOC_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
 # Telemetry updates per client are conflated to at most one per this many milliseconds.
 NOC_TELEMETRY_MIN_INTERVAL_MS = env_int("NOC_TELEMETRY_MIN_INTERVAL_MS", 250, minimum=0)
+# Daphne never blocks a send: a client that stops reading would make it hold every event in
+# memory. One whose unacknowledged events (after its snapshot) exceed this is cut off (4408).
+NOC_MAX_UNACKED_BYTES = env_int("NOC_MAX_UNACKED_BYTES", 4 * 1024 * 1024, minimum=64 * 1024)
 
 # --- Celery (queues and routes live in apps/core/tasks/celery_settings.py) -----------------
 
@@ -362,6 +371,9 @@ TASK_MAX_RETRIES = env_int("TASK_MAX_RETRIES", 5, minimum=0)
 # Deliveries of one batch that may kill their worker (a crash, the hard time limit) before it is
 # split into single messages, and a single one dead-lettered (reason poison).
 TASK_MAX_DELIVERIES = env_int("TASK_MAX_DELIVERIES", 3, minimum=1)
+# NOC events whose sending was never confirmed (the process died after its commit, or the channel
+# layer failed) are resent by beat once they are this old (apps/core/outbox.py).
+BROADCAST_RESEND_AFTER_SECONDS = env_int("BROADCAST_RESEND_AFTER_SECONDS", 30, minimum=1)
 # How long a processed message's idempotency key is kept: a redelivery older than this would be
 # processed again, so it must outlast the broker session (MQTT_SESSION_EXPIRY) by far.
 IDEMPOTENCY_RETENTION_DAYS = env_int("IDEMPOTENCY_RETENTION_DAYS", 7, minimum=1)

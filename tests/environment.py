@@ -46,6 +46,8 @@ os.environ.update(
         "LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "WARNING"),
         # The shortest silence that makes a device OFFLINE: tests wait a whole period of it.
         "DEVICE_OFFLINE_AFTER": "10",
+        # Unconfirmed NOC events are resent by the resend task once this old (core/outbox.py).
+        "BROADCAST_RESEND_AFTER_SECONDS": "2",
         "PYTHONUNBUFFERED": "1",
     }
 )

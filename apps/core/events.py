@@ -8,6 +8,7 @@ NOC's WebSocket consumer (apps/noc/consumers.py) has one handler per `EventType`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -44,11 +45,20 @@ def tenant_group(tenant_id: int) -> str:
     return f"noc.tenant.{int(tenant_id)}"
 
 
-def broadcast_events(events: list[Event]) -> int:
-    """Send events in one event-loop pass; the number the channel layer took."""
+def broadcast_events(
+    events: list[Event],
+    on_sent: Callable[[int], object] | None = None,
+    ids: list[str] | None = None,
+) -> int:
+    """Send events in one event-loop pass; the number the channel layer took.
+
+    `on_sent(i)` is called as soon as the layer took `events[i]` (the outbox marks it sent).
+    `ids[i]`, when given, goes with `events[i]` as `id`: an event sent again (a resend after an
+    unconfirmed send) has the same id, and the NOC consumer shows it once.
+    """
     if not events:
         return 0
-    return int(async_to_sync(_send_all)(events))
+    return int(async_to_sync(_send_all)(events, on_sent, ids))
 
 
 def broadcast_to_noc_dashboard(message_type: str, data: dict[str, Any], *, tenant_id: int) -> bool:
@@ -59,17 +69,20 @@ def broadcast_to_noc_dashboard(message_type: str, data: dict[str, Any], *, tenan
     return broadcast_events([Event(tenant_id, EventType(message_type), data)]) == 1
 
 
-async def _send_all(events: list[Event]) -> int:
+async def _send_all(
+    events: list[Event], on_sent: Callable[[int], object] | None, ids: list[str] | None
+) -> int:
     layer = get_channel_layer()
     sent = 0
-    for event in events:
+    for index, event in enumerate(events):
         message_type = event.message_type.value  # the consumer's handler of the same name
         try:
             if layer is None:
                 raise RuntimeError("CHANNEL_LAYERS is not configured")
-            await layer.group_send(
-                tenant_group(event.tenant_id), {"type": message_type, "data": event.data}
-            )
+            message: dict[str, Any] = {"type": message_type, "data": event.data}
+            if ids is not None:
+                message["id"] = ids[index]
+            await layer.group_send(tenant_group(event.tenant_id), message)
         except Exception as exc:  # counted and logged; the data is already stored
             metrics.WEBSOCKET_BROADCAST_FAILURE.labels(message_type=message_type).inc()
             log.error(
@@ -82,4 +95,6 @@ async def _send_all(events: list[Event]) -> int:
         else:
             metrics.WEBSOCKET_BROADCAST_SUCCESS.labels(message_type=message_type).inc()
             sent += 1
+            if on_sent is not None:
+                on_sent(index)
     return sent

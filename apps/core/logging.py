@@ -19,6 +19,22 @@ _SHARED_PROCESSORS: list[structlog.types.Processor] = [
 ]
 
 
+class CountChannelLayerDrops(logging.Filter):
+    """channels_redis drops a group message for each channel already holding its capacity
+    (CHANNELS_CAPACITY) and says so only at INFO: count each drop
+    (`noc_events_dropped_total{reason="channel_full"}`) and log it as a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "channels over capacity" in record.msg:
+            from apps.core import metrics  # the metrics read the settings, not yet loaded here
+
+            args = record.args if isinstance(record.args, tuple) else ()
+            dropped = int(str(args[0])) if args and str(args[0]).isdigit() else 1
+            metrics.NOC_EVENTS_DROPPED.labels(reason="channel_full").inc(dropped)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure_logging(*, level: str, fmt: str) -> None:
     renderer: structlog.types.Processor
     if fmt == "json":
@@ -40,6 +56,7 @@ def configure_logging(*, level: str, fmt: str) -> None:
                     "foreign_pre_chain": _SHARED_PROCESSORS,
                 }
             },
+            "filters": {"channel_layer_drops": {"()": CountChannelLayerDrops}},
             "handlers": {
                 "console": {"class": "logging.StreamHandler", "formatter": "structured"},
             },
@@ -48,6 +65,8 @@ def configure_logging(*, level: str, fmt: str) -> None:
                 # Quiet libraries that log every connection at INFO.
                 "daphne": {"level": "WARNING"},
                 "django.channels.server": {"level": "WARNING"},
+                # Its one word on dropped NOC events is at INFO: counted and raised to WARNING.
+                "channels_redis.core": {"level": "INFO", "filters": ["channel_layer_drops"]},
             },
         }
     )

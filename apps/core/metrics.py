@@ -115,10 +115,21 @@ WEBSOCKET_BROADCAST_FAILURE = Counter(
     "Broadcasts the channel layer refused or failed, by event type",
     ["message_type"],
 )
+BROADCASTS_RESENT = Counter(
+    "bus_broadcasts_resent_total",
+    "Committed NOC events resent by beat because their first sending was never confirmed",
+)
 WEBSOCKET_CONNECTIONS = Gauge(
     "websocket_connections_active",
     "Open NOC WebSocket connections",
     multiprocess_mode="livesum",
+)
+NOC_EVENTS_DROPPED = Counter(
+    "noc_events_dropped_total",
+    "NOC messages not sent to a client, by reason (client_behind: cut off, unacknowledged; "
+    "channel_full: the channel layer held CHANNELS_CAPACITY for it already; duplicate: an "
+    "event resent after an unconfirmed send, shown once)",
+    ["reason"],
 )
 
 # --- Outbound calls -----------------------------------------------------------------------

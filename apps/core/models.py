@@ -1,4 +1,5 @@
-"""Delivery bookkeeping shared by every message kind: the idempotency ledger and dead letters."""
+"""Delivery bookkeeping shared by every message kind: the idempotency ledger, dead letters and
+the broadcast outbox."""
 
 from __future__ import annotations
 
@@ -53,3 +54,17 @@ class DeadLetter(models.Model):
 
     def payload_text(self) -> str:
         return bytes(self.payload).decode("utf-8", errors="replace")
+
+
+class PendingBroadcast(models.Model):
+    """NOC events of a committed transaction not yet known to be sent (apps/core/outbox.py).
+
+    Written in the same transaction as the effects the events describe; deleted once they have
+    reached the channel layer, so a process that dies in between leaves it here to be resent.
+    """
+
+    events = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{len(self.events)} events of {self.created_at:%Y-%m-%d %H:%M:%S}"

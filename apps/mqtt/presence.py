@@ -17,7 +17,8 @@ from django.utils import timezone
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, clear_alert, raise_alert
 from apps.core import intake_status
-from apps.core.events import Event, broadcast_events
+from apps.core.events import Event
+from apps.core.outbox import broadcast_on_commit
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import DETECT_OFFLINE_DEVICES
 from apps.devices.models import Device
@@ -106,5 +107,5 @@ def detect_offline_devices() -> int:
             events.extend(mark_offline(device, now))
             gone += 1
             log.info("device offline", device_id=device.device_id, last_seen=str(device.last_seen))
-        transaction.on_commit(lambda: broadcast_events(events))
+        broadcast_on_commit(events)
     return gone

@@ -5,6 +5,13 @@ Authentication happens before anything is sent or any group joined: a JWT in the
 sent an allowed Origin. Refusals close with 4401 (who are you?) or 4403 (not for you); the
 handshake completes only to carry that code. There is one handler per apps.core.events.EventType,
 named after it.
+
+Flow control: Daphne's send never blocks, so a client that stops reading (asleep, a dead link)
+would have it buffer every event in memory. The client acknowledges what it has handled
+(`{"type": "ack", "seq": n}`); once more than NOC_MAX_UNACKED_BYTES sent after the snapshot are
+unacknowledged, the client is cut off: what is left for it is dropped and counted
+(`noc_events_dropped_total{reason="client_behind"}`) and it is closed with 4408, to reconnect
+for a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from pydantic import ValidationError
 from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
 from apps.alerts.services import TransitionError, serialize_alert, transition
 from apps.core import metrics
-from apps.core.events import broadcast_events, tenant_group
+from apps.core.events import tenant_group
+from apps.core.outbox import broadcast_on_commit
 from apps.devices.models import Device
 from apps.devices.services import device_state
 from apps.noc import auth
 from apps.noc.messages import (
+    Ack,
     AcknowledgeAlert,
     Filters,
     Heartbeat,
@@ -44,6 +53,7 @@ from apps.tenants.models import User
 log = structlog.get_logger(__name__)
 
 CLOSE_TOO_MANY_MESSAGES = 4429
+CLOSE_CLIENT_BEHIND = 4408
 CLOSE_SERVER_ERROR = 4500
 # Application codes: Daphne (autobahn) may only send 1000 or 3000-4999.
 CLOSE_MESSAGE_TOO_BIG = 4009
@@ -60,6 +70,22 @@ def _bearer_token(scope: dict[str, Any]) -> str | None:
 
 def _has_origin(scope: dict[str, Any]) -> bool:
     return any(name.lower() == b"origin" for name, _ in scope.get("headers", []))
+
+
+class Unacknowledged:
+    """The messages sent to a client that it has not acknowledged yet: their seq and size."""
+
+    def __init__(self) -> None:
+        self.sent: deque[tuple[int, int]] = deque()
+        self.bytes = 0
+
+    def add(self, seq: int, size: int) -> None:
+        self.sent.append((seq, size))
+        self.bytes += size
+
+    def acknowledge(self, seq: int) -> None:
+        while self.sent and self.sent[0][0] <= seq:
+            self.bytes -= self.sent.popleft()[1]
 
 
 @database_sync_to_async
@@ -83,13 +109,44 @@ def _authenticate(scope: dict[str, Any]) -> tuple[User, float | None]:
     return user, expires_at
 
 
+class RecentIds:
+    """The ids of the last events handled, so an event sent twice (core/outbox.py) shows once."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.order: deque[str] = deque()
+        self.ids: set[str] = set()
+        self.size = size
+
+    def first_time(self, event_id: str) -> bool:
+        if event_id in self.ids:
+            return False
+        self.ids.add(event_id)
+        self.order.append(event_id)
+        if len(self.order) > self.size:
+            self.ids.discard(self.order.popleft())
+        return True
+
+
 class NocDashboardConsumer(AsyncWebsocketConsumer):
     user: User
     tenant_id: int
     group: str
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        event_id = message.get("id")
+        if isinstance(event_id, str) and not self.recent_ids.first_time(event_id):
+            metrics.NOC_EVENTS_DROPPED.labels(reason="duplicate").inc()
+            return
+        await super().dispatch(message)
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.recent_ids = RecentIds()
+        await super().websocket_connect(message)
+
     async def connect(self) -> None:
         self.seq = 0
+        self.unacknowledged = Unacknowledged()
+        self.cut_off = False
         self.filters: Filters | None = Filters()
         self.recent: deque[float] = deque()
         self.tasks: list[asyncio.Task[None]] = []
@@ -115,7 +172,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         self.tasks.append(asyncio.create_task(self._renew_membership()))
         if expires_at is not None:
             self.tasks.append(asyncio.create_task(self._close_at(expires_at)))
-        await self._send_event("snapshot", await self._snapshot())
+        await self._send_event("snapshot", await self._snapshot(), flow_controlled=False)
         log.info("NOC client connected", user=self.user.username, tenant_id=self.tenant_id)
 
     async def disconnect(self, code: int) -> None:
@@ -179,7 +236,9 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             where = ".".join(str(part) for part in first["loc"]) or "message"
             await self._send_event("error", {"error": f"{where}: {first['msg']}"})
             return
-        if isinstance(message, Heartbeat):
+        if isinstance(message, Ack):
+            self.unacknowledged.acknowledge(message.seq)
+        elif isinstance(message, Heartbeat):
             await self._send_event("heartbeat_ack", {"server_time": time.time()})
         elif isinstance(message, Subscribe):
             self.filters = message.filters
@@ -223,7 +282,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
                 event = transition(alert, target, by=self.user, note=note)
             except TransitionError as exc:
                 return str(exc)
-            transaction.on_commit(lambda: broadcast_events([event]))
+            broadcast_on_commit([event])
         return None
 
     # --- server → client: handlers named after the event types ---------------------------------
@@ -282,10 +341,33 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             filters.device is None or device.get("device_id") == filters.device
         )
 
-    async def _send_event(self, message_type: str, data: dict[str, Any]) -> None:
+    async def _send_event(
+        self, message_type: str, data: dict[str, Any], *, flow_controlled: bool = True
+    ) -> None:
+        """Number and send one message; the snapshot alone is exempt from the flow control."""
+        if not self.cut_off and self.unacknowledged.bytes > settings.NOC_MAX_UNACKED_BYTES:
+            await self._cut_off()
+        if self.cut_off:
+            metrics.NOC_EVENTS_DROPPED.labels(reason="client_behind").inc()
+            return
         self.seq += 1
+        frame = json.dumps({"type": message_type, "seq": self.seq, **data})
+        if flow_controlled:
+            self.unacknowledged.add(self.seq, len(frame))  # ASCII: json.dumps escapes the rest
         with contextlib.suppress(Exception):  # the client may be gone already
-            await self.send(text_data=json.dumps({"type": message_type, "seq": self.seq, **data}))
+            await self.send(text_data=frame)
+
+    async def _cut_off(self) -> None:
+        self.cut_off = True
+        log.warning(
+            "NOC client behind; closing it",
+            user=self.user.username,
+            client=self.scope.get("client"),
+            unacknowledged_bytes=self.unacknowledged.bytes,
+            hint="it did not acknowledge (ack) what it was sent: asleep, a dead or slow link; "
+            "the limit is NOC_MAX_UNACKED_BYTES",
+        )
+        await self.close(code=CLOSE_CLIENT_BEHIND)
 
     @database_sync_to_async
     def _snapshot(self) -> dict[str, Any]:

@@ -44,8 +44,15 @@ class Heartbeat(_ClientMessage):
     type: Literal["heartbeat"]
 
 
+class Ack(_ClientMessage):
+    """The client has handled every message up to `seq`; the server holds only what follows."""
+
+    type: Literal["ack"]
+    seq: int = Field(ge=0)
+
+
 ClientMessage = Annotated[
-    Subscribe | Unsubscribe | AcknowledgeAlert | ResolveAlert | Heartbeat,
+    Subscribe | Unsubscribe | AcknowledgeAlert | ResolveAlert | Heartbeat | Ack,
     Field(discriminator="type"),
 ]
 client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)

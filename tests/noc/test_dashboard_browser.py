@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 from tests import environment
 from tests.factories import OPERATOR_PASSWORD, create_tenant_with_devices, operator, panic
-from tests.services import Service, mqtt_publish
+from tests.services import Service, metric, mqtt_publish
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -91,3 +94,78 @@ def test_the_dashboard_requires_a_login(daphne_server: int, browser: Any, redis_
     page.goto(f"http://127.0.0.1:{daphne_server}/noc/")
     assert "/accounts/login/" in page.url
     assert page.locator("#sign-in").count() == 1
+
+
+def stream_device_updates(page: Any, tenant_id: int, *, stop_when: str = "false") -> None:
+    """Send the page a quarter more than NOC_MAX_UNACKED_BYTES of device updates, at its pace.
+
+    Stops early once the JavaScript condition `stop_when` holds.
+    """
+    from apps.core.events import Event, EventType, broadcast_events
+
+    def updates(batteries: range) -> None:
+        # 2 KB of padding per update; the page shows only the fields it knows.
+        data = {"device_id": "panic-007", "status": "ONLINE", "site": "", "padding": "x" * 2000}
+        events = [
+            Event(tenant_id, EventType.DEVICE_STATUS, {**data, "battery": n}) for n in batteries
+        ]
+        broadcast_events(events)
+
+    count = 5 * settings.NOC_MAX_UNACKED_BYTES // 4 // 2000
+    # Sent from another thread: async_to_sync refuses the one Playwright runs its loop in. 50 at
+    # a time fit the channel layer's 100 messages per Daphne process.
+    with ThreadPoolExecutor(1) as sender:
+        for start in range(0, count, 50):
+            last = min(count, start + 50) - 1
+            sender.submit(updates, range(start, last + 1)).result()
+            page.wait_for_function(
+                f"n => devices.get('panic-007').battery === n || ({stop_when})",
+                arg=last,
+                timeout=10_000,
+            )
+            if page.evaluate(f"() => {stop_when}"):
+                return
+
+
+def test_the_dashboard_acknowledges_what_it_reads_so_a_long_stream_never_cuts_it_off(
+    daphne_server: int, browser: Any, redis_client: object
+):
+    acme = create_tenant_with_devices("acme", "panic-007")
+    operator(acme, "alice")
+    page = signed_in_page(browser, daphne_server, "alice")
+    page.evaluate("() => { window.firstSocket = socket; }")
+    dropped_before = metric("noc_events_dropped_total", reason="client_behind")
+
+    stream_device_updates(page, acme.pk, stop_when="socket !== window.firstSocket")
+
+    assert page.evaluate("() => socket === window.firstSocket"), "the dashboard reconnected"
+    assert metric("noc_events_dropped_total", reason="client_behind") == dropped_before
+
+
+def test_a_dashboard_cut_off_for_not_acknowledging_reconnects_to_a_fresh_snapshot(
+    daphne_server: int, browser: Any, redis_client: object
+):
+    from apps.alerts.services import AlertSignal, raise_alert
+    from apps.devices.models import Device
+
+    acme = create_tenant_with_devices("acme", "panic-007")
+    operator(acme, "alice")
+    page = signed_in_page(browser, daphne_server, "alice")
+    page.evaluate(
+        "() => { window.ack = () => {}; window.closeCodes = [];"
+        " socket.addEventListener('close', (event) => closeCodes.push(event.code)); }"
+    )
+    # Stored but never broadcast: only a fresh snapshot can show it.
+    device = Device.objects.get(device_id="panic-007")
+    signal = AlertSignal(
+        device=device, alert_type="PANIC", severity="CRITICAL", seen_at=datetime.now(tz=UTC)
+    )
+    alert_id = raise_alert(signal).data["id"]
+    dropped_before = metric("noc_events_dropped_total", reason="client_behind")
+
+    stream_device_updates(page, acme.pk, stop_when="closeCodes.length > 0")
+
+    page.wait_for_selector(f"#alerts tbody tr[data-alert-id='{alert_id}']", timeout=15_000)
+    assert page.evaluate("() => closeCodes") == [4408]
+    assert page.locator("#connection.state-open").count() == 1
+    assert metric("noc_events_dropped_total", reason="client_behind") > dropped_before

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import copy
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
+import psutil
 import pytest
 import redis
 from django.conf import settings
+from django.test import override_settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -27,7 +33,7 @@ from apps.tenants.models import Tenant, User
 from tests import environment
 from tests.conftest import start_daphne
 from tests.factories import create_tenant_with_devices, operator, panic
-from tests.services import Service, mqtt_publish, wait_for
+from tests.services import Service, metric, mqtt_publish, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -363,10 +369,13 @@ def test_a_long_lived_connection_outlives_the_channel_layers_group_expiry(
             )
             return await until_type(ws, "device_status")
 
+    # This test process's channel layer must expire groups the same way as the server's; the
+    # setting's change (on entry and on exit) makes Channels build its layer afresh, so no later
+    # test inherits a layer that drops every group member older than 2 s.
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["group_expiry"] = expiry
     try:
-        # This test process's channel layer must expire groups the same way as the server's.
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setitem(settings.CHANNEL_LAYERS["default"]["CONFIG"], "group_expiry", expiry)
+        with override_settings(CHANNEL_LAYERS=layers):
             assert asyncio.run(listen())["status"] == "OFFLINE"
     finally:
         service.stop()
@@ -462,3 +471,119 @@ def test_telemetry_is_conflated_to_the_latest_values_per_device(daphne_server, a
     updates = asyncio.run(watch())
     assert len(updates) < 10, f"{len(updates)} updates for 50 readings: not conflated"
     assert sum(update["messages"] for update in updates) == 50
+
+
+def stalled_client(port: int, token: str) -> socket.socket:
+    """A client that completes the WebSocket handshake and then never reads again."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws/noc/dashboard/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += sock.recv(1)  # the response head only: not one byte of the stream after it
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def still_connected(sock: socket.socket) -> bool:
+    """Whether the kernel still holds this client's connection as established."""
+    local = sock.getsockname()
+    return any(
+        tuple(conn.laddr) == local and conn.status == psutil.CONN_ESTABLISHED
+        for conn in psutil.Process().net_connections(kind="tcp")
+    )
+
+
+def test_a_stalled_client_is_cut_off_and_counted_and_does_not_delay_a_colleagues_alert(
+    daphne_server, alice
+):
+    from apps.core.events import Event, EventType, broadcast_events
+
+    token = issue_access_token(alice)
+    # Twice what a client may leave unacknowledged, in the largest alerts a device can send,
+    # sent 50 at a time: the channel layer holds 100 messages per Daphne process.
+    message = "x" * 2000
+    chunks = [
+        range(start, start + 50)
+        for start in range(0, 2 * settings.NOC_MAX_UNACKED_BYTES // 2000, 50)
+    ]
+    dropped_before = metric("noc_events_dropped_total", reason="client_behind")
+
+    def broadcast(message_type: EventType, alert_ids: Iterable[int]) -> None:
+        data = {"source_id": "panic-007", "severity": "CRITICAL", "site": "", "status": "NEW"}
+        events = [
+            Event(alice.tenant_id, message_type, {**data, "id": i, "message": message})
+            for i in alert_ids
+        ]
+        broadcast_events(events)
+
+    async def critical_alert_latency(ws: ClientConnection, alert_id: int) -> float:
+        sent = time.monotonic()
+        await asyncio.to_thread(broadcast, EventType.CRITICAL_ALERT, [alert_id])
+        while (await until_type(ws, "critical_alert"))["id"] != alert_id:
+            pass
+        return time.monotonic() - sent
+
+    async def scenario() -> tuple[float, int, float]:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as colleague:
+            await until_type(colleague, "snapshot")
+            with stalled_client(daphne_server, token) as stalled:
+                baseline = await critical_alert_latency(colleague, -1)
+                received = 0
+                for number, chunk in enumerate(chunks, 1):
+                    await asyncio.to_thread(broadcast, EventType.ALERT_UPDATED, chunk)
+                    while True:
+                        update = await until_type(colleague, "alert_updated")
+                        received += 1
+                        if update["id"] == chunk[-1]:
+                            break
+                    if number % 4 == 0:  # now and then, as the dashboard does
+                        await colleague.send(json.dumps({"type": "ack", "seq": update["seq"]}))
+                latency = await critical_alert_latency(colleague, -2)
+                await asyncio.to_thread(
+                    wait_for, lambda: not still_connected(stalled), timeout=5, what="the cut-off"
+                )
+            return baseline, received, latency
+
+    baseline, received, latency = asyncio.run(scenario())
+    assert received == 50 * len(chunks)
+    assert latency < 2, f"{latency:.2f} s after the flood (baseline {baseline:.3f} s)"
+    assert metric("noc_events_dropped_total", reason="client_behind") > dropped_before
+
+
+def test_an_event_sent_twice_with_one_id_is_shown_once(daphne_server, alice):
+    """The outbox may send an event again when its first send's outcome was unknown; the same
+    id marks it, and a dashboard sees it once."""
+    from apps.core.events import Event, EventType, broadcast_events
+    from tests.services import metric
+
+    token = issue_access_token(alice)
+    data = {"id": 7, "source_id": "panic-1", "severity": "CRITICAL", "site": "", "status": "NEW"}
+    event = Event(alice.tenant_id, EventType.ALERT_UPDATED, data)
+    dropped_before = metric("noc_events_dropped_total", reason="duplicate")
+
+    async def watch() -> list[dict[str, Any]]:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            await asyncio.to_thread(broadcast_events, [event], None, ["41:0"])
+            first = await until_type(ws, "alert_updated")
+            await asyncio.to_thread(broadcast_events, [event], None, ["41:0"])  # the resend
+            later = Event(alice.tenant_id, EventType.ALERT_UPDATED, {**data, "id": 8})
+            await asyncio.to_thread(broadcast_events, [later], None, ["42:0"])  # another event
+            second = await until_type(ws, "alert_updated")
+            await ws.send('{"type": "heartbeat"}')
+            return [first, second, await next_message(ws)]
+
+    first, second, after = asyncio.run(watch())
+    assert first["id"] == 7
+    assert second["id"] == 8  # the resend of 7 was not shown
+    assert second["seq"] == first["seq"] + 1
+    assert after["type"] == "heartbeat_ack"
+    assert metric("noc_events_dropped_total", reason="duplicate") - dropped_before == 1

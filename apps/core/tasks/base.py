@@ -11,7 +11,8 @@ messages, apps/mqtt/consumers/base.py `with_devices`). This module adds what eve
   poison message is dead-lettered instead of its whole batch;
 - bounded deliveries: a batch that keeps killing its worker (a crash, the hard time limit) is
   split into single messages after TASK_MAX_DELIVERIES, and a single one is dead-lettered;
-- metrics, and the NOC broadcast of the handler's events after commit.
+- metrics, and the NOC broadcast of the handler's events after commit, through the outbox
+  (core/outbox.py) so that a worker dying right after a commit cannot lose them.
 
 `enqueue` is the other end: how the subscriber and replay hand envelopes to a task.
 """
@@ -32,10 +33,10 @@ from celery.exceptions import Reject
 from django.conf import settings
 from django.db import transaction
 
-from apps.core import dead_letters, metrics
+from apps.core import dead_letters, metrics, outbox
 from apps.core.backoff import backoff_delay
 from apps.core.envelope import Envelope
-from apps.core.events import Event, broadcast_events
+from apps.core.events import Event
 from apps.core.models import DeadLetter
 from apps.core.redis_client import state_redis
 from apps.core.tasks import ledger
@@ -259,7 +260,8 @@ def _process(
         _dead_letter(outcome.refused)
         refused_keys = {envelope.key for envelope, _ in outcome.refused}
         applied = [envelope for envelope in fresh if envelope.key not in refused_keys]
-        transaction.on_commit(lambda: _after_commit(kind, applied, outcome.events))
+        outbox.broadcast_on_commit(outcome.events)
+        transaction.on_commit(lambda: _observe_latency(kind, applied))
     duplicates = len(envelopes) - len(fresh)
     if duplicates:
         metrics.MESSAGES_DUPLICATE.labels(kind=kind).inc(duplicates)
@@ -268,8 +270,8 @@ def _process(
     return {"processed": len(applied), "duplicates": duplicates, "dead": dead}
 
 
-def _after_commit(kind: str, applied: list[Envelope], events: list[Event]) -> None:
-    broadcast_events(events)
+def _observe_latency(kind: str, applied: list[Envelope]) -> None:
+    """From receipt by the subscriber to effects committed and broadcast."""
     now = time.time()
     histogram = metrics.END_TO_END_LATENCY.labels(kind=kind)
     for envelope in applied:

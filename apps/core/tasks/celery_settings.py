@@ -104,6 +104,7 @@ PUBLISH_DEVICE_COMMAND: Final = "apps.mqtt.tasks.publish_device_command"
 DETECT_OFFLINE_DEVICES: Final = "apps.mqtt.presence.detect_offline_devices"
 PRUNE_PROCESSED_MESSAGES: Final = "apps.core.tasks.ledger.prune_processed_messages"
 PRUNE_DEAD_LETTERS: Final = "apps.core.tasks.housekeeping.prune_dead_letters"
+RESEND_BROADCASTS: Final = "apps.core.tasks.housekeeping.resend_broadcasts"
 PRUNE_READINGS: Final = "apps.devices.tasks.prune_readings"
 PRUNE_CLOSED_ALERTS: Final = "apps.alerts.tasks.prune_closed_alerts"
 # The health canary: a tiny task sent to each queue at top priority; the worker that runs it
@@ -120,6 +121,7 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     DETECT_OFFLINE_DEVICES: GENERAL,
     PRUNE_PROCESSED_MESSAGES: GENERAL,
     PRUNE_DEAD_LETTERS: GENERAL,
+    RESEND_BROADCASTS: GENERAL,
     PRUNE_READINGS: GENERAL,
     PRUNE_CLOSED_ALERTS: GENERAL,
     # Default route only: beat sends one canary to *every* queue with queue= (BEAT_SCHEDULE).
@@ -184,6 +186,8 @@ BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
         "task": DETECT_OFFLINE_DEVICES,
         "schedule": 60.0,
     },
+    # NOC events a worker committed but died before sending (core/outbox.py).
+    "resend-broadcasts": {"task": RESEND_BROADCASTS, "schedule": 15.0},
     "prune-processed-messages": {
         "task": PRUNE_PROCESSED_MESSAGES,
         "schedule": 3600.0,

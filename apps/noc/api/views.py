@@ -29,7 +29,7 @@ from rest_framework.views import APIView
 
 from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
 from apps.alerts.services import TransitionError, transition
-from apps.core.events import broadcast_events
+from apps.core.outbox import broadcast_on_commit
 from apps.devices.models import Device
 from apps.noc.api.serializers import (
     READING_SERIALIZERS,
@@ -166,7 +166,7 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet[Alert]):
                 event = transition(alert, to_status, by=operator, note=body.validated_data["note"])
             except TransitionError as exc:
                 raise AlertConflict(str(exc)) from None
-            transaction.on_commit(lambda: broadcast_events([event]))
+            broadcast_on_commit([event])
         return Response(AlertSerializer(alert).data)
 
 

@@ -1,0 +1,108 @@
+"""The broadcast outbox: NOC events leave only after their effects commit, and always leave.
+
+`broadcast_on_commit(events)` writes the events in the caller's transaction (one
+`PendingBroadcast` row) and sends them to the channel layer once it commits; each event the
+layer took is marked at once in a Redis set (`broadcasts_sent`, members `<row id>:<index>`).
+Beat's `resend_broadcasts` (core/tasks/housekeeping.py) deletes the rows whose events are all
+marked, and sends the unmarked events of rows older than BROADCAST_RESEND_AFTER_SECONDS: those
+of a process that died between its commit and its sends (a killed pool process, the hard time
+limit) and those the channel layer failed (Redis down at that moment).
+
+So every committed effect is broadcast at least once. Twice when a send's outcome is unknown
+(Redis died while answering it, a process died between the send and its mark): each event
+carries its id (`<row id>:<index>`), the same at every sending, and the NOC consumer shows an
+id once. A dashboard that missed anything (it was offline, too slow) is brought level by the
+snapshot it gets on (re)connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+import redis
+import structlog
+from django.db import transaction
+from django.utils import timezone
+
+from apps.core import metrics
+from apps.core.events import Event, broadcast_events
+from apps.core.models import PendingBroadcast
+from apps.core.redis_client import state_redis
+
+log = structlog.get_logger(__name__)
+
+SENT_KEY = "broadcasts_sent"  # Redis DB 0: ids of PendingBroadcast rows whose events were sent
+RESEND_BATCH = 500
+
+
+def broadcast_on_commit(events: list[Event]) -> None:
+    """Send `events` to the NOC when the current transaction commits, and resend them later if
+    that sending is not confirmed. Call it inside the transaction of the effects they describe."""
+    if not events:
+        return
+    row = PendingBroadcast.objects.create(events=[asdict(event) for event in events])
+    transaction.on_commit(lambda: _send(row.pk, events))
+
+
+def _send(pk: int, events: list[Event], indexes: list[int] | None = None) -> int:
+    """Send the events (those at `indexes`, else all), marking each one the layer took; the
+    number sent. A mark that cannot be written (Redis down) means a resend: shown twice."""
+    chosen = list(range(len(events))) if indexes is None else indexes
+    client = state_redis()
+
+    def mark(position: int) -> None:
+        with contextlib.suppress(redis.RedisError):
+            client.sadd(SENT_KEY, f"{pk}:{chosen[position]}")
+
+    ids = [f"{pk}:{i}" for i in chosen]
+    return broadcast_events([events[i] for i in chosen], on_sent=mark, ids=ids)
+
+
+def resend(older_than_seconds: float) -> dict[str, int]:
+    """Send the unmarked events of rows older than `older_than_seconds`; forget the rows whose
+    events were all sent. What each did, by count."""
+    client = state_redis()
+    marked = _marks(client)
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    resent = 0
+    stale = PendingBroadcast.objects.filter(created_at__lt=cutoff).order_by("pk")
+    for row in stale[:RESEND_BATCH]:
+        events = [_event(fields) for fields in row.events]
+        unsent = [i for i in range(len(events)) if i not in marked.get(row.pk, set())]
+        if unsent:
+            resent += _send(row.pk, events, unsent)
+    if resent:
+        metrics.BROADCASTS_RESENT.inc(resent)
+        log.warning(
+            "NOC events resent after their first sending was never confirmed",
+            events=resent,
+            hint="a worker died right after a commit, or the channel layer failed (Redis DB 2)",
+        )
+    marked = _marks(client)  # with the marks just written
+    rows = dict(PendingBroadcast.objects.filter(pk__in=list(marked)).values_list("pk", "events"))
+    done = [pk for pk, events in rows.items() if set(range(len(events))) <= marked[pk]]
+    forgotten = 0
+    if done:
+        forgotten, _ = PendingBroadcast.objects.filter(pk__in=done).delete()
+    # The marks of rows now deleted, or deleted by an earlier run that could not remove them.
+    stale_marks = [f"{pk}:{i}" for pk in marked if pk not in rows or pk in done for i in marked[pk]]
+    if stale_marks:
+        with contextlib.suppress(redis.RedisError):
+            client.srem(SENT_KEY, *stale_marks)
+    return {"resent": resent, "forgotten": forgotten}
+
+
+def _marks(client: redis.Redis[str]) -> dict[int, set[int]]:
+    """Row id -> the indexes of its events the channel layer took."""
+    marked: dict[int, set[int]] = {}
+    for member in client.smembers(SENT_KEY):
+        pk, _, index = str(member).partition(":")
+        marked.setdefault(int(pk), set()).add(int(index))
+    return marked
+
+
+def _event(fields: dict[str, Any]) -> Event:
+    return Event(int(fields["tenant_id"]), fields["message_type"], fields["data"])

@@ -1,0 +1,301 @@
+"""The ledger of the fault tests: every message published, every effect stored and broadcast.
+
+A fault test publishes a fleet's messages (each with its own `msg_id`), injects its fault, and
+then asks the ledger whether each message had exactly one effect: one reading stored, one
+idempotency key, no dead letter, and counted exactly once in the `telemetry_update` events the
+channel layer delivered to the tenants' NOC groups. A single loss or duplicate fails the test,
+with the message ids named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.factories import telemetry
+from tests.services import wait_for
+
+STOP = "ledger.stop"
+
+
+@dataclass
+class Fleet:
+    """Devices over several tenants, as the field has them, and the messages they publish."""
+
+    tenants: dict[int, list[str]] = field(default_factory=dict)  # tenant id -> device ids
+
+    @classmethod
+    def create(cls, tenants: int = 4, devices: int = 1000) -> Fleet:
+        from django.db import transaction
+
+        from apps.devices.services import register_device
+        from apps.tenants.models import Tenant
+
+        fleet = cls()
+        with transaction.atomic():
+            for t in range(tenants):
+                tenant = Tenant.objects.create(name=f"fleet-tenant-{t}")
+                ids = [f"fleet-{t}-{d:04d}" for d in range(t, devices, tenants)]
+                for device_id in ids:
+                    register_device(tenant, device_id, "other")
+                fleet.tenants[tenant.pk] = ids
+        return fleet
+
+    @property
+    def devices(self) -> list[str]:
+        return [device for ids in self.tenants.values() for device in ids]
+
+    def telemetry(self, count: int, *, prefix: str = "m") -> list[tuple[str, str]]:
+        """`count` telemetry messages round-robin over the fleet, msg ids `<prefix>-<n>`."""
+        devices = self.devices
+        return [
+            (
+                f"device/{devices[n % len(devices)]}/telemetry",
+                telemetry(battery=50, msg_id=f"{prefix}-{n}"),
+            )
+            for n in range(count)
+        ]
+
+
+class Broadcasts:
+    """What the channel layer delivers to tenants' NOC groups, recorded as a dashboard would get
+    it: a thread with its own event loop, one channel per tenant group on the real layer."""
+
+    def __init__(self, tenant_ids: Iterable[int], redis_url: str | None = None) -> None:
+        self.tenant_ids = list(tenant_ids)
+        self.redis_url = redis_url
+        self.received: list[tuple[int, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broadcast-ledger", daemon=True)
+        self._layer: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._channels: dict[int, str] = {}
+        self._error: BaseException | None = None
+        self.errors: list[str] = []
+        self._seen: set[str] = set()
+        self.resends_absorbed = 0
+
+    def __enter__(self) -> Broadcasts:
+        self.metrics_before = _bus_counters()
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("the broadcast ledger could not join the NOC groups")
+        if self._error:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._layer is not None:
+            for channel in self._channels.values():
+                future = asyncio.run_coroutine_threadsafe(
+                    self._layer.send(channel, {"type": STOP}), self._loop
+                )
+                try:
+                    future.result(10)
+                except Exception:  # the layer's Redis is gone (a failed test): stop anyway
+                    if exc == (None, None, None):
+                        raise
+        self._thread.join(15)
+
+    def _layer_for(self) -> Any:
+        from channels.layers import get_channel_layer
+        from channels_redis.core import RedisChannelLayer
+        from django.conf import settings
+
+        if self.redis_url is None:
+            return get_channel_layer()
+        config = copy.deepcopy(settings.CHANNEL_LAYERS["default"]["CONFIG"])
+        for host in config["hosts"]:
+            host["address"] = f"{self.redis_url}/2"
+        return RedisChannelLayer(**config)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._listen())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    async def _listen(self) -> None:
+        from apps.core.events import tenant_group
+
+        self._layer = self._layer_for()
+        for tenant in self.tenant_ids:
+            channel = await self._layer.new_channel()
+            await self._layer.group_add(tenant_group(tenant), channel)
+            self._channels[tenant] = channel
+        self._ready.set()
+        await asyncio.gather(*(self._drain(t, c) for t, c in self._channels.items()))
+
+    async def _drain(self, tenant: int, channel: str) -> None:
+        while True:
+            try:
+                message = await self._layer.receive(channel)
+            except Exception as exc:  # the layer's Redis restarting under the test: listen on
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.2)
+                continue
+            if message.get("type") == STOP:
+                return
+            with self._lock:
+                # As the NOC consumer does: an event sent again (same id) is shown once.
+                if message.get("id") in self._seen:
+                    self.resends_absorbed += 1
+                    continue
+                if message.get("id"):
+                    self._seen.add(message["id"])
+                self.received.append((tenant, message))
+
+    def telemetry_messages(self) -> Counter[int]:
+        """Messages counted by the `telemetry_update` events so far, by tenant."""
+        counts: Counter[int] = Counter()
+        with self._lock:
+            for tenant, message in self.received:
+                if message["type"] == "telemetry_update":
+                    counts[tenant] += int(message["data"]["messages"])
+        return counts
+
+    def total_telemetry_messages(self) -> int:
+        return sum(self.telemetry_messages().values())
+
+
+def msg_id(idempotency_key: str) -> str:
+    """`device/<id>/telemetry#<msg_id>@<timestamp>` -> `<msg_id>`."""
+    return idempotency_key.partition("#")[2].rpartition("@")[0]
+
+
+def assert_each_message_had_one_effect(
+    fleet: Fleet, published: list[tuple[str, str]], broadcasts: Broadcasts
+) -> None:
+    """Exactly one reading, key and broadcast count per message published; no dead letters."""
+    import json
+
+    from apps.core.models import DeadLetter, ProcessedMessage
+    from apps.devices.models import TelemetryReading
+
+    expected = Counter(json.loads(payload)["msg_id"] for _topic, payload in published)
+    stored = Counter(
+        msg_id(key) for key in TelemetryReading.objects.values_list("idempotency_key", flat=True)
+    )
+    lost = sorted(set(expected) - set(stored))
+    extra = sorted(set(stored) - set(expected))
+    twice = sorted(m for m, n in stored.items() if n > 1)
+    assert not lost, f"{len(lost)} messages lost, e.g. {lost[:10]}"
+    assert not extra, f"{len(extra)} readings nobody published, e.g. {extra[:10]}"
+    assert not twice, f"{len(twice)} messages stored twice, e.g. {twice[:10]}"
+    assert ProcessedMessage.objects.filter(kind="telemetry").count() == len(expected)
+    letters = list(DeadLetter.objects.values_list("reason", "detail")[:5])
+    assert not letters, f"dead letters where none were due: {letters}"
+
+    per_tenant = Counter()
+    for tenant, devices in fleet.tenants.items():
+        prefixes = tuple(f"device/{device}/" for device in devices)
+        per_tenant[tenant] = sum(1 for topic, _ in published if topic.startswith(prefixes))
+    assert broadcasts.telemetry_messages() == per_tenant, (
+        f"broadcast counts {dict(broadcasts.telemetry_messages())} "
+        f"!= published {dict(per_tenant)} (by tenant)"
+    )
+
+
+def readings() -> int:
+    from apps.devices.models import TelemetryReading
+
+    return TelemetryReading.objects.count()
+
+
+def broker_idle(redis_url: str) -> bool:
+    """No task waits in this broker's queues or sits unacknowledged with a worker."""
+    import redis
+
+    from apps.monitoring import bus_state
+
+    client = redis.Redis.from_url(f"{redis_url}/0", decode_responses=True)
+    waiting = sum(queue.depth for queue in bus_state.queue_stats(client))
+    return waiting == 0 and bus_state.unacked_count(client) == 0
+
+
+def send_task(redis_url: str, name: str) -> None:
+    from intelliwiz_config.celery import app
+
+    with app.connection_for_write(f"{redis_url}/0") as connection:
+        app.send_task(name, connection=connection)
+
+
+def settle_and_check(
+    fleet: Fleet,
+    published: list[tuple[str, str]],
+    broadcasts: Broadcasts,
+    redis_url: str,
+    *,
+    fault: str,
+    timeout: float = 240,
+) -> None:
+    """Wait until the bus has done all it will, then hold each message to one effect.
+
+    With FAULT_FIGURES set to a file, appends the run's figures to it (one JSON line a test).
+    """
+    from apps.core.models import PendingBroadcast
+    from apps.core.tasks.celery_settings import RESEND_BROADCASTS
+
+    total = len(published)
+    wait_for(lambda: readings() >= total, timeout=timeout, interval=0.5, what=f"{total} readings")
+    wait_for(lambda: broker_idle(redis_url), timeout=60, interval=0.2, what="the queues to drain")
+
+    # Events a worker committed but could not send (it died, Redis was down) are resent by the
+    # resend task, which beat runs every 15 s: run it until no event is left unconfirmed.
+    def everything_sent() -> bool:
+        if not PendingBroadcast.objects.exists():
+            return True
+        send_task(redis_url, RESEND_BROADCASTS)
+        return False
+
+    wait_for(everything_sent, timeout=60, interval=1, what="every NOC event sent or resent")
+    try:
+        wait_for(lambda: broadcasts.total_telemetry_messages() >= total, timeout=30)
+    except TimeoutError:
+        raise AssertionError(
+            f"broadcasts count {dict(broadcasts.telemetry_messages())} messages by tenant, "
+            f"{total} were stored; listener errors: {broadcasts.errors}"
+        ) from None
+    wait_for(lambda: broker_idle(redis_url), timeout=30, what="the resend tasks to finish")
+    assert_each_message_had_one_effect(fleet, published, broadcasts)
+    if os.environ.get("FAULT_FIGURES"):
+        after = _bus_counters()
+        figures = {
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+            "fault": fault,
+            "devices": len(fleet.devices),
+            "tenants": len(fleet.tenants),
+            "sent": total,
+            "stored": readings(),
+            "broadcast": broadcasts.total_telemetry_messages(),
+            "lost": 0,
+            "duplicated": 0,
+            "event_resends_absorbed_by_id": broadcasts.resends_absorbed,
+            **{name: after[name] - broadcasts.metrics_before[name] for name in after},
+        }
+        with open(os.environ["FAULT_FIGURES"], "a") as out:
+            out.write(json.dumps(figures) + "\n")
+
+
+def _bus_counters() -> dict[str, float]:
+    """Counters that show the faults' work: receipts (redeliveries included), redeliveries the
+    ledger absorbed, events the outbox resent."""
+    from tests.services import metric
+
+    return {
+        "received_by_subscribers": metric("mqtt_messages_received_total", prefix="device/"),
+        "redeliveries_absorbed": metric("bus_messages_duplicate_total", kind="telemetry"),
+        "events_resent": metric("bus_broadcasts_resent_total"),
+    }
