@@ -100,6 +100,16 @@ PROCESS_GUARD_GPS: Final = "apps.mqtt.tasks.process_guard_gps"
 PROCESS_DEVICE_TELEMETRY: Final = "apps.mqtt.tasks.process_device_telemetry"
 PROCESS_SENSOR_READINGS: Final = "apps.mqtt.tasks.process_sensor_readings"
 PROCESS_SYSTEM_HEALTH: Final = "apps.mqtt.tasks.process_system_health"
+# Tasks whose every effect is guarded by the idempotency ledger: running one twice is harmless.
+IDEMPOTENT_TASKS: Final = frozenset(
+    {
+        PROCESS_DEVICE_ALERTS,
+        PROCESS_GUARD_GPS,
+        PROCESS_DEVICE_TELEMETRY,
+        PROCESS_SENSOR_READINGS,
+        PROCESS_SYSTEM_HEALTH,
+    }
+)
 PUBLISH_DEVICE_COMMAND: Final = "apps.mqtt.tasks.publish_device_command"
 DETECT_OFFLINE_DEVICES: Final = "apps.mqtt.presence.detect_offline_devices"
 PRUNE_PROCESSED_MESSAGES: Final = "apps.core.tasks.ledger.prune_processed_messages"
@@ -232,6 +242,9 @@ def celery_config() -> dict[str, Any]:
         "result_backend": None,
         "broker_transport_options": BROKER_TRANSPORT_OPTIONS,
         "broker_connection_retry_on_startup": True,
+        # Puts back the tasks a worker held when Redis went away as soon as it is back, rather
+        # than after the visibility timeout (core/tasks/consumer.py).
+        "worker_consumer": "apps.core.tasks.consumer:RecoveringConsumer",
         "beat_schedule": BEAT_SCHEDULE,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,

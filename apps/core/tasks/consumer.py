@@ -1,0 +1,97 @@
+"""The worker's broker consumer: tasks it held when Redis went away go back as soon as it returns.
+
+On a lost broker connection Celery tries to put the worker's prefetched, unacknowledged tasks
+back on their queues at once — while Redis is down, so that fails — and the tasks it is running
+can no longer be acknowledged (their channel is gone). All of them would wait in Redis's unacked
+hash for the visibility timeout (VISIBILITY_TIMEOUT_SECONDS, minutes) before kombu restores them.
+This consumer remembers their delivery tags and, once it has connected again, puts back those
+still unacknowledged, as `manage.py requeue` would. A task put back while it is still running
+here runs twice; its idempotency keys make the second run change nothing.
+
+One more case: a task taken in the instant Redis died — recorded as unacknowledged in Redis, but
+the reply lost, so no worker knows it. For the idempotent processing tasks (IDEMPOTENT_TASKS) of
+its own queues, the consumer also puts back those taken in the ORPHAN_WINDOW_SECONDS before it
+lost the connection; if another worker did hold one, that task runs twice, with no effect.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import structlog
+from celery.worker.consumer import Consumer
+
+from apps.core.tasks.celery_settings import IDEMPOTENT_TASKS, REDIS_SOCKET_TIMEOUT_SECONDS
+
+log = structlog.get_logger(__name__)
+
+# A task taken this long before the connection was found lost may be an orphan (see above).
+ORPHAN_WINDOW_SECONDS = 2 * REDIS_SOCKET_TIMEOUT_SECONDS
+
+
+class RecoveringConsumer(Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held_at_loss: set[str] = set()
+        self._lost_at: float | None = None
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        self._held_at_loss |= self._held_tags()
+        self._lost_at = self._lost_at or time.time()
+        super().on_connection_error_after_connected(exc)
+
+    def connect(self) -> Any:
+        connection = super().connect()
+        if self._lost_at is not None:
+            self._held_at_loss |= self._orphans(connection, self._lost_at)
+            self._put_back(connection)
+        return connection
+
+    def _orphans(self, connection: Any, lost_at: float) -> set[str]:
+        """Idempotent tasks of this worker's queues taken just before the connection was lost."""
+        try:
+            channel = connection.default_channel
+            client = channel.client
+            since = lost_at - ORPHAN_WINDOW_SECONDS
+            tags = client.zrangebyscore(channel.unacked_index_key, since, lost_at)
+            queues = {queue.name for queue in self.app.amqp.queues.consume_from.values()}
+            found = set()
+            for tag in tags:
+                raw = client.hget(channel.unacked_key, tag)
+                if raw is None:
+                    continue
+                payload, _exchange, routing_key = json.loads(raw)
+                if routing_key in queues and payload["headers"].get("task") in IDEMPOTENT_TASKS:
+                    found.add(tag.decode() if isinstance(tag, bytes) else str(tag))
+        except Exception as exc:  # not worth failing the reconnection: the timeout still holds
+            log.warning("could not look for orphaned tasks", error=f"{type(exc).__name__}: {exc}")
+            return set()
+        return found
+
+    def _held_tags(self) -> set[str]:
+        """Delivery tags of the tasks this worker took and has not acknowledged."""
+        channel = getattr(getattr(self, "task_consumer", None), "channel", None)
+        delivered = getattr(getattr(channel, "qos", None), "_delivered", None) or {}
+        return {str(tag) for tag in delivered}
+
+    def _put_back(self, connection: Any) -> None:
+        tags = sorted(self._held_at_loss)
+        qos = connection.default_channel.qos
+        for done, tag in enumerate(tags):
+            try:
+                qos.restore_by_tag(tag, leftmost=True)  # a no-op for a tag no longer unacked
+            except Exception as exc:  # the broker went again: the rest wait for the next connect
+                log.warning(
+                    "could not put back held tasks yet", error=f"{type(exc).__name__}: {exc}"
+                )
+                self._held_at_loss -= set(tags[:done])
+                return
+        self._held_at_loss.clear()
+        self._lost_at = None
+        log.warning(
+            "broker connection back; tasks held when it was lost put back on their queues",
+            tasks=len(tags),
+            hint="a task that was running then may run twice; its effects apply once",
+        )
