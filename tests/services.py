@@ -110,7 +110,11 @@ class Service:
         self._log.close()
 
 
-def start_redis(port: int, data_dir: Path) -> Service:
+def start_redis(
+    port: int, data_dir: Path, *, appendonly: bool = False, appendfsync: str = "everysec"
+) -> Service:
+    """A Redis on `port`; with `appendonly`, its writes go to an append-only file, fsynced
+    every second (as deploy/redis/ ships it) or, with `appendfsync="always"`, before each reply."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         executable("redis-server"),
@@ -118,7 +122,8 @@ def start_redis(port: int, data_dir: Path) -> Service:
         "--bind", "127.0.0.1",
         "--dir", str(data_dir),
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", appendfsync,
         "--daemonize", "no",
     ]  # fmt: skip
     service = Service("redis", argv, data_dir / "redis.log")
@@ -194,6 +199,26 @@ def mqtt_publish(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def publish_until_acknowledged(
+    port: int, messages: list[tuple[str, str]], *, chunk: int = 500, timeout: float = 180
+) -> int:
+    """Publish QoS 1 as a device does: a chunk the broker did not acknowledge (it was down,
+    restarting) is sent again, same messages, until it is. Returns how many chunks were resent."""
+    deadline = time.monotonic() + timeout
+    resent = 0
+    for start in range(0, len(messages), chunk):
+        while True:
+            try:
+                mqtt_publish(port, messages[start : start + chunk], timeout=30)
+                break
+            except (OSError, RuntimeError, ValueError):  # TimeoutError is an OSError
+                if time.monotonic() > deadline:
+                    raise
+                resent += 1
+                wait_for(lambda: port_open(port), timeout=60, what=f"the broker on port {port}")
+    return resent
 
 
 # --- `make run`'s whole stack (manage.py runstack) -----------------------------------------
