@@ -8,11 +8,12 @@ PY := $(VENV)/bin/python
 VAR_DIR ?= var
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench format status stop system-packages-run system-packages-test clean help
+.PHONY: run test test-faults lint bench format status stop system-packages-run system-packages-test clean help
 
 help:
 	@echo "make run     set up and run the whole stack in the foreground (Ctrl-C stops it)"
 	@echo "make test    set up and run the test suite against real Redis, Mosquitto and Celery"
+	@echo "make test-faults  the fault suite: crashes and outages under load (about 5 min)"
 	@echo "make lint    ruff (lint + format check), mypy and the layer contract (lint-imports)"
 	@echo "make bench   end-to-end throughput and latency, against a baseline run alongside"
 	@echo "make status  the state of each service of a running stack"
@@ -39,7 +40,11 @@ run: $(STAMP) system-packages-run
 	@exec $(PY) manage.py runstack
 
 test: $(STAMP) system-packages-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
+
+# Kills, restarts and outages under load, each held to one effect per message (tests/faults/).
+test-faults: $(STAMP) system-packages-test
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 bench: $(STAMP) system-packages-run
 	$(PY) -m bench.run_bench $(BENCH_ARGS)
