@@ -265,7 +265,20 @@ CHANNEL_LAYERS = {
 
 # HS256 with a key of its own when set (so rotating it does not log out the admin), else the
 # Django secret key. The algorithm is pinned: `alg=none` or any other is refused.
-JWT_SIGNING_KEY = os.environ.get("JWT_SIGNING_KEY", "") or SECRET_KEY
+# Keys that sign or guard something must not be guessable: when set, at least this long.
+MIN_SECRET_LENGTH = 32
+
+
+def _strong(name: str, value: str) -> str:
+    if value and len(value) < MIN_SECRET_LENGTH:
+        raise ImproperlyConfigured(
+            f"{name} is {len(value)} characters; use at least {MIN_SECRET_LENGTH}, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
+
+
+JWT_SIGNING_KEY = _strong("JWT_SIGNING_KEY", os.environ.get("JWT_SIGNING_KEY", "")) or SECRET_KEY
 JWT_ACCESS_MINUTES = env_int("JWT_ACCESS_MINUTES", 15, minimum=1)
 JWT_REFRESH_HOURS = env_int("JWT_REFRESH_HOURS", 24, minimum=1)
 JWT_AUDIENCE = env_str("JWT_AUDIENCE", "intelliwiz-noc")
@@ -403,7 +416,7 @@ HTTP_HOST = env_str("HTTP_HOST", "127.0.0.1")
 HTTP_PORT = env_int("HTTP_PORT", 8000, minimum=1)
 HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 1.5)
 # Required (as `Authorization: Bearer <key>`) by /monitoring/health/ and /metrics/export/ when set.
-MONITORING_API_KEY = os.environ.get("MONITORING_API_KEY", "")
+MONITORING_API_KEY = _strong("MONITORING_API_KEY", os.environ.get("MONITORING_API_KEY", ""))
 # Every process writes its metrics here (prometheus_client multiprocess mode); /metrics/export/
 # sums them. Each process needs it in its environment before it imports prometheus_client:
 # `make run` and the systemd units set it.

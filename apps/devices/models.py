@@ -7,10 +7,21 @@ message can never add a second row.
 from __future__ import annotations
 
 import math
+import re
 
+from django.core.validators import RegexValidator
 from django.db import models
 
 from apps.tenants.models import Tenant
+
+# What a device id may be: it stands in MQTT topics, ACL patterns and file names. Checked whole
+# (`fullmatch`): `$` in a pattern would also accept a trailing newline.
+DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+DEVICE_ID_RULE = "1-64 letters, digits or _ . : -, starting with a letter or digit"
+
+
+def is_device_id(value: object) -> bool:
+    return isinstance(value, str) and DEVICE_ID_PATTERN.fullmatch(value) is not None
 
 
 class Device(models.Model):
@@ -33,7 +44,11 @@ class Device(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="devices")
     # The id devices use in their topics (`device/<device_id>/telemetry`): unique system-wide,
     # because the topic is how a message finds its tenant.
-    device_id = models.CharField(max_length=64, unique=True)
+    device_id = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[RegexValidator(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z", DEVICE_ID_RULE)],
+    )
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OTHER)
     name = models.CharField(max_length=100, blank=True)
     site = models.CharField(max_length=100, blank=True)

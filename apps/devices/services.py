@@ -8,7 +8,7 @@ import structlog
 from django.db import IntegrityError, transaction
 
 from apps.core.events import Event, EventType
-from apps.devices.models import Device, Guard
+from apps.devices.models import DEVICE_ID_RULE, Device, Guard, is_device_id
 from apps.tenants.models import Tenant
 
 log = structlog.get_logger(__name__)
@@ -17,7 +17,12 @@ log = structlog.get_logger(__name__)
 def register_device(
     tenant: Tenant, device_id: str, kind: str, *, site: str = "", auto: bool = False
 ) -> tuple[Device, bool]:
-    """The device with this id, created in `tenant` if new. Guard trackers get a Guard."""
+    """The device with this id, created in `tenant` if new. Guard trackers get a Guard.
+
+    Raises ValueError for an id that is not one (DEVICE_ID_RULE): it would stand in topics.
+    """
+    if not is_device_id(device_id):
+        raise ValueError(f"not a device id: {device_id!r}; a device id is {DEVICE_ID_RULE}")
     try:
         with transaction.atomic():
             device, created = Device.objects.get_or_create(

@@ -76,8 +76,12 @@ def write_private(path: Path, text: str) -> None:
     """Replace `path` atomically, readable by its owner and the broker's group only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
-    staging.chmod(0o640)
+    staging.unlink(missing_ok=True)  # left by a crash; it may have been anyone's
+    # Created private, then written: never readable by others, not even for an instant.
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+    staging.chmod(0o640)  # whatever the umask took away from the group
     # No such group here, or not ours to give: then the file keeps the writer's group.
     with contextlib.suppress(KeyError, PermissionError):
         os.chown(staging, -1, grp.getgrnam(BROKER_GROUP).gr_gid)

@@ -14,8 +14,8 @@ import paho.mqtt.client as mqtt
 import structlog
 from django.conf import settings
 
+from apps.devices.models import is_device_id
 from apps.mqtt.client import app_client
-from apps.mqtt.topics import SOURCE_ID_PATTERN
 
 log = structlog.get_logger(__name__)
 
@@ -23,7 +23,7 @@ COMMAND_TOPIC = "command/{device_id}/{command}"
 PUBLISH_TIMEOUT_SECONDS = 5.0
 
 
-COMMAND_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+COMMAND_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 class DownlinkError(Exception):
@@ -35,9 +35,9 @@ class InvalidCommandError(ValueError):
 
 
 def check_command(device_id: str, command: str) -> None:
-    if not SOURCE_ID_PATTERN.match(device_id):
+    if not is_device_id(device_id):
         raise InvalidCommandError(f"not a device id: {device_id!r}")
-    if not COMMAND_PATTERN.match(command):
+    if not COMMAND_PATTERN.fullmatch(command):
         raise InvalidCommandError(f"command must be 1-32 letters, digits, _ or -: {command!r}")
 
 

@@ -11,7 +11,6 @@ row here plus its schema and consumer (docs/architecture.md, "Adding a topic kin
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,13 +21,12 @@ from apps.core.tasks.celery_settings import (
     PROCESS_SENSOR_READINGS,
     PROCESS_SYSTEM_HEALTH,
 )
-from apps.devices.models import Device
+from apps.devices.models import DEVICE_ID_RULE, Device, is_device_id
 from apps.mqtt import schemas
 from apps.mqtt.consumers import alerts, gps, sensor, system_health, telemetry
 from apps.mqtt.consumers.base import Consumer
 
 MAX_SEGMENT = 32
-SOURCE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -120,8 +118,8 @@ def parse_topic(topic: str) -> ParsedTopic:
     source_id, segment = parts
     if len(segment) > MAX_SEGMENT:
         raise TopicError(f"kind segment longer than {MAX_SEGMENT} characters")
-    if not SOURCE_ID_PATTERN.match(source_id):
-        raise TopicError("source id must be 1-64 characters of letters, digits, _ . : -")
+    if not is_device_id(source_id):
+        raise TopicError(f"source id must be {DEVICE_ID_RULE}")
     if kind.segments is not None and segment not in kind.segments:
         expected = " or ".join(sorted(kind.segments))
         raise TopicError(

@@ -50,6 +50,8 @@ def test_an_invalid_fernet_key_is_named():
         ("LOG_FORMAT", "xml", "LOG_FORMAT='xml' must be console or json"),
         ("SQLITE_SYNCHRONOUS", "off", "SQLITE_SYNCHRONOUS='OFF' must be FULL or NORMAL"),
         ("MAX_MESSAGE_AGE_DAYS", "30", "MAX_MESSAGE_AGE_DAYS=30 must not exceed"),
+        ("JWT_SIGNING_KEY", "short-key", "JWT_SIGNING_KEY is 9 characters; use at least 32"),
+        ("MONITORING_API_KEY", "x" * 31, "MONITORING_API_KEY is 31 characters; use at least 32"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(variable: str, value: str, message: str):

@@ -69,3 +69,49 @@ def test_sync_refuses_without_the_application_account(settings):
     settings.MQTT_USERNAME = ""
     with pytest.raises(CommandError, match="MQTT_USERNAME and MQTT_PASSWORD must be set"):
         call_command("sync_mqtt_credentials", "--no-reload")
+
+
+def test_a_planted_staging_file_cannot_catch_the_password_file(tmp_path: Path):
+    """Someone who can write the directory plants the staging name as a link to a file of
+    theirs: the secret must not be written through it, and the result is private."""
+    import stat
+
+    from apps.mqtt.credentials import write_private
+
+    target = tmp_path / "passwd"
+    catcher = tmp_path / "attacker-readable"
+    catcher.write_text("")
+    (tmp_path / ".passwd.tmp").symlink_to(catcher)
+
+    write_private(target, "device-1:$7$secret-hash\n")
+
+    assert catcher.read_text() == ""
+    assert target.read_text() == "device-1:$7$secret-hash\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert not target.is_symlink()
+
+
+@pytest.mark.parametrize(
+    "device_id", ["sensor-1\n", "sensor/1", "", "-leading-dash", "x" * 65, "sensor 1", "+", "#"]
+)
+def test_an_id_that_is_not_a_device_id_cannot_be_registered(device_id: str):
+    from apps.devices.models import Device
+    from apps.devices.services import register_device
+
+    tenant = create_tenant_with_devices("acme")
+    with pytest.raises(ValueError, match="not a device id"):
+        register_device(tenant, device_id, "sensor")
+    assert not Device.objects.exists()
+
+
+@pytest.mark.parametrize("device_id", ["sensor-1\n", "sensor-1\r", "sensor-1\x00"])
+def test_a_trailing_newline_does_not_pass_for_a_device_id_anywhere(device_id: str):
+    from apps.mqtt.downlink import InvalidCommandError, check_command
+    from apps.mqtt.topics import TopicError, parse_topic
+
+    with pytest.raises(TopicError, match="source id"):
+        parse_topic(f"device/{device_id}/telemetry")
+    with pytest.raises(InvalidCommandError, match="not a device id"):
+        check_command(device_id, "reboot")
+    with pytest.raises(InvalidCommandError, match="command must be"):
+        check_command("sensor-1", "reboot\n")
