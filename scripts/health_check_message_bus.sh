@@ -14,29 +14,62 @@ PYTHON="$ROOT/.venv/bin/python"
 CELERY="$ROOT/.venv/bin/celery"
 CHECK_TIMEOUT=${CHECK_TIMEOUT:-5}
 
+# Every temporary file of this run lives here; the one trap removes it.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 # These short-lived checks record no metric worth exporting.
-PROMETHEUS_MULTIPROC_DIR=$(mktemp -d)
-export PROMETHEUS_MULTIPROC_DIR
-trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR"' EXIT
+export PROMETHEUS_MULTIPROC_DIR="$work/prometheus"
+mkdir "$PROMETHEUS_MULTIPROC_DIR"
 export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-intelliwiz_config.settings}
 
 # Hosts, ports and keys exactly as the application resolves them (environment, .env, defaults).
-if ! resolved=$(cd "$ROOT" && "$PYTHON" manage.py shell_settings REDIS_URL MQTT_HOST MQTT_PORT \
-    MQTT_USERNAME MQTT_PASSWORD HTTP_HOST HTTP_PORT MONITORING_API_KEY 2>&1); then
-  printf '%-4s %-28s %s\n' FAIL settings "cannot load the settings: $(tail -n 1 <<<"$resolved")"
+# Only its standard output is read, and only lines that assign the names asked for.
+names=(REDIS_URL MQTT_HOST MQTT_PORT MQTT_USERNAME MQTT_PASSWORD HTTP_HOST HTTP_PORT MONITORING_API_KEY)
+if ! (cd "$ROOT" && "$PYTHON" manage.py shell_settings "${names[@]}" >"$work/settings" \
+    2>"$work/settings.err"); then
+  printf '%-4s %-28s %s\n' FAIL settings "cannot load the settings: $(tail -n 1 "$work/settings.err")"
   echo "UNHEALTHY: settings"
   exit 1
 fi
-eval "$resolved"  # sets REDIS_URL MQTT_HOST MQTT_PORT MQTT_USERNAME MQTT_PASSWORD HTTP_HOST …
+pattern="^($(IFS='|'; echo "${names[*]}"))=('[^']*'|[A-Za-z0-9_@%+=:,./-]*)(\"'\"'[^']*')*\$"
+if grep -qvE "$pattern" "$work/settings"; then
+  printf '%-4s %-28s %s\n' FAIL settings "manage.py shell_settings printed something unexpected"
+  echo "UNHEALTHY: settings"
+  exit 1
+fi
+# shellcheck disable=SC1091  # lines checked above: NAME='value' (shell-quoted) for our names
+. "$work/settings"
 : "${REDIS_URL:?}" "${MQTT_PORT:?}" "${HTTP_PORT:?}"
 case $HTTP_HOST in
   0.0.0.0 | "::" | "[::]") HTTP_HOST=127.0.0.1 ;;  # listening everywhere: ask locally
 esac
 BASE_URL="http://$HTTP_HOST:$HTTP_PORT"
+
+# Secrets never on a command line (ps shows those to every user) nor in the output (the journal):
+# - Redis: the URL without its password, shown masked; the password in REDISCLI_AUTH;
+redis_url=$REDIS_URL
+REDIS_SHOWN=$REDIS_URL
+if [[ $REDIS_URL =~ ^(rediss?://)([^@/]*)@(.*)$ ]]; then
+  userinfo=${BASH_REMATCH[2]}
+  REDIS_SHOWN="${BASH_REMATCH[1]}***@${BASH_REMATCH[3]}"
+  if [[ $userinfo == *:* ]]; then
+    export REDISCLI_AUTH=${userinfo#*:}
+    user=${userinfo%%:*}
+    redis_url="${BASH_REMATCH[1]}${user:+$user@}${BASH_REMATCH[3]}"
+  fi
+fi
+# - the monitoring key: curl reads its header from a private file;
 curl_auth=()
-[ -n "${MONITORING_API_KEY:-}" ] && curl_auth=(-H "Authorization: Bearer $MONITORING_API_KEY")
-mqtt_auth=()
-[ -n "${MQTT_USERNAME:-}" ] && mqtt_auth=(-u "$MQTT_USERNAME" -P "${MQTT_PASSWORD:-}")
+if [ -n "${MONITORING_API_KEY:-}" ]; then
+  (umask 077 && printf 'Authorization: Bearer %s\n' "$MONITORING_API_KEY" >"$work/auth_header")
+  curl_auth=(-H "@$work/auth_header")
+fi
+# - the MQTT account: mosquitto_sub reads options from $XDG_CONFIG_HOME/mosquitto_sub.
+mkdir -m 700 "$work/mqtt"
+if [ -n "${MQTT_USERNAME:-}" ]; then
+  (umask 077 && printf -- '-u %s\n-P %s\n' "$MQTT_USERNAME" "${MQTT_PASSWORD:-}" \
+    >"$work/mqtt/mosquitto_sub")
+fi
 
 failed=()
 report() {  # report NAME OK|FAIL DETAIL
@@ -46,16 +79,16 @@ report() {  # report NAME OK|FAIL DETAIL
 one_line() { tr '\n' ' ' | sed 's/[[:space:]]*$//' | cut -c1-200; }
 
 # Redis: the Celery broker and the bus state.
-answer=$(timeout "$CHECK_TIMEOUT" redis-cli -u "$REDIS_URL" ping 2>&1)
+answer=$(timeout "$CHECK_TIMEOUT" redis-cli --no-auth-warning -u "$redis_url" ping 2>&1)
 if [ "$answer" = PONG ]; then
-  report redis OK "PONG from $REDIS_URL"
+  report redis OK "PONG from $REDIS_SHOWN"
 else
-  report redis FAIL "no PONG from $REDIS_URL: $(one_line <<<"$answer")"
+  report redis FAIL "no PONG from $REDIS_SHOWN: $(one_line <<<"$answer")"
 fi
 
 # MQTT broker: it publishes its uptime on $SYS every few seconds.
 # shellcheck disable=SC2016  # $SYS is the broker's topic, not a shell variable
-if uptime=$(mosquitto_sub -h "$MQTT_HOST" -p "$MQTT_PORT" "${mqtt_auth[@]}" \
+if uptime=$(XDG_CONFIG_HOME="$work/mqtt" mosquitto_sub -h "$MQTT_HOST" -p "$MQTT_PORT" \
   -t '$SYS/broker/uptime' -C 1 -W "$CHECK_TIMEOUT" 2>&1) && [ -n "$uptime" ]; then
   report "mqtt broker" OK "$MQTT_HOST:$MQTT_PORT up $uptime"
 else
@@ -89,12 +122,12 @@ fi
 # (DB 0) every 5 s, and the key expires 15 s after the last refresh (apps/core/intake_status.py).
 connected=()
 paused=()
-keys=$(timeout "$CHECK_TIMEOUT" redis-cli -u "$REDIS_URL" --scan \
+keys=$(timeout "$CHECK_TIMEOUT" redis-cli --no-auth-warning -u "$redis_url" --scan \
   --pattern 'mqtt_subscriber:status:*' 2>&1)
 keys_read=$?
 [ $keys_read -eq 0 ] || keys=""
 for key in $keys; do
-  state=$(timeout "$CHECK_TIMEOUT" redis-cli -u "$REDIS_URL" HMGET "$key" connected paused \
+  state=$(timeout "$CHECK_TIMEOUT" redis-cli --no-auth-warning -u "$redis_url" HMGET "$key" connected paused \
     2>/dev/null | one_line)
   case $state in
     "1 "*) connected+=("${key#mqtt_subscriber:status:}") ;;
@@ -107,10 +140,10 @@ elif [ ${#paused[@]} -gt 0 ]; then
   report "mqtt subscriber connected" FAIL \
     "intake paused by an operator (${paused[*]}); resume: manage.py drain --resume"
 elif [ $keys_read -ne 0 ]; then
-  report "mqtt subscriber connected" FAIL "cannot read the subscribers' status from $REDIS_URL"
+  report "mqtt subscriber connected" FAIL "cannot read the subscribers' status from $REDIS_SHOWN"
 else
   report "mqtt subscriber connected" FAIL \
-    "no subscriber connected to the broker has reported to $REDIS_URL in the last 15 s"
+    "no subscriber connected to the broker has reported to $REDIS_SHOWN in the last 15 s"
 fi
 
 # Channel layer: a message sent to a fresh channel comes back, through Redis DB 2.
@@ -141,9 +174,8 @@ else
 fi
 
 # The application's own view: 200, or 503 naming what is down.
-body_file=$(mktemp)
-error_file=$(mktemp)
-trap 'rm -f "$body_file" "$error_file"' EXIT
+body_file="$work/health.json"
+error_file="$work/health.err"
 status=$(curl -sS --max-time $((CHECK_TIMEOUT + 5)) -o "$body_file" -w '%{http_code}' \
   "${curl_auth[@]}" "$BASE_URL/monitoring/health/" 2>"$error_file")
 if [ "$status" = 200 ]; then

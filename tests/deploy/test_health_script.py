@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,48 @@ def test_it_exits_1_naming_the_part_that_was_stopped(
     assert named in failing
     assert result.stdout.splitlines()[-1].startswith("UNHEALTHY: ")
     assert component in result.stdout.splitlines()[-1]
+
+
+def test_no_secret_reaches_a_command_line_or_the_output_and_nothing_is_left_behind(
+    running_stack: Stack, tmp_path: Path
+):
+    """`ps` shows every command line to every user, and the output goes to the journal."""
+    import os
+    import secrets
+    import shutil
+
+    from tests.services import executable
+
+    # Wrappers in front of the real programs record every command line the script runs.
+    shims, argv_log = tmp_path / "bin", tmp_path / "argv.log"
+    shims.mkdir()
+    for program in ("curl", "mosquitto_sub", "redis-cli"):
+        real = shutil.which(program) or executable(program)
+        shim = shims / program
+        shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$0 $*" >> "{argv_log}"\nexec {real} "$@"\n')
+        shim.chmod(0o755)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    redis_password = f"canary-redis-{secrets.token_hex(8)}"
+    mqtt_password = f"canary-mqtt-{secrets.token_hex(8)}"
+    env = {
+        **running_stack.env,
+        "PATH": f"{shims}:{os.environ['PATH']}",
+        "TMPDIR": str(temp),
+        "REDIS_URL": running_stack.env["REDIS_URL"].replace(
+            "redis://", f"redis://:{redis_password}@"
+        ),
+        "MQTT_USERNAME": "health-check",
+        "MQTT_PASSWORD": mqtt_password,
+    }
+    result = subprocess.run(
+        [str(SCRIPT)], env=env, capture_output=True, text=True, timeout=90, check=False
+    )
+    recorded = argv_log.read_text()
+    for program in ("curl", "mosquitto_sub", "redis-cli"):
+        assert f"/{program} " in recorded, f"{program} never ran:\n{result.stdout}"
+    for secret in (running_stack.env["MONITORING_API_KEY"], redis_password, mqtt_password):
+        assert secret not in recorded
+        assert secret not in result.stdout + result.stderr
+    assert "redis://***@127.0.0.1" in line(result.stdout, "redis")
+    assert list(temp.iterdir()) == [], "the run left temporary files behind"
