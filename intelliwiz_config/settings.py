@@ -324,6 +324,10 @@ SPECTACULAR_SETTINGS = {
 
 # Browsers' Origin must name one of DJANGO_ALLOWED_HOSTS (Channels' origin validator).
 NOC_MAX_MESSAGES_PER_MINUTE = env_int("NOC_MAX_MESSAGES_PER_MINUTE", 100, minimum=1)
+# Per user, across every Daphne process: open NOC WebSockets (4430 beyond) and connects a minute
+# (4429 beyond). Each connect costs a snapshot of up to 500 alerts and 2,000 devices.
+NOC_MAX_SOCKETS_PER_USER = env_int("NOC_MAX_SOCKETS_PER_USER", 10, minimum=1)
+NOC_MAX_CONNECTS_PER_MINUTE = env_int("NOC_MAX_CONNECTS_PER_MINUTE", 30, minimum=1)
 NOC_MAX_FRAME_BYTES = env_int("NOC_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
 # Telemetry updates per client are conflated to at most one per this many milliseconds.
 NOC_TELEMETRY_MIN_INTERVAL_MS = env_int("NOC_TELEMETRY_MIN_INTERVAL_MS", 250, minimum=0)

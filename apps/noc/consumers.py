@@ -37,7 +37,7 @@ from apps.core.events import tenant_group
 from apps.core.outbox import broadcast_on_commit
 from apps.devices.models import Device
 from apps.devices.services import device_state
-from apps.noc import auth
+from apps.noc import auth, limits
 from apps.noc.messages import (
     Ack,
     AcknowledgeAlert,
@@ -52,7 +52,8 @@ from apps.tenants.models import User
 
 log = structlog.get_logger(__name__)
 
-CLOSE_TOO_MANY_MESSAGES = 4429
+CLOSE_TOO_MANY_MESSAGES = 4429  # also: more connects a minute than NOC_MAX_CONNECTS_PER_MINUTE
+CLOSE_TOO_MANY_SOCKETS = 4430  # the user holds NOC_MAX_SOCKETS_PER_USER connections already
 CLOSE_CLIENT_BEHIND = 4408
 CLOSE_SERVER_ERROR = 4500
 # Application codes: Daphne (autobahn) may only send 1000 or 3000-4999.
@@ -154,6 +155,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         self.pending_messages = 0
         self.telemetry_flush: asyncio.Task[None] | None = None
         self.joined = False
+        self.admitted = False
         try:
             self.user, expires_at = await _authenticate(self.scope)
         except auth.TokenRefusedError as refusal:
@@ -162,6 +164,20 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             await self.close(code=refusal.close_code)
             return
         assert self.user.tenant_id is not None
+        over = await asyncio.to_thread(limits.admit, self.user.pk, self.channel_name)
+        if over is not None:
+            code = CLOSE_TOO_MANY_SOCKETS if over == "sockets_per_user" else CLOSE_TOO_MANY_MESSAGES
+            log.warning(
+                "NOC connection refused: over a per-user limit",
+                user=self.user.username,
+                limit=over,
+                code=code,
+                hint="NOC_MAX_SOCKETS_PER_USER, NOC_MAX_CONNECTS_PER_MINUTE",
+            )
+            await self.accept()
+            await self.close(code=code)
+            return
+        self.admitted = True
         self.tenant_id = self.user.tenant_id
         self.group = tenant_group(self.tenant_id)
         await self.accept()
@@ -170,6 +186,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps({"type": "connected", "tenant_id": self.tenant_id}))
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.tasks.append(asyncio.create_task(self._renew_membership()))
+        self.tasks.append(asyncio.create_task(self._renew_socket()))
         if expires_at is not None:
             self.tasks.append(asyncio.create_task(self._close_at(expires_at)))
         await self._send_event("snapshot", await self._snapshot(), flow_controlled=False)
@@ -178,6 +195,9 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         for task in self.tasks:
             task.cancel()
+        if self.admitted:
+            self.admitted = False
+            await asyncio.to_thread(limits.release, self.user.pk, self.channel_name)
         if self.telemetry_flush:
             self.telemetry_flush.cancel()
         if self.joined:
@@ -186,6 +206,12 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     # --- background duties ------------------------------------------------------------------
+
+    async def _renew_socket(self) -> None:
+        """Keep this connection counted against its user's limit while it is open."""
+        while True:
+            await asyncio.sleep(limits.SOCKET_RENEW_SECONDS)
+            await asyncio.to_thread(limits.renew, self.user.pk, self.channel_name)
 
     async def _renew_membership(self) -> None:
         """Re-join before the channel layer's group expiry, so a long session never goes deaf."""

@@ -587,3 +587,31 @@ def test_an_event_sent_twice_with_one_id_is_shown_once(daphne_server, alice):
     assert second["seq"] == first["seq"] + 1
     assert after["type"] == "heartbeat_ack"
     assert metric("noc_events_dropped_total", reason="duplicate") - dropped_before == 1
+
+
+def test_a_user_is_held_to_ten_open_sockets_and_thirty_connects_a_minute(daphne_server, alice):
+    token = issue_access_token(alice)
+    bob_token = issue_access_token(operator(alice.tenant, "bob"))
+
+    async def opened(token: str = token) -> ClientConnection:
+        ws = await connect(url(daphne_server), additional_headers=bearer(token))
+        await until_type(ws, "snapshot")  # admitted: the snapshot comes after the checks
+        return ws
+
+    async def scenario() -> tuple[int | None, int | None]:
+        held = [await opened() for _ in range(10)]
+        eleventh = await close_code(daphne_server, additional_headers=bearer(token))
+        await held.pop().close()  # one fewer open: a new one is let in
+        held.append(await opened())
+        for ws in held:
+            await ws.close()
+        # 12 connects so far (the refused one counts); 18 more, then the 31st is refused.
+        for _ in range(18):
+            await (await opened()).close()
+        thirty_first = await close_code(daphne_server, additional_headers=bearer(token))
+        await (await opened(bob_token)).close()  # another user is not held to alice's count
+        return eleventh, thirty_first
+
+    eleventh, thirty_first = asyncio.run(scenario())
+    assert eleventh == 4430
+    assert thirty_first == 4429
