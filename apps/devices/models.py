@@ -47,7 +47,7 @@ class Device(models.Model):
     device_id = models.CharField(
         max_length=64,
         unique=True,
-        validators=[RegexValidator(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z", DEVICE_ID_RULE)],
+        validators=[RegexValidator(rf"\A{DEVICE_ID_PATTERN.pattern}\Z", DEVICE_ID_RULE)],
     )
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OTHER)
     name = models.CharField(max_length=100, blank=True)
