@@ -1,4 +1,8 @@
-"""ASGI entry point served by Daphne: HTTP goes to Django, WebSockets to Channels consumers."""
+"""ASGI entry point served by Daphne: HTTP goes to Django, WebSockets to Channels consumers.
+
+Both see the client address resolved once, from TRUSTED_PROXIES, by ClientAddressMiddleware;
+Daphne runs without --proxy-headers, which would believe the client's own X-Forwarded-For.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from apps.core.client_address import ClientAddressMiddleware  # noqa: E402
 from apps.noc.routing import websocket_urlpatterns  # noqa: E402
 from apps.noc.security import origin_checked  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+application = ClientAddressMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )

@@ -6,6 +6,7 @@ below, which fail loudly (naming the variable) on a bad value instead of guessin
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -110,6 +111,7 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from static files, no CDN
+    "axes",  # failed logins, per account and per client address
     # Layered: each app imports only those listed above it (docs/architecture.md, "Layers").
     "apps.core",
     "apps.tenants",
@@ -129,6 +131,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires
 ]
 
 ROOT_URLCONF = "intelliwiz_config.urls"
@@ -433,6 +436,59 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 DEMO_TENANT = env_str("DEMO_TENANT", "demo")
 DEMO_OPERATOR = env_str("DEMO_OPERATOR", "operator")
 
+# --- Client addresses and logins (issue 10) ---------------------------------------------------
+
+
+def env_networks(name: str, default: list[str]) -> list[str]:
+    """Comma-separated IP addresses or networks (`10.0.0.5`, `10.0.0.0/24`, `::1`)."""
+    result = []
+    for item in env_list(name, default):
+        try:
+            result.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)"
+            ) from None
+    return result
+
+
+# The client address (apps/core/client_address.py) is the peer's, unless the peer is one of these
+# proxies: then the right-most X-Forwarded-For entry that is not one of them. Empty: no proxy is
+# trusted and forwarding headers are ignored. Behind nginx on this host, set 127.0.0.1.
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES", [])
+
+# Password guessing (django-axes): this many failed logins for one account (from any address),
+# or from one address (for any accounts), lock that account or address out of every login path
+# for LOGIN_COOLOFF_MINUTES after the last failure that counted (429 with Retry-After).
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_COOLOFF_MINUTES = env_int("LOGIN_COOLOFF_MINUTES", 15, minimum=1)
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out login before its password
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_CLIENT_IP_CALLABLE = "apps.core.client_address.client_address"
+AXES_LOCKOUT_CALLABLE = "apps.noc.logins.lockout_response"
+# Attempts while locked out are refused without being counted: the lockout ends on time, and a
+# flood of them writes nothing. A success does not reset the counts (it would reset the address's
+# count for every account, a free pass for an insider guessing colleagues' passwords).
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = False
+# No row per successful login: nothing would ever prune them.
+AXES_DISABLE_ACCESS_LOG = True
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 12},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
 # --- Logging ------------------------------------------------------------------------------
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
@@ -461,5 +517,5 @@ if not DEBUG:
         )
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-    # Daphne runs with --proxy-headers behind a TLS-terminating proxy that sets this header.
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Behind a TLS-terminating proxy, HTTPS is known from its X-Forwarded-Proto, believed only
+    # when it is one of TRUSTED_PROXIES (apps/core/client_address.py sets the request's scheme).

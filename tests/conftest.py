@@ -160,19 +160,12 @@ def bus(
 
 def start_daphne(log_path: Path, **env: str) -> tuple[Service, int]:
     """Daphne serving the project on a free port, as `make run` starts it."""
-    import sys
-
+    from apps.monitoring.stack import daphne_argv
     from tests.environment import free_port
     from tests.services import port_open
 
     port = free_port()
-    daphne = str(Path(sys.executable).parent / "daphne")
-    service = Service(
-        "daphne",
-        [daphne, "-b", "127.0.0.1", "-p", str(port), "intelliwiz_config.asgi:application"],
-        log_path,
-        env={**INFO_LOGS, **env},
-    )
+    service = Service("daphne", daphne_argv("127.0.0.1", port), log_path, env={**INFO_LOGS, **env})
     wait_for(lambda: port_open(port), timeout=30, what=f"daphne on port {port}")
     return service, port
 

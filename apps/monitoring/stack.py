@@ -182,6 +182,20 @@ def write_service_configs(paths: StackPaths) -> None:
         )
 
 
+def daphne_argv(host: str, port: int) -> list[str]:
+    """Daphne as the stack and the tests run it. No --proxy-headers: it would take the client's
+    own left-most X-Forwarded-For entry as its address; the application resolves the address
+    itself, from TRUSTED_PROXIES (apps/core/client_address.py)."""
+    return [
+        venv_executable("daphne"),
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "intelliwiz_config.asgi:application",
+    ]
+
+
 def programs(paths: StackPaths) -> list[Program]:
     """Every process of the stack, in the runbook's start order (priority ascending)."""
     python = sys.executable
@@ -202,15 +216,7 @@ def programs(paths: StackPaths) -> list[Program]:
         )
         conf = str(paths.var_dir / "mosquitto" / "mosquitto.conf")
         result.append(Program("mosquitto", [mosquitto, "-c", conf], 20, "mosquitto"))
-    daphne = [
-        venv_executable("daphne"),
-        "--bind",
-        settings.HTTP_HOST,
-        "--port",
-        str(settings.HTTP_PORT),
-        "--proxy-headers",
-        "intelliwiz_config.asgi:application",
-    ]
+    daphne = daphne_argv(settings.HTTP_HOST, settings.HTTP_PORT)
     result.append(Program("daphne", daphne, 30, "daphne"))
     for queue in QUEUES:
         command = [python, "-m", "apps.core.worker", queue.name]

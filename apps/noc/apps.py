@@ -7,4 +7,5 @@ class NocConfig(AppConfig):
     verbose_name = "NOC"
 
     def ready(self) -> None:
+        from apps.noc import logins  # noqa: F401  logs lockouts
         from apps.noc.api import schema  # noqa: F401  registers the OpenAPI extension

@@ -479,12 +479,20 @@ def empty_throttle_history() -> Iterator[None]:
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("empty_throttle_history")
-def test_password_guessing_on_the_token_endpoint_is_throttled(acme: Tenant):
-    operator(acme, "acme-op")
+def test_token_requests_are_rate_limited_per_client_address_whatever_x_forwarded_for_says():
+    # Password guessing itself is locked out sooner (tests/security/test_login_throttling.py);
+    # this is the plain rate, here on refresh, which takes no password.
     client = APIClient()
-    codes = [
-        client.post("/api/token/", {"username": "acme-op", "password": "guess"}).status_code
-        for _ in range(25)
-    ]
+
+    def refresh(address: str, forwarded_for: str) -> int:
+        return client.post(
+            "/api/token/refresh/",
+            {"refresh": "not-a-token"},
+            REMOTE_ADDR=address,
+            HTTP_X_FORWARDED_FOR=forwarded_for,
+        ).status_code
+
+    codes = [refresh("192.0.2.10", f"198.51.100.{n}") for n in range(21)]
     assert codes[:20] == [401] * 20
-    assert codes[-1] == 429
+    assert codes[20] == 429
+    assert refresh("192.0.2.11", "198.51.100.1") == 401

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.routers import DefaultRouter
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
+from apps.core.client_address import client_address
 from apps.noc.api.views import AlertViewSet, DeviceViewSet
+from apps.noc.logins import lockout_response
 
 app_name = "api"
 
@@ -17,19 +21,34 @@ router.register("alerts", AlertViewSet, basename="alert")
 router.register("devices", DeviceViewSet, basename="device")
 
 
+class ClientAddressRateThrottle(ScopedRateThrottle):
+    """The scope's rate per client address: DRF's own get_ident would key on the whole
+    X-Forwarded-For header, which the client chooses."""
+
+    def get_ident(self, request: Request) -> str:
+        return client_address(request)
+
+
 class ThrottledTokenObtainPairView(TokenObtainPairView):
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ClientAddressRateThrottle]
     throttle_scope = "token"
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # axes marks the request it refused (apps/noc/logins.py); say so instead of a bare 401.
+        if getattr(self.request, "axes_locked_out", False):
+            return lockout_response(self.request)  # type: ignore[return-value]
+        return super().handle_exception(exc)
 
 
 class ThrottledTokenRefreshView(TokenRefreshView):
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ClientAddressRateThrottle]
     throttle_scope = "token"
 
 
 urlpatterns = [
     # The obtain view's serializer (tokens that carry the tenant) is set in SIMPLE_JWT.
-    # Password guessing is throttled per client address (REST_FRAMEWORK "token" rate).
+    # Both are rate-limited per client address (REST_FRAMEWORK "token" rate); password guessing
+    # also locks the account or the address out (django-axes, apps/noc/logins.py).
     path("token/", ThrottledTokenObtainPairView.as_view(), name="token-obtain"),
     path("token/refresh/", ThrottledTokenRefreshView.as_view(), name="token-refresh"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
