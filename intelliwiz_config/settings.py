@@ -100,7 +100,7 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "intelliwiz_config.apps.AdminConfig",  # django.contrib.admin, for superusers only
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -124,6 +124,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "intelliwiz_config.admin_site.AdminGateMiddleware",  # /admin/ is a 404 unless allowed
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -436,7 +437,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 DEMO_TENANT = env_str("DEMO_TENANT", "demo")
 DEMO_OPERATOR = env_str("DEMO_OPERATOR", "operator")
 
-# --- Client addresses and logins (issue 10) ---------------------------------------------------
+# --- Client addresses, logins and the admin (issue 10) ----------------------------------------
 
 
 def env_networks(name: str, default: list[str]) -> list[str]:
@@ -488,6 +489,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# The Django admin sees every tenant's data: it is served only when enabled, only to superusers,
+# and only to clients in ADMIN_ALLOWED_NETWORKS; anything else gets a 404.
+ADMIN_ENABLED = env_bool("ADMIN_ENABLED", DEBUG)
+ADMIN_ALLOWED_NETWORKS = env_networks("ADMIN_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1"])
 
 # --- Logging ------------------------------------------------------------------------------
 

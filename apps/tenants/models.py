@@ -18,7 +18,9 @@ class Tenant(models.Model):
 
 
 class User(AbstractUser):
-    """An operator. Staff without a tenant may administer the system but see no tenant data."""
+    """An operator, who sees only their tenant's data. Only superusers may use the Django admin,
+    which is not scoped to a tenant: it is off in production and local by default (README, Admin).
+    """
 
     tenant = models.ForeignKey(
         Tenant, on_delete=models.PROTECT, null=True, blank=True, related_name="users"
