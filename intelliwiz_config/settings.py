@@ -477,8 +477,9 @@ AXES_LOCKOUT_CALLABLE = "apps.noc.logins.lockout_response"
 # count for every account, a free pass for an insider guessing colleagues' passwords).
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_RESET_ON_SUCCESS = False
-# No row per successful login: nothing would ever prune them.
+# No row per successful login (nothing would prune them), no banner in every process's log.
 AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
