@@ -52,6 +52,7 @@ def test_an_invalid_fernet_key_is_named():
         ("MAX_MESSAGE_AGE_DAYS", "30", "MAX_MESSAGE_AGE_DAYS=30 must not exceed"),
         ("JWT_SIGNING_KEY", "short-key", "JWT_SIGNING_KEY is 9 characters; use at least 32"),
         ("MONITORING_API_KEY", "x" * 31, "MONITORING_API_KEY is 31 characters; use at least 32"),
+        ("TRUSTED_PROXIES", "nginx", "TRUSTED_PROXIES: 'nginx' is not an IP address or network"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(variable: str, value: str, message: str):

@@ -3,6 +3,9 @@ to superusers, and only to clients in ADMIN_ALLOWED_NETWORKS; anything else is a
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from django.utils import timezone
 from apps.core.models import DeadLetter
 from apps.tenants.models import User
 from tests.security.conftest import ADMIN_HOST, DIRECT, PROXY, Daphne
+from tests.services import ROOT
 
 PASSWORD = "admin-Pa55phrase-4c1d"
 
@@ -25,6 +29,22 @@ def admin_user(username: str, *, superuser: bool) -> User:
     if superuser:
         return User.objects.create_superuser(username=username, password=PASSWORD)
     return User.objects.create_user(username=username, password=PASSWORD, is_staff=True)
+
+
+def test_the_admin_is_off_by_default_in_production_and_on_in_development():
+    production = {
+        "DJANGO_DEBUG": "false",
+        "MQTT_USERNAME": "bus",
+        "MQTT_PASSWORD": "secret",
+        "MONITORING_API_KEY": "k" * 32,
+    }
+    show = "from django.conf import settings; print(settings.ADMIN_ENABLED)"
+    for overrides, enabled in ((production, "False"), ({}, "True")):
+        result = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-v", "0", "-c", show],
+            cwd=ROOT, env={**os.environ, **overrides}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.stdout.strip() == enabled, result.stderr
 
 
 @pytest.mark.django_db
