@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rest_framework import serializers
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, Token
@@ -39,6 +40,14 @@ def _with_tenant(token: Token, user: User) -> Token:
 
 class TenantTokenObtainPairSerializer(TokenObtainPairSerializer):
     """`/api/token/`: the pair carries the user's tenant."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # No longer than a username can be: a longer one is a 400, not a failed login to record
+        # (django-axes keeps at most 255 characters of it).
+        self.fields[self.username_field] = serializers.CharField(
+            write_only=True, max_length=User._meta.get_field("username").max_length
+        )
 
     @classmethod
     def get_token(cls, user: Any) -> Token:

@@ -10,6 +10,7 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from axes.models import AccessAttempt
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -97,6 +98,15 @@ def test_a_lockout_is_logged_with_account_and_address_but_never_the_password(
     assert lockouts[0]["username"] == "victim"
     assert lockouts[0]["client"] == "10.0.3.2"
     assert PASSWORD not in caplog.text
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("small_limit")
+def test_a_username_longer_than_any_account_is_a_400_not_a_failure_on_record():
+    answer = attempt(TOKEN, "x" * 151, "wrong", "10.0.4.1")
+    assert answer.status_code == 400
+    assert "no more than 150 characters" in answer.content.decode()
+    assert not AccessAttempt.objects.exists()
 
 
 # --- Through the real Daphne: the client address cannot be forged ------------------------------
