@@ -47,8 +47,14 @@ def fernet_canary(role: str) -> str:
 SCRATCH = Path(tempfile.mkdtemp(prefix="intelliwiz-tests-"))
 REDIS_PORT = free_port()
 MQTT_PORT = free_port()
+REDIS_PASSWORD = canary("redis")
 JWT_SIGNING_KEY = canary("jwt")
 OPERATOR_PASSWORD = canary("operator")
+
+
+def redis_url(port: int, *, user: str = "", password: str = REDIS_PASSWORD) -> str:
+    """The URL of a test Redis on `port`, carrying its password as every client reads it."""
+    return f"redis://{user}:{password}@127.0.0.1:{port}"
 
 
 os.environ.update(
@@ -66,7 +72,7 @@ os.environ.update(
         # read and write the same file as the test (pytest-django creates it fresh).
         "DATABASE_URL": f"sqlite:///{SCRATCH / 'test.sqlite3'}",
         "TEST_SQLITE_PATH": str(SCRATCH / "test.sqlite3"),
-        "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}",
+        "REDIS_URL": redis_url(REDIS_PORT),
         "MQTT_HOST": "127.0.0.1",
         "MQTT_PORT": str(MQTT_PORT),
         "MQTT_CLIENT_ID": f"test-subscriber-{secrets.token_hex(4)}",
