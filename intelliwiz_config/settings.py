@@ -10,14 +10,14 @@ import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-from apps.core.logging import configure_logging
+from apps.core.logging import configure_logging, mask_url
 from apps.core.tasks import celery_settings
 
 django_stubs_ext.monkeypatch()  # lets Django's generic classes be subscripted (ModelAdmin[T])
@@ -189,16 +189,33 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 # --- Redis: one server, one database per role --------------------------------------------
 
+# The password travels in the URL, percent-encoded: redis://:<password>@host:port, or with an
+# ACL user redis://<user>:<password>@host:port. Every client (broker, cache, channel layer, bus
+# state, the health script) reads it from here; logs and errors show REDIS_URL_SHOWN only.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+REDIS_URL_SHOWN = mask_url(REDIS_URL)
 _redis = urlsplit(REDIS_URL)
 if _redis.scheme not in {"redis", "rediss"} or not _redis.hostname:
-    raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r} must look like redis://host:port")
+    raise ImproperlyConfigured(
+        f"REDIS_URL={REDIS_URL_SHOWN!r} must look like redis://:<password>@host:port"
+    )
 if _redis.path not in {"", "/"}:
     raise ImproperlyConfigured(
-        f"REDIS_URL={REDIS_URL!r} must not name a database; each role picks its own"
+        f"REDIS_URL={REDIS_URL_SHOWN!r} must not name a database; each role picks its own"
     )
 REDIS_HOST = _redis.hostname
 REDIS_PORT = _redis.port or 6379
+REDIS_USERNAME = unquote(_redis.username or "")
+REDIS_PASSWORD = unquote(_redis.password or "")
+# Outside DEBUG a Redis without a password is refused, unless this says it is on purpose.
+REDIS_ALLOW_NO_PASSWORD = env_bool("REDIS_ALLOW_NO_PASSWORD", False)
+if not (DEBUG or REDIS_PASSWORD or REDIS_ALLOW_NO_PASSWORD):
+    raise ImproperlyConfigured(
+        f"REDIS_URL={REDIS_URL_SHOWN!r} has no password: outside DEBUG, Redis must require one "
+        "(requirepass, deploy/redis/redis.conf) and REDIS_URL must carry it, "
+        "redis://:<password>@host:port; set REDIS_ALLOW_NO_PASSWORD=true only if nobody else "
+        "can reach this Redis"
+    )
 CELERY_BROKER_URL = f"{REDIS_URL}/0"
 CACHE_REDIS_URL = f"{REDIS_URL}/1"
 CHANNELS_REDIS_URL = f"{REDIS_URL}/2"

@@ -24,7 +24,8 @@ export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-intelliwiz_config.settin
 
 # Hosts, ports and keys exactly as the application resolves them (environment, .env, defaults).
 # Only its standard output is read, and only lines that assign the names asked for.
-names=(REDIS_URL MQTT_HOST MQTT_PORT MQTT_USERNAME MQTT_PASSWORD HTTP_HOST HTTP_PORT MONITORING_API_KEY)
+names=(REDIS_URL_SHOWN REDIS_USERNAME REDIS_PASSWORD MQTT_HOST MQTT_PORT MQTT_USERNAME MQTT_PASSWORD
+  HTTP_HOST HTTP_PORT MONITORING_API_KEY)
 if ! (cd "$ROOT" && "$PYTHON" manage.py shell_settings "${names[@]}" >"$work/settings" \
     2>"$work/settings.err"); then
   printf '%-4s %-28s %s\n' FAIL settings "cannot load the settings: $(tail -n 1 "$work/settings.err")"
@@ -39,25 +40,18 @@ if grep -qvE "$pattern" "$work/settings"; then
 fi
 # shellcheck disable=SC1091  # lines checked above: NAME='value' (shell-quoted) for our names
 . "$work/settings"
-: "${REDIS_URL:?}" "${MQTT_PORT:?}" "${HTTP_PORT:?}"
+: "${REDIS_URL_SHOWN:?}" "${MQTT_PORT:?}" "${HTTP_PORT:?}"
 case $HTTP_HOST in
   0.0.0.0 | "::" | "[::]") HTTP_HOST=127.0.0.1 ;;  # listening everywhere: ask locally
 esac
 BASE_URL="http://$HTTP_HOST:$HTTP_PORT"
 
 # Secrets never on a command line (ps shows those to every user) nor in the output (the journal):
-# - Redis: the URL without its password, shown masked; the password in REDISCLI_AUTH;
-redis_url=$REDIS_URL
-REDIS_SHOWN=$REDIS_URL
-if [[ $REDIS_URL =~ ^(rediss?://)([^@/]*)@(.*)$ ]]; then
-  userinfo=${BASH_REMATCH[2]}
-  REDIS_SHOWN="${BASH_REMATCH[1]}***@${BASH_REMATCH[3]}"
-  if [[ $userinfo == *:* ]]; then
-    export REDISCLI_AUTH=${userinfo#*:}
-    user=${userinfo%%:*}
-    redis_url="${BASH_REMATCH[1]}${user:+$user@}${BASH_REMATCH[3]}"
-  fi
-fi
+# - Redis: the URL without credentials (shown masked, as REDIS_URL_SHOWN), the password in
+#   REDISCLI_AUTH, an ACL user's name in --user (a name in the URL would be taken as a password);
+[ -z "${REDIS_PASSWORD:-}" ] || export REDISCLI_AUTH=$REDIS_PASSWORD
+redis_cli=(redis-cli --no-auth-warning -u "${REDIS_URL_SHOWN/'***@'/}"
+  ${REDIS_USERNAME:+--user "$REDIS_USERNAME"})
 # - the monitoring key: curl reads its header from a private file;
 curl_auth=()
 if [ -n "${MONITORING_API_KEY:-}" ]; then
@@ -79,11 +73,11 @@ report() {  # report NAME OK|FAIL DETAIL
 one_line() { tr '\n' ' ' | sed 's/[[:space:]]*$//' | cut -c1-200; }
 
 # Redis: the Celery broker and the bus state.
-answer=$(timeout "$CHECK_TIMEOUT" redis-cli --no-auth-warning -u "$redis_url" ping 2>&1)
+answer=$(timeout "$CHECK_TIMEOUT" "${redis_cli[@]}" ping 2>&1)
 if [ "$answer" = PONG ]; then
-  report redis OK "PONG from $REDIS_SHOWN"
+  report redis OK "PONG from $REDIS_URL_SHOWN"
 else
-  report redis FAIL "no PONG from $REDIS_SHOWN: $(one_line <<<"$answer")"
+  report redis FAIL "no PONG from $REDIS_URL_SHOWN: $(one_line <<<"$answer")"
 fi
 
 # MQTT broker: it publishes its uptime on $SYS every few seconds.
@@ -122,13 +116,12 @@ fi
 # (DB 0) every 5 s, and the key expires 15 s after the last refresh (apps/core/intake_status.py).
 connected=()
 paused=()
-keys=$(timeout "$CHECK_TIMEOUT" redis-cli --no-auth-warning -u "$redis_url" --scan \
-  --pattern 'mqtt_subscriber:status:*' 2>&1)
+keys=$(timeout "$CHECK_TIMEOUT" "${redis_cli[@]}" --scan --pattern 'mqtt_subscriber:status:*' 2>&1)
 keys_read=$?
 [ $keys_read -eq 0 ] || keys=""
 for key in $keys; do
-  state=$(timeout "$CHECK_TIMEOUT" redis-cli --no-auth-warning -u "$redis_url" HMGET "$key" connected paused \
-    2>/dev/null | one_line)
+  state=$(timeout "$CHECK_TIMEOUT" "${redis_cli[@]}" HMGET "$key" connected paused 2>/dev/null \
+    | one_line)
   case $state in
     "1 "*) connected+=("${key#mqtt_subscriber:status:}") ;;
     *" 1") paused+=("${key#mqtt_subscriber:status:}") ;;
@@ -140,10 +133,10 @@ elif [ ${#paused[@]} -gt 0 ]; then
   report "mqtt subscriber connected" FAIL \
     "intake paused by an operator (${paused[*]}); resume: manage.py drain --resume"
 elif [ $keys_read -ne 0 ]; then
-  report "mqtt subscriber connected" FAIL "cannot read the subscribers' status from $REDIS_SHOWN"
+  report "mqtt subscriber connected" FAIL "cannot read the subscribers' status from $REDIS_URL_SHOWN"
 else
   report "mqtt subscriber connected" FAIL \
-    "no subscriber connected to the broker has reported to $REDIS_SHOWN in the last 15 s"
+    "no subscriber connected to the broker has reported to $REDIS_URL_SHOWN in the last 15 s"
 fi
 
 # Channel layer: a message sent to a fresh channel comes back, through Redis DB 2.

@@ -6,13 +6,14 @@ points the settings at them, so a test run never touches the developer's own sta
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import socket
 import tempfile
 from pathlib import Path
 
-from cryptography.fernet import Fernet
+import pytest
 
 
 def free_port() -> int:
@@ -21,16 +22,48 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Canary secrets: every secret the suite hands out carries this run's mark, and the session
+# fails if a log it produced holds one (tests/canary.py, run at the end of the session).
+CANARY_MARK = f"canary{secrets.token_hex(4)}"
+CANARIES: dict[str, str] = {}  # what each canary stands for -> its value
+
+
+def _register(role: str, value: str) -> str:
+    CANARIES[role if role not in CANARIES else f"{role} #{len(CANARIES)}"] = value
+    return value
+
+
+def canary(role: str) -> str:
+    """A fresh secret for `role` (letters only) that the log scan recognises."""
+    return _register(role, f"{CANARY_MARK}{role}{secrets.token_urlsafe(18)}")
+
+
+def fernet_canary(role: str) -> str:
+    """A valid Fernet key (base64 of 32 bytes) that begins with this run's mark."""
+    text = f"{CANARY_MARK}{role}{secrets.token_urlsafe(32)}"[:43] + "="
+    return _register(role, base64.urlsafe_b64encode(base64.urlsafe_b64decode(text)).decode())
+
+
 SCRATCH = Path(tempfile.mkdtemp(prefix="intelliwiz-tests-"))
 REDIS_PORT = free_port()
 MQTT_PORT = free_port()
+REDIS_PASSWORD = canary("redis")
+JWT_SIGNING_KEY = canary("jwt")
+OPERATOR_PASSWORD = canary("operator")
+
+
+def redis_url(port: int, *, user: str = "", password: str = REDIS_PASSWORD) -> str:
+    """The URL of a test Redis on `port`, carrying its password as every client reads it."""
+    return f"redis://{user}:{password}@127.0.0.1:{port}"
+
 
 os.environ.update(
     {
         "ENV_FILE": "",
         "DJANGO_DEBUG": "true",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(32),
-        "CHANNELS_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "DJANGO_SECRET_KEY": canary("django"),
+        "JWT_SIGNING_KEY": JWT_SIGNING_KEY,
+        "CHANNELS_ENCRYPTION_KEY": fernet_canary("fernet"),
         "VAR_DIR": str(SCRATCH / "var"),
         # Before anything imports prometheus_client: this process and the services the tests
         # start write their metrics where /metrics/export/ reads them, as under `make run`.
@@ -39,7 +72,7 @@ os.environ.update(
         # read and write the same file as the test (pytest-django creates it fresh).
         "DATABASE_URL": f"sqlite:///{SCRATCH / 'test.sqlite3'}",
         "TEST_SQLITE_PATH": str(SCRATCH / "test.sqlite3"),
-        "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}",
+        "REDIS_URL": redis_url(REDIS_PORT),
         "MQTT_HOST": "127.0.0.1",
         "MQTT_PORT": str(MQTT_PORT),
         "MQTT_CLIENT_ID": f"test-subscriber-{secrets.token_hex(4)}",
@@ -56,10 +89,27 @@ os.environ.update(
 (SCRATCH / "var" / "prometheus").mkdir(exist_ok=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path factory reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    # tmp_path lives in the scratch directory too, so the canary scan reads the logs of the
+    # stacks and services tests start there, and the whole run is removed at the end.
+    if config.option.basetemp is None:
+        config.option.basetemp = str(SCRATCH / "tmp")
+
+
+_keep_scratch = bool(os.environ.get("TEST_KEEP_SCRATCH"))
+
+
+def keep_scratch() -> None:
+    """Leave the scratch directory for a person to look at (the canary scan found a secret)."""
+    global _keep_scratch
+    _keep_scratch = True
+
+
 def pytest_unconfigure() -> None:
     import shutil
 
-    if os.environ.get("TEST_KEEP_SCRATCH"):
+    if _keep_scratch:
         print(f"\ntest scratch directory kept: {SCRATCH}")
         return
     shutil.rmtree(SCRATCH, ignore_errors=True)

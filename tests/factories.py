@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tests import environment
+
 
 def now_iso(offset_seconds: float = 0) -> str:
     return (datetime.now(tz=UTC) + timedelta(seconds=offset_seconds)).isoformat()
@@ -46,7 +48,7 @@ def create_tenant_with_devices(name: str, *device_ids: str, kind: str = "other")
     return tenant
 
 
-OPERATOR_PASSWORD = "correct horse battery staple"
+OPERATOR_PASSWORD = environment.OPERATOR_PASSWORD  # a canary: no log may show it
 
 
 def operator(tenant: Any, username: str, *, permissions: bool = True) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from tests.environment import free_port
+from tests.environment import REDIS_PASSWORD, free_port, redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SBIN = "/usr/sbin:/usr/local/sbin:/sbin"
@@ -111,13 +111,25 @@ class Service:
 
 
 def start_redis(
-    port: int, data_dir: Path, *, appendonly: bool = False, appendfsync: str = "everysec"
+    port: int,
+    data_dir: Path,
+    *,
+    appendonly: bool = False,
+    appendfsync: str = "everysec",
+    password: str = REDIS_PASSWORD,
 ) -> Service:
-    """A Redis on `port`; with `appendonly`, its writes go to an append-only file, fsynced
-    every second (as deploy/redis/ ships it) or, with `appendfsync="always"`, before each reply."""
+    """A Redis on `port` that requires `password` (the run's canary: reach it with
+    `environment.redis_url(port)`); with `appendonly`, its writes go to an append-only file,
+    fsynced every second (as deploy/redis/ ships it) or, with `appendfsync="always"`, before
+    each reply."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    # In a private file, not on the command line, where `ps` would show it.
+    auth = data_dir / "auth.conf"
+    auth.touch(mode=0o600)
+    auth.write_text(f'requirepass "{password}"\n')
     argv = [
         executable("redis-server"),
+        str(auth),
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--dir", str(data_dir),
@@ -241,7 +253,7 @@ class Stack(Service):
             "VAR_DIR": str(var_dir),
             "HTTP_PORT": str(free_port()),
             "MQTT_PORT": str(free_port()),
-            "REDIS_URL": f"redis://127.0.0.1:{free_port()}",
+            "REDIS_URL": redis_url(free_port()),
             "MQTT_CLIENT_ID": "stack-test-subscriber",
             "LOG_LEVEL": "INFO",
             **overrides,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import re
 
 import structlog
 
@@ -17,6 +18,15 @@ _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/\s]+@", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """`text` with the credentials of every URL in it shown as `***`, as the health script
+    shows them: `redis://:secret@host:6379` becomes `redis://***@host:6379`."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 class CountChannelLayerDrops(logging.Filter):

@@ -123,15 +123,32 @@ def supervisor_running(paths: StackPaths) -> int | None:
 
 
 def render(template: Path, target: Path, **values: object) -> None:
+    """Write `target` from `template`, readable by its owner only (it may hold a password)."""
     text = string.Template(template.read_text()).substitute(
         {key: str(value) for key, value in values.items()}
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an earlier file keeps its mode through O_TRUNC
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
 
 
 def manages_redis() -> bool:
     return is_loopback(settings.REDIS_HOST)
+
+
+def redis_auth() -> str:
+    """The local Redis's `requirepass`: the password REDIS_URL carries (none when it has none)."""
+    if settings.REDIS_USERNAME not in {"", "default"}:
+        raise StackError(
+            f"REDIS_URL names the ACL user {settings.REDIS_USERNAME!r}, but make run's own Redis "
+            "has a password only: use REDIS_URL=redis://:<password>@host:port"
+        )
+    if not settings.REDIS_PASSWORD:
+        return "# REDIS_URL has no password: any local client may connect."
+    quoted = settings.REDIS_PASSWORD.replace("\\", "\\\\").replace('"', '\\"')
+    return f'requirepass "{quoted}"'
 
 
 def manages_mosquitto() -> bool:
@@ -167,6 +184,7 @@ def write_service_configs(paths: StackPaths) -> None:
             host=settings.REDIS_HOST,
             port=settings.REDIS_PORT,
             data_dir=data_dir,
+            auth=redis_auth(),
         )
     if manages_mosquitto():
         data_dir = paths.var_dir / "mosquitto"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from typing import Any
@@ -30,8 +31,10 @@ def test_the_breaker_opens_after_the_threshold_and_is_readable_with_plain_redis_
     with pytest.raises(CircuitOpenError, match="Circuit breaker open for mqtt_broker"):
         breaker.call(lambda: "never called")
 
+    # As the runbook has operators run it: the password in REDISCLI_AUTH, not on the command line.
     raw = subprocess.run(
         ["redis-cli", "-p", str(environment.REDIS_PORT), "GET", "circuit_breaker:mqtt_broker"],
+        env={**os.environ, "REDISCLI_AUTH": environment.REDIS_PASSWORD},
         capture_output=True,
         text=True,
         check=True,

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests import environment
+from tests.environment import canary
 from tests.services import ROOT
 
 
@@ -34,6 +36,27 @@ def test_production_refuses_to_start_without_a_channels_encryption_key():
     assert "CHANNELS_ENCRYPTION_KEY must be set outside DEBUG" in result.stderr
 
 
+def test_production_refuses_a_redis_url_without_a_password_unless_told_it_is_on_purpose():
+    production = {
+        "DJANGO_DEBUG": "false",
+        "MQTT_USERNAME": "intelliwiz",
+        "MQTT_PASSWORD": canary("mqtt"),
+        "MONITORING_API_KEY": canary("monitoring"),
+    }
+    # A password put where the user name goes is no password (and must not be shown either).
+    mistaken = f"redis://{environment.REDIS_PASSWORD}@127.0.0.1:6379"
+    refused = django_check(**production, REDIS_URL=mistaken)
+    assert refused.returncode != 0
+    assert "REDIS_URL='redis://***@127.0.0.1:6379' has no password" in refused.stderr
+    assert "REDIS_ALLOW_NO_PASSWORD=true" in refused.stderr
+    assert environment.REDIS_PASSWORD not in refused.stderr
+
+    allowed = django_check(
+        **production, REDIS_URL="redis://127.0.0.1:6379", REDIS_ALLOW_NO_PASSWORD="true"
+    )
+    assert "REDIS_URL" not in allowed.stderr, allowed.stderr
+
+
 def test_an_invalid_fernet_key_is_named():
     result = django_check(CHANNELS_ENCRYPTION_KEY="not-a-key")
     assert result.returncode != 0
@@ -46,7 +69,7 @@ def test_an_invalid_fernet_key_is_named():
         ("DJANGO_DEBUG", "maybe", "DJANGO_DEBUG='maybe' is not a boolean"),
         ("MQTT_PORT", "eighty", "MQTT_PORT='eighty' is not a whole number"),
         ("MQTT_PORT", "0", "MQTT_PORT=0 must be at least 1"),
-        ("REDIS_URL", "redis://127.0.0.1:6379/3", "must not name a database"),
+        ("REDIS_URL", "redis://:pw@127.0.0.1:6379/3", "'redis://***@127.0.0.1:6379/3' must not"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT='xml' must be console or json"),
         ("SQLITE_SYNCHRONOUS", "off", "SQLITE_SYNCHRONOUS='OFF' must be FULL or NORMAL"),
         ("MAX_MESSAGE_AGE_DAYS", "30", "MAX_MESSAGE_AGE_DAYS=30 must not exceed"),

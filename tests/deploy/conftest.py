@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
+from tests.environment import canary
 from tests.services import Stack
 
 
@@ -17,7 +17,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     It requires a monitoring API key, so everything that reads its endpoints must send it.
     """
     directory = tmp_path_factory.mktemp("stack")
-    key = secrets.token_urlsafe(32)
+    key = canary("stackmonitoring")
     stack = Stack(directory / "var", directory / "stack.log", MONITORING_API_KEY=key)
     try:
         stack.wait_healthy()

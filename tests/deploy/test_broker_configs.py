@@ -1,4 +1,4 @@
-"""deploy/mosquitto/ and deploy/redis/: the production configs run, and the ACL holds."""
+"""deploy/mosquitto/ and deploy/redis/: the configs run, the ACL holds, Redis wants its password."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 import redis
+from django.test import override_settings
 from paho.mqtt.enums import CallbackAPIVersion
 
 from apps.mqtt.credentials import mosquitto_hash, render_acl, render_password_file
+from tests import environment
 from tests.environment import free_port
 from tests.services import ROOT, Service, executable, port_open, wait_for
 
@@ -167,24 +169,79 @@ def test_anonymous_and_wrong_password_clients_are_refused(production_mosquitto: 
     assert not connack(production_mosquitto, "dev-001", ACCOUNTS["dev-001"]).is_failure
 
 
-def test_the_production_redis_config_keeps_every_queued_task(tmp_path: Path):
-    port = free_port()
-    argv = [executable("redis-server"), str(DEPLOY / "redis" / "redis.conf")]
-    argv += ["--port", str(port), "--dir", str(tmp_path), "--logfile", ""]
-    argv += ["--pidfile", str(tmp_path / "redis.pid"), "--supervised", "no"]
-    service = Service("redis", argv, tmp_path / "redis.log")
+def start_production_redis(directory: Path, port: int, auth_file: Path) -> Service:
+    """deploy/redis/redis.conf, its password file and paths moved into `directory`."""
+    conf = rewrite(
+        (DEPLOY / "redis" / "redis.conf").read_text(), {"include ": f"include {auth_file}"}
+    )
+    (directory / "redis.conf").write_text(conf)
+    argv = [executable("redis-server"), str(directory / "redis.conf")]
+    argv += ["--port", str(port), "--dir", str(directory), "--logfile", ""]
+    argv += ["--pidfile", str(directory / "redis.pid"), "--supervised", "no"]
+    return Service("redis", argv, directory / "redis.log")
+
+
+@pytest.fixture
+def production_redis(tmp_path: Path) -> Iterator[int]:
+    """The production Redis with the password file its comments tell the deployer to write."""
+    port, auth_file = free_port(), tmp_path / "intelliwiz-auth.conf"
+    auth_file.write_text(f"requirepass {environment.REDIS_PASSWORD}\n")
+    service = start_production_redis(tmp_path, port, auth_file)
     try:
         wait_for(lambda: port_open(port), timeout=10, what="redis with deploy/redis/redis.conf")
-        client = redis.Redis(port=port, decode_responses=True)
-        config = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
-        config |= client.config_get("appendfsync")
+        yield port
     finally:
         service.stop()
+
+
+def test_the_production_redis_config_keeps_every_queued_task(production_redis: int):
+    client = redis.Redis.from_url(environment.redis_url(production_redis), decode_responses=True)
+    config = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
+    config |= client.config_get("appendfsync")
     assert config == {
         "appendonly": "yes",
         "maxmemory-policy": "noeviction",
         "appendfsync": "everysec",
     }
+
+
+def refuses_without_the_password(port: int) -> None:
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(environment.redis_url(port, password="guess")).ping()
+    assert redis.Redis.from_url(environment.redis_url(port)).ping()
+
+
+def test_the_production_redis_refuses_a_client_without_the_password(production_redis: int):
+    refuses_without_the_password(production_redis)
+
+
+def test_the_production_redis_does_not_start_without_its_password_file(tmp_path: Path):
+    service = start_production_redis(tmp_path, free_port(), tmp_path / "missing.conf")
+    try:
+        service.process.wait(10)
+    finally:
+        service.stop()
+    assert service.process.returncode != 0
+    assert "can't open config file" in service.log()
+
+
+def test_make_runs_redis_refuses_a_client_without_the_password(tmp_path: Path):
+    from apps.monitoring import stack
+
+    paths = stack.StackPaths(tmp_path / "var")
+    port = free_port()
+    with override_settings(REDIS_HOST="127.0.0.1", REDIS_PORT=port):
+        stack.write_service_configs(paths)
+    conf = paths.var_dir / "redis" / "redis.conf"
+    assert conf.stat().st_mode & 0o777 == 0o600, "the rendered config holds the password"
+    service = Service("redis", [executable("redis-server"), str(conf)], tmp_path / "redis.log")
+    try:
+        wait_for(lambda: port_open(port), timeout=10, what="make run's redis")
+        refuses_without_the_password(port)
+    finally:
+        service.stop()
 
 
 def test_the_example_acl_is_exactly_what_sync_mqtt_credentials_writes():

@@ -81,11 +81,16 @@ def test_it_exits_1_naming_the_part_that_was_stopped(
 def test_no_secret_reaches_a_command_line_or_the_output_and_nothing_is_left_behind(
     running_stack: Stack, tmp_path: Path
 ):
-    """`ps` shows every command line to every user, and the output goes to the journal."""
+    """`ps` shows every command line to every user, and the output goes to the journal.
+
+    Redis is reached as an ACL user (REDIS_URL=redis://<user>:<password>@…), the harder case:
+    the stack's own URL, default user and password, is the healthy-stack test's."""
     import os
-    import secrets
     import shutil
 
+    import redis
+
+    from tests.environment import canary, redis_url
     from tests.services import executable
 
     # Wrappers in front of the real programs record every command line the script runs.
@@ -98,26 +103,36 @@ def test_no_secret_reaches_a_command_line_or_the_output_and_nothing_is_left_behi
         shim.chmod(0o755)
     temp = tmp_path / "tmp"
     temp.mkdir()
-    redis_password = f"canary-redis-{secrets.token_hex(8)}"
-    mqtt_password = f"canary-mqtt-{secrets.token_hex(8)}"
+    redis_password, mqtt_password = canary("healthredis"), canary("healthmqtt")
+    port = int(running_stack.env["REDIS_URL"].rsplit(":", 1)[1])
+    admin = redis.Redis.from_url(running_stack.env["REDIS_URL"])
+    admin.acl_setuser(
+        "health-check", enabled=True, passwords=[f"+{redis_password}"], keys=["*"],
+        channels=["*"], commands=["+@all"],
+    )  # fmt: skip
     env = {
         **running_stack.env,
         "PATH": f"{shims}:{os.environ['PATH']}",
         "TMPDIR": str(temp),
-        "REDIS_URL": running_stack.env["REDIS_URL"].replace(
-            "redis://", f"redis://:{redis_password}@"
-        ),
+        "REDIS_URL": redis_url(port, user="health-check", password=redis_password),
         "MQTT_USERNAME": "health-check",
         "MQTT_PASSWORD": mqtt_password,
     }
-    result = subprocess.run(
-        [str(SCRIPT)], env=env, capture_output=True, text=True, timeout=90, check=False
-    )
+    try:
+        result = subprocess.run(
+            [str(SCRIPT)], env=env, capture_output=True, text=True, timeout=90, check=False
+        )
+    finally:
+        admin.acl_deluser("health-check")
     recorded = argv_log.read_text()
     for program in ("curl", "mosquitto_sub", "redis-cli"):
         assert f"/{program} " in recorded, f"{program} never ran:\n{result.stdout}"
     for secret in (running_stack.env["MONITORING_API_KEY"], redis_password, mqtt_password):
         assert secret not in recorded
         assert secret not in result.stdout + result.stderr
-    assert "redis://***@127.0.0.1" in line(result.stdout, "redis")
+    assert (
+        line(result.stdout, "redis")
+        == f"OK   redis                        PONG from redis://***@127.0.0.1:{port}"
+    )
+    assert line(result.stdout, "mqtt subscriber connected").startswith("OK ")
     assert list(temp.iterdir()) == [], "the run left temporary files behind"

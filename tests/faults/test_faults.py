@@ -78,7 +78,7 @@ class OwnRedis:
 
     def __init__(self, data: Path) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
+        self.url = environment.redis_url(self.port)
         self.data = data
         self.service = self._start()
 

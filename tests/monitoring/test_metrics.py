@@ -161,7 +161,9 @@ def test_an_unreachable_redis_is_reported_as_a_metric_not_as_an_error():
 def test_the_monitoring_endpoints_require_the_api_key_when_one_is_set(
     client: Client, redis_client: object, settings: object
 ):
-    key = "s3cret-monitoring-key-of-32-characters"
+    from tests.environment import canary
+
+    key = canary("monitoring")
     settings.MONITORING_API_KEY = key  # type: ignore[attr-defined]
 
     refused = client.get("/metrics/export/")

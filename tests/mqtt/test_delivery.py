@@ -177,7 +177,7 @@ def private_broker(tmp_path: Path) -> Iterator[str]:
     """A Redis of the test's own, so a backlog cannot reach the shared workers."""
     port = free_port()
     service = start_redis(port, tmp_path / "redis")
-    yield f"redis://127.0.0.1:{port}"
+    yield environment.redis_url(port)
     service.stop()
 
 
@@ -243,7 +243,7 @@ def test_while_redis_is_down_nothing_is_acknowledged_and_the_broker_keeps_every_
     tmp_path: Path,
 ):
     port = free_port()
-    broker_url = f"redis://127.0.0.1:{port}"
+    broker_url = environment.redis_url(port)
     create_tenant_with_devices("acme", "sensor-001")
     redis_service = start_redis(port, tmp_path / "redis")
     subscriber = start_subscriber(REDIS_URL=broker_url)
@@ -283,7 +283,7 @@ def test_a_frozen_redis_stalls_nothing_and_loses_nothing(
     """Redis stops answering without refusing (SIGSTOP): calls fail by their timeouts, so the
     subscriber keeps its MQTT session, acknowledges nothing, and hands everything on later."""
     port = free_port()
-    broker_url = f"redis://127.0.0.1:{port}"
+    broker_url = environment.redis_url(port)
     create_tenant_with_devices("acme", "sensor-001")
     redis_service = start_redis(port, tmp_path / "redis")
     worker = general_worker(
@@ -463,7 +463,7 @@ def test_a_retry_that_cannot_be_published_leaves_the_batch_in_the_broker(
     admin = redis.Redis.from_url(private_broker, decode_responses=True)
     # A worker account that may take tasks but not publish any (as Redis out of memory would).
     admin.execute_command("ACL", "SETUSER", "worker", "on", ">pw", "~*", "&*", "+@all", "-lpush")
-    worker_url = private_broker.replace("redis://", "redis://worker:pw@")
+    worker_url = private_broker.replace(f":{environment.REDIS_PASSWORD}@", "worker:pw@")
     failing = telemetry_envelope("fails", {"x": 1})  # fails in processing: a retry is asked
     log = tmp_path / "worker.log"
     worker = general_worker("general-cannot-publish", worker_url, log, LOG_LEVEL="INFO")
@@ -548,7 +548,7 @@ def test_a_flood_while_redis_is_down_is_let_go_not_held_and_qos1_still_arrives(
     tmp_path: Path,
 ):
     port = free_port()
-    broker_url = f"redis://127.0.0.1:{port}"
+    broker_url = environment.redis_url(port)
     create_tenant_with_devices("acme", "sensor-001")
     redis_service = start_redis(port, tmp_path / "redis")
     subscriber = start_subscriber(REDIS_URL=broker_url, MQTT_HOLD_MAX_MESSAGES="300")

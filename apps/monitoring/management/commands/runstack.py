@@ -33,6 +33,12 @@ class Command(BaseCommand):
             programs = stack.prepare(paths)
         except stack.StackError as exc:
             raise CommandError(str(exc)) from None
+        if stack.manages_redis() and not settings.REDIS_PASSWORD:
+            self.stderr.write(
+                "REDIS_URL has no password, so this stack's Redis lets every local user in: "
+                "put one in it, REDIS_URL=redis://:<password>@host:port "
+                "(scripts/init_env.py adds one to .env)"
+            )
         self.stdout.write("Migrating the database …")
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
