@@ -334,6 +334,9 @@ NOC_TELEMETRY_MIN_INTERVAL_MS = env_int("NOC_TELEMETRY_MIN_INTERVAL_MS", 250, mi
 # Daphne never blocks a send: a client that stops reading would make it hold every event in
 # memory. One whose unacknowledged events (after its snapshot) exceed this is cut off (4408).
 NOC_MAX_UNACKED_BYTES = env_int("NOC_MAX_UNACKED_BYTES", 4 * 1024 * 1024, minimum=64 * 1024)
+# Each connection re-checks its user, session or token this often, and closes once refused
+# (logout, deactivation, permission lost); changes made through Django close it at once.
+NOC_REAUTH_SECONDS = env_int("NOC_REAUTH_SECONDS", 60, minimum=1)
 
 # --- Celery (queues and routes live in apps/core/tasks/celery_settings.py) -----------------
 

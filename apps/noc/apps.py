@@ -7,4 +7,5 @@ class NocConfig(AppConfig):
     verbose_name = "NOC"
 
     def ready(self) -> None:
+        from apps.noc import revocation  # noqa: F401  connects the signal receivers
         from apps.noc.api import schema  # noqa: F401  registers the OpenAPI extension

@@ -1,4 +1,4 @@
-"""Who may watch a tenant's NOC: JWTs (REST and WebSocket alike) and the NOC permissions.
+"""Who may watch a tenant's NOC: JWTs (REST and WebSocket alike), sessions, the NOC permissions.
 
 Tokens are signed with HS256 only (pinned; `alg=none` and every other algorithm are refused),
 carry `aud`, `iss`, `exp`, `iat`, `nbf` and the user's `tenant_id`, and are checked in full
@@ -8,8 +8,12 @@ a URL ends up in access logs.
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
+from django.utils.crypto import constant_time_compare
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, Token
@@ -20,9 +24,11 @@ NOC_PERMISSION = "alerts.view_noc_dashboard"
 ALERT_ACTION_PERMISSION = "alerts.change_alert"
 REQUIRED_CLAIMS = ("exp", "iat", "nbf", "aud", "iss", "tenant_id")
 
-# WebSocket close codes: 4401 "who are you?", 4403 "not for you".
+# WebSocket close codes: 4401 "who are you?", 4403 "not for you", 4410 "your access changed
+# (logout, deactivation, password, tenant or permissions): reconnect to be checked again".
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_REVOKED = 4410
 
 
 class TokenRefusedError(Exception):
@@ -78,6 +84,27 @@ def user_from_token(raw: str) -> tuple[User, dict[str, Any]]:
     if user.tenant_id is None or user.tenant_id != claims["tenant_id"]:
         raise TokenRefusedError("token's tenant does not match the user's")
     return user, claims
+
+
+def user_from_session(session_key: str) -> User:
+    """The active user a session still names, as Django checks it on every request.
+
+    A fresh read: the session must still exist (not logged out, flushed or expired), its user be
+    active, and its password hash match the user's (a password change ends other sessions).
+    Unlike `django.contrib.auth.get_user`, it never changes the session.
+    """
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user_id, backend_path = session.get(SESSION_KEY), session.get(BACKEND_SESSION_KEY)
+    if user_id is None or backend_path not in settings.AUTHENTICATION_BACKENDS:
+        raise TokenRefusedError("the session has ended: log in again")
+    user = load_backend(backend_path).get_user(user_id)
+    if not isinstance(user, User):  # the backend's get_user refuses an inactive user
+        raise TokenRefusedError("the session names no active user")
+    session_hash = session.get(HASH_SESSION_KEY) or ""
+    valid_hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    if not any(constant_time_compare(session_hash, valid) for valid in valid_hashes):
+        raise TokenRefusedError("the password changed since this session logged in")
+    return user
 
 
 def require_noc_access(user: User) -> None:
