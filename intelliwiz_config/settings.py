@@ -108,6 +108,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "rest_framework_simplejwt",
+    "rest_framework_simplejwt.token_blacklist",  # refresh tokens are good once (SIMPLE_JWT)
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from static files, no CDN
     # Layered: each app imports only those listed above it (docs/architecture.md, "Layers").
@@ -280,7 +281,9 @@ def _strong(name: str, value: str) -> str:
 
 JWT_SIGNING_KEY = _strong("JWT_SIGNING_KEY", os.environ.get("JWT_SIGNING_KEY", "")) or SECRET_KEY
 JWT_ACCESS_MINUTES = env_int("JWT_ACCESS_MINUTES", 15, minimum=1)
-JWT_REFRESH_HOURS = env_int("JWT_REFRESH_HOURS", 24, minimum=1)
+# Each refresh returns a new refresh token and blacklists the one used, so this is how long an
+# unused one stays good (a client in use refreshes every JWT_ACCESS_MINUTES): one 8-hour shift.
+JWT_REFRESH_HOURS = env_int("JWT_REFRESH_HOURS", 8, minimum=1)
 JWT_AUDIENCE = env_str("JWT_AUDIENCE", "intelliwiz-noc")
 JWT_ISSUER = env_str("JWT_ISSUER", "intelliwiz")
 SIMPLE_JWT = {
@@ -293,6 +296,9 @@ SIMPLE_JWT = {
     "AUTH_HEADER_TYPES": ("Bearer",),
     "UPDATE_LAST_LOGIN": True,
     "TOKEN_OBTAIN_SERIALIZER": "apps.noc.auth.TenantTokenObtainPairSerializer",
+    "TOKEN_REFRESH_SERIALIZER": "apps.noc.auth.TenantTokenRefreshSerializer",
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
 }
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -3,19 +3,23 @@
 Tokens are signed with HS256 only (pinned; `alg=none` and every other algorithm are refused),
 carry `aud`, `iss`, `exp`, `iat`, `nbf` and the user's `tenant_id`, and are checked in full
 on every use. The WebSocket takes them from the `Authorization: Bearer` header only: a token in
-a URL ends up in access logs.
+a URL ends up in access logs. A refresh token is good once: refreshing blacklists it and returns
+a new pair, and only for a user still active and of the token's tenant.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
+from django.utils import timezone
 from django.utils.crypto import constant_time_compare
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework_simplejwt.exceptions import TokenError
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, Token
 
 from apps.tenants.models import User
@@ -51,14 +55,44 @@ class TenantTokenObtainPairSerializer(TokenObtainPairSerializer):
         return _with_tenant(super().get_token(user), user)
 
 
+class TenantTokenRefreshSerializer(TokenRefreshSerializer):
+    """`/api/token/refresh/`: a new pair; the refresh token sent is then no longer valid."""
+
+    # The token is blacklisted as it is used (ROTATE_REFRESH_TOKENS, BLACKLIST_AFTER_ROTATION):
+    # of two requests racing with one token only the first gets a pair. The user must still be
+    # active and of the token's tenant, as for an access token.
+    def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
+        refresh = self.token_class(attrs["refresh"])  # signature, claims, type, not blacklisted
+        try:
+            user, _ = _checked_user(refresh)
+        except TokenRefusedError as refusal:
+            raise AuthenticationFailed(str(refusal), "no_active_account") from None
+        # blacklist() returns get_or_create's (row, created), though annotated as the row.
+        _, first_use = cast("tuple[Any, bool]", refresh.blacklist())
+        if not first_use:
+            raise TokenError("Token is blacklisted")
+        pair = issue_refresh_token(user)
+        return {"access": str(pair.access_token), "refresh": str(pair)}
+
+
 def issue_refresh_token(user: User) -> RefreshToken:
     token = _with_tenant(RefreshToken.for_user(user), user)
     assert isinstance(token, RefreshToken)
     return token
 
 
+def blacklist_refresh_tokens(user: User) -> None:
+    """Refuse from now on every refresh token the user holds (a new password was set)."""
+    held = OutstandingToken.objects.filter(
+        user=user, expires_at__gt=timezone.now(), blacklistedtoken__isnull=True
+    )
+    BlacklistedToken.objects.bulk_create(
+        [BlacklistedToken(token=token) for token in held], ignore_conflicts=True
+    )
+
+
 def issue_access_token(user: User) -> str:
-    return str(issue_refresh_token(user).access_token)
+    return str(_with_tenant(AccessToken.for_user(user), user))
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -73,6 +107,11 @@ def user_from_token(raw: str) -> tuple[User, dict[str, Any]]:
         token = AccessToken(raw.encode())  # type: ignore[arg-type]
     except TokenError as exc:
         raise TokenRefusedError(f"invalid token: {exc}") from None
+    return _checked_user(token)
+
+
+def _checked_user(token: Token) -> tuple[User, dict[str, Any]]:
+    """The active user a verified token names, if still of the token's tenant; with its claims."""
     claims = dict(token.payload)
     missing = [claim for claim in REQUIRED_CLAIMS if claims.get(claim) is None]
     if missing:

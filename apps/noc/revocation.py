@@ -5,7 +5,7 @@ deactivated or deleted, changes password, moves to another tenant, stops being a
 loses a permission or a group (or a group of theirs loses a permission or is deleted), the
 change sends that group an `access.revoked` message once it is committed, and each of the
 user's connections closes with 4410: a client reconnects and is checked afresh. Additions never
-close anything.
+close anything. A password change also blacklists the user's refresh tokens.
 
 A message that cannot be sent (Redis down) or that a change bypasses (`QuerySet.update`, raw
 SQL, a session deleted by hand) is caught by each connection's own re-check every
@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
 
+from apps.noc.auth import blacklist_refresh_tokens
 from apps.tenants.models import User
 
 log = structlog.get_logger(__name__)
@@ -86,29 +87,30 @@ def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
 
 
 @receiver(pre_save, sender=User)
-def _note_revoking_change(sender: Any, instance: User, raw: bool, **kwargs: Any) -> None:
+def _note_revoking_changes(sender: Any, instance: User, raw: bool, **kwargs: Any) -> None:
     """Compare with the stored row; post_save revokes, so a reconnect sees the change."""
-    instance._noc_revocation = None  # type: ignore[attr-defined]
+    instance._noc_revoking_changes = []  # type: ignore[attr-defined]
     update_fields = kwargs.get("update_fields")
     if raw or instance.pk is None or (update_fields and not WATCHED_UPDATES & update_fields):
         return  # e.g. last_login, saved alone on every login
     stored = User.objects.filter(pk=instance.pk).values(*WATCHED_FIELDS).first()
     if stored is None:
         return
-    reasons = [
-        reason
-        for field, (reason, revoking_value) in WATCHED_FIELDS.items()
+    instance._noc_revoking_changes = [  # type: ignore[attr-defined]
+        field
+        for field, (_, revoking_value) in WATCHED_FIELDS.items()
         if getattr(instance, field) != stored[field]
         and (revoking_value is None or getattr(instance, field) == revoking_value)
     ]
-    instance._noc_revocation = ", ".join(reasons) or None  # type: ignore[attr-defined]
 
 
 @receiver(post_save, sender=User)
-def _revoke_after_change(sender: Any, instance: User, **kwargs: Any) -> None:
-    reason = getattr(instance, "_noc_revocation", None)
-    if reason:
-        revoke([instance.pk], reason)
+def _revoke_after_changes(sender: Any, instance: User, **kwargs: Any) -> None:
+    changed: list[str] = getattr(instance, "_noc_revoking_changes", [])
+    if changed:
+        revoke([instance.pk], ", ".join(WATCHED_FIELDS[field][0] for field in changed))
+    if "password" in changed:  # a new password ends the API's sessions as it ends the browser's
+        blacklist_refresh_tokens(instance)
 
 
 @receiver(post_delete, sender=User)

@@ -1,4 +1,4 @@
-"""Access ends on open connections too: logout, deactivation, lost permissions.
+"""Access ends on open connections too: logout, deactivation, lost permissions, used tokens.
 
 On a real Daphne and Redis channel layer. The shared Daphne re-checks each connection only every
 60 s (NOC_REAUTH_SECONDS), so a socket it closes within a second was closed by the revocation
@@ -21,10 +21,11 @@ from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import Group, Permission
 from django.contrib.sessions.models import Session
 from django.test import Client
+from rest_framework.test import APIClient
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from apps.noc.auth import issue_access_token
+from apps.noc.auth import NOC_PERMISSION, issue_access_token, issue_refresh_token
 from apps.noc.operators import grant_operator_permissions
 from apps.tenants.models import Tenant, User
 from tests.conftest import start_daphne
@@ -316,3 +317,74 @@ def test_a_change_no_signal_reports_closes_the_socket_at_the_next_recheck(
         return session_closed, token_closed, survivors
 
     assert asyncio.run(scenario()) == (session_code, token_code, [True, True])
+
+
+# --- Refresh tokens: each good once, only for an active user of its tenant -------------------
+
+
+def refresh(token: str) -> Any:
+    return APIClient().post("/api/token/refresh/", {"refresh": token}, format="json")
+
+
+def test_a_refresh_token_is_good_once_and_its_successor_works(acme):
+    first = str(issue_refresh_token(noc_user(acme, "alice")))
+    rotated = refresh(first)
+    assert rotated.status_code == 200, rotated.content
+    assert set(rotated.json()) == {"access", "refresh"}
+    reused = refresh(first)
+    assert reused.status_code == 401
+    assert reused.json()["detail"] == "Token is blacklisted"
+    assert refresh(rotated.json()["refresh"]).status_code == 200
+
+
+def test_logging_out_through_the_api_makes_the_refresh_token_useless(acme):
+    token = str(issue_refresh_token(noc_user(acme, "alice")))
+    logout = APIClient().post("/api/token/logout/", {"refresh": token}, format="json")
+    assert logout.status_code == 200, logout.content
+    assert refresh(token).status_code == 401
+    assert APIClient().post("/api/token/logout/", {"refresh": "nonsense"}).status_code == 401
+
+
+def test_a_deactivated_users_refresh_token_is_refused(acme):
+    user = noc_user(acme, "alice")
+    token = str(issue_refresh_token(user))
+    user.is_active = False
+    user.save()
+    refused = refresh(token)
+    assert refused.status_code == 401
+    assert refused.json()["detail"] == "token names no active user"
+
+
+def test_a_refresh_token_of_a_user_moved_to_another_tenant_is_refused(acme):
+    user = noc_user(acme, "alice")
+    token = str(issue_refresh_token(user))
+    user.tenant = Tenant.objects.create(name="globex")
+    user.save()
+    refused = refresh(token)
+    assert refused.status_code == 401
+    assert refused.json()["detail"] == "token's tenant does not match the user's"
+
+
+def test_a_deleted_users_refresh_token_is_refused_not_a_server_error(acme):
+    user = noc_user(acme, "alice")
+    token = str(issue_refresh_token(user))
+    user.delete()
+    assert refresh(token).status_code == 401
+
+
+def test_a_refreshed_access_token_carries_the_tenant_and_opens_the_api(acme):
+    rotated = refresh(str(issue_refresh_token(noc_user(acme, "alice")))).json()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {rotated['access']}")
+    assert client.get("/api/alerts/").status_code == 200
+    assert User.objects.get(username="alice").has_perm(NOC_PERMISSION)
+
+
+def test_changing_the_password_ends_the_users_refresh_tokens(acme):
+    user, colleague = noc_user(acme, "alice"), noc_user(acme, "carol")
+    held, colleagues = str(issue_refresh_token(user)), str(issue_refresh_token(colleague))
+    user.set_unusable_password()  # as a reset does; any new password hash counts the same
+    user.save()
+    assert refresh(held).status_code == 401
+    assert refresh(colleagues).status_code == 200
+    assert refresh(str(issue_refresh_token(user))).status_code == 200  # one issued after it

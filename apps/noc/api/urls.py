@@ -6,7 +6,11 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 from rest_framework.throttling import ScopedRateThrottle
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from rest_framework_simplejwt.views import (
+    TokenBlacklistView,
+    TokenObtainPairView,
+    TokenRefreshView,
+)
 
 from apps.noc.api.views import AlertViewSet, DeviceViewSet
 
@@ -27,11 +31,19 @@ class ThrottledTokenRefreshView(TokenRefreshView):
     throttle_scope = "token"
 
 
+class LogoutView(TokenBlacklistView):
+    """Log out: the refresh token is blacklisted (its access tokens live out their minutes)."""
+
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "token"
+
+
 urlpatterns = [
     # The obtain view's serializer (tokens that carry the tenant) is set in SIMPLE_JWT.
     # Password guessing is throttled per client address (REST_FRAMEWORK "token" rate).
     path("token/", ThrottledTokenObtainPairView.as_view(), name="token-obtain"),
     path("token/refresh/", ThrottledTokenRefreshView.as_view(), name="token-refresh"),
+    path("token/logout/", LogoutView.as_view(), name="token-logout"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("", include(router.urls)),
