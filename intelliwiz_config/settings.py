@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "rest_framework_simplejwt",
+    "rest_framework_simplejwt.token_blacklist",  # refresh tokens are good once (SIMPLE_JWT)
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from static files, no CDN
     "axes",  # failed logins, per account and per client address
@@ -301,7 +302,9 @@ def _strong(name: str, value: str) -> str:
 
 JWT_SIGNING_KEY = _strong("JWT_SIGNING_KEY", os.environ.get("JWT_SIGNING_KEY", "")) or SECRET_KEY
 JWT_ACCESS_MINUTES = env_int("JWT_ACCESS_MINUTES", 15, minimum=1)
-JWT_REFRESH_HOURS = env_int("JWT_REFRESH_HOURS", 24, minimum=1)
+# Each refresh returns a new refresh token and blacklists the one used, so this is how long an
+# unused one stays good (a client in use refreshes every JWT_ACCESS_MINUTES): one 8-hour shift.
+JWT_REFRESH_HOURS = env_int("JWT_REFRESH_HOURS", 8, minimum=1)
 JWT_AUDIENCE = env_str("JWT_AUDIENCE", "intelliwiz-noc")
 JWT_ISSUER = env_str("JWT_ISSUER", "intelliwiz")
 SIMPLE_JWT = {
@@ -314,6 +317,9 @@ SIMPLE_JWT = {
     "AUTH_HEADER_TYPES": ("Bearer",),
     "UPDATE_LAST_LOGIN": True,
     "TOKEN_OBTAIN_SERIALIZER": "apps.noc.auth.TenantTokenObtainPairSerializer",
+    "TOKEN_REFRESH_SERIALIZER": "apps.noc.auth.TenantTokenRefreshSerializer",
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
 }
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -355,6 +361,9 @@ NOC_TELEMETRY_MIN_INTERVAL_MS = env_int("NOC_TELEMETRY_MIN_INTERVAL_MS", 250, mi
 # Daphne never blocks a send: a client that stops reading would make it hold every event in
 # memory. One whose unacknowledged events (after its snapshot) exceed this is cut off (4408).
 NOC_MAX_UNACKED_BYTES = env_int("NOC_MAX_UNACKED_BYTES", 4 * 1024 * 1024, minimum=64 * 1024)
+# Each connection re-checks its user, session or token this often, and closes once refused
+# (logout, deactivation, permission lost); changes made through Django close it at once.
+NOC_REAUTH_SECONDS = env_int("NOC_REAUTH_SECONDS", 60, minimum=1)
 
 # --- Celery (queues and routes live in apps/core/tasks/celery_settings.py) -----------------
 

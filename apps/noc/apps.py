@@ -7,5 +7,8 @@ class NocConfig(AppConfig):
     verbose_name = "NOC"
 
     def ready(self) -> None:
-        from apps.noc import logins  # noqa: F401  logs lockouts
+        from apps.noc import (
+            logins,  # noqa: F401  logs lockouts
+            revocation,  # noqa: F401  connects the signal receivers
+        )
         from apps.noc.api import schema  # noqa: F401  registers the OpenAPI extension

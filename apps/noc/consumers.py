@@ -6,6 +6,11 @@ sent an allowed Origin. Refusals close with 4401 (who are you?) or 4403 (not for
 handshake completes only to carry that code. There is one handler per apps.core.events.EventType,
 named after it.
 
+Access is not granted for the life of the connection: it closes when its token expires (4401),
+when a re-check every NOC_REAUTH_SECONDS would refuse it now (4401/4403: the session ended, the
+user was deactivated, moved tenant or lost the permission), and at once when its user's access
+changes (4410, apps/noc/revocation.py, through the user's group).
+
 Flow control: Daphne's send never blocks, so a client that stops reading (asleep, a dead link)
 would have it buffer every event in memory. The client acknowledges what it has handled
 (`{"type": "ack", "seq": n}`); once more than NOC_MAX_UNACKED_BYTES sent after the snapshot are
@@ -48,6 +53,7 @@ from apps.noc.messages import (
     Unsubscribe,
     client_message,
 )
+from apps.noc.revocation import user_group
 from apps.tenants.models import User
 
 log = structlog.get_logger(__name__)
@@ -89,23 +95,32 @@ class Unacknowledged:
             self.bytes -= self.sent.popleft()[1]
 
 
+def _session_key(scope: dict[str, Any]) -> str | None:
+    session = scope.get("session")
+    return None if session is None else session.session_key
+
+
 @database_sync_to_async
 def _authenticate(scope: dict[str, Any]) -> tuple[User, float | None]:
-    """The user and, for a token, when it expires; raises auth.TokenRefusedError."""
+    """The user and, for a token, when it expires; raises auth.TokenRefusedError.
+
+    Read afresh from the database each time (at connect and at each re-check), never from what
+    the connection cached: the user, their permissions, the session.
+    """
     if b"token=" in scope.get("query_string", b"") or b"jwt=" in scope.get("query_string", b""):
         raise auth.TokenRefusedError("tokens are not accepted in the URL; use the header")
     raw = _bearer_token(scope)
     expires_at: float | None = None
+    session_key = _session_key(scope)
     if raw is not None:
         user, claims = auth.user_from_token(raw)
         expires_at = float(claims["exp"])
-    else:
-        session_user = scope.get("user")
-        if session_user is None or not session_user.is_authenticated:
-            raise auth.TokenRefusedError("no credentials: send Authorization: Bearer <token>")
+    elif session_key is not None:
         if not _has_origin(scope):
             raise auth.TokenRefusedError("a session needs the browser's Origin header")
-        user = User.objects.select_related("tenant").get(pk=session_user.pk)
+        user = auth.user_from_session(session_key)
+    else:
+        raise auth.TokenRefusedError("no credentials: send Authorization: Bearer <token>")
     auth.require_noc_access(user)
     return user, expires_at
 
@@ -180,13 +195,17 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         self.admitted = True
         self.tenant_id = self.user.tenant_id
         self.group = tenant_group(self.tenant_id)
+        # The user's group carries revocations (apps/noc/revocation.py), the tenant's the events.
+        self.memberships = [user_group(self.user.pk), self.group]
         await self.accept()
         metrics.WEBSOCKET_CONNECTIONS.inc()
         self.joined = True
         await self.send(text_data=json.dumps({"type": "connected", "tenant_id": self.tenant_id}))
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        for group in self.memberships:
+            await self.channel_layer.group_add(group, self.channel_name)
         self.tasks.append(asyncio.create_task(self._renew_membership()))
         self.tasks.append(asyncio.create_task(self._renew_socket()))
+        self.tasks.append(asyncio.create_task(self._recheck_access()))
         if expires_at is not None:
             self.tasks.append(asyncio.create_task(self._close_at(expires_at)))
         await self._send_event("snapshot", await self._snapshot(), flow_controlled=False)
@@ -203,7 +222,8 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         if self.joined:
             self.joined = False
             metrics.WEBSOCKET_CONNECTIONS.dec()
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            for group in self.memberships:
+                await self.channel_layer.group_discard(group, self.channel_name)
 
     # --- background duties ------------------------------------------------------------------
 
@@ -220,7 +240,8 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.channel_layer.group_add(self.group, self.channel_name)
+                for group in self.memberships:
+                    await self.channel_layer.group_add(group, self.channel_name)
             except Exception as exc:
                 failures += 1
                 log.error("could not renew NOC group membership", error=str(exc), failures=failures)
@@ -236,6 +257,33 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         log.info("NOC token expired; closing", user=self.user.username)
         await self._send_event("error", {"error": "token expired; reconnect with a new one"})
         await self.close(code=auth.CLOSE_UNAUTHENTICATED)
+
+    async def _recheck_access(self) -> None:
+        """Close once a connect with these credentials would be refused (NOC_REAUTH_SECONDS).
+
+        Catches what no revocation message reported: a change made past Django's signals, or
+        one whose message was lost (Redis down, another host).
+        """
+        while True:
+            await asyncio.sleep(settings.NOC_REAUTH_SECONDS)
+            try:
+                user, _ = await _authenticate(self.scope)
+                if user.pk != self.user.pk or user.tenant_id != self.tenant_id:
+                    raise auth.TokenRefusedError("the user's tenant changed", auth.CLOSE_FORBIDDEN)
+            except auth.TokenRefusedError as refusal:
+                await self._close_revoked(str(refusal), refusal.close_code)
+                return
+            except Exception as exc:  # the database is unreachable: keep serving, ask again
+                log.warning("NOC access not re-checked", user=self.user.username, error=str(exc))
+
+    async def access_revoked(self, event: dict[str, Any]) -> None:
+        """The user's access changed (apps/noc/revocation.py): reconnect to be checked again."""
+        await self._close_revoked(event["reason"], auth.CLOSE_REVOKED)
+
+    async def _close_revoked(self, reason: str, code: int) -> None:
+        log.info("NOC access withdrawn; closing", user=self.user.username, reason=reason, code=code)
+        await self._send_event("error", {"error": f"access withdrawn: {reason}"})
+        await self.close(code=code)
 
     # --- client → server --------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from apps.alerts.models import Alert, AlertStatus
 from apps.alerts.services import AlertSignal, raise_alert, transition
@@ -44,7 +45,16 @@ def alert(device: Device, alert_type: str, *, closed_days_ago: float | None) -> 
     return int(created.pk)
 
 
-def test_old_readings_dead_letters_and_closed_alerts_are_forgotten_and_nothing_else(
+def refresh_token(hours_left: float, *, blacklisted: bool = False) -> int:
+    row = OutstandingToken.objects.create(
+        jti=uuid.uuid4().hex, token="t", expires_at=NOW + timedelta(hours=hours_left)
+    )
+    if blacklisted:
+        BlacklistedToken.objects.create(token=row)
+    return int(row.pk)
+
+
+def test_old_readings_dead_letters_closed_alerts_and_expired_tokens_are_forgotten_and_no_more(
     all_queue_workers, redis_client
 ):
     tenant = create_tenant_with_devices("acme", "sensor-001")
@@ -67,11 +77,14 @@ def test_old_readings_dead_letters_and_closed_alerts_are_forgotten_and_nothing_e
     old_closed = alert(device, "LOW_BATTERY", closed_days_ago=366)
     recent_closed = alert(device, "SYSTEM_HEALTH", closed_days_ago=364)
     old_but_active = alert(device, "OFFLINE", closed_days_ago=None)
+    expired_tokens = [refresh_token(-1), refresh_token(-1, blacklisted=True)]
+    kept_tokens = {refresh_token(1), refresh_token(1, blacklisted=True)}
 
     for task in (
         celery_settings.PRUNE_READINGS,
         celery_settings.PRUNE_DEAD_LETTERS,
         celery_settings.PRUNE_CLOSED_ALERTS,
+        celery_settings.PRUNE_EXPIRED_TOKENS,
     ):
         app.send_task(task)
 
@@ -81,6 +94,7 @@ def test_old_readings_dead_letters_and_closed_alerts_are_forgotten_and_nothing_e
             and not SensorReading.objects.filter(pk=old_sensor).exists()
             and not DeadLetter.objects.filter(pk=old_letter).exists()
             and not Alert.objects.filter(pk=old_closed).exists()
+            and not OutstandingToken.objects.filter(pk__in=expired_tokens).exists()
         ),
         timeout=60,
         what="the old rows to be pruned",
@@ -89,6 +103,8 @@ def test_old_readings_dead_letters_and_closed_alerts_are_forgotten_and_nothing_e
     assert set(SensorReading.objects.values_list("pk", flat=True)) == {kept_sensor}
     assert set(DeadLetter.objects.values_list("pk", flat=True)) == {kept_letter}
     assert set(Alert.objects.values_list("pk", flat=True)) == {recent_closed, old_but_active}
+    assert set(OutstandingToken.objects.values_list("pk", flat=True)) == kept_tokens
+    assert BlacklistedToken.objects.count() == 1
 
 
 def test_every_retention_job_is_on_the_beat_schedule():
@@ -98,4 +114,5 @@ def test_every_retention_job_is_on_the_beat_schedule():
         celery_settings.PRUNE_READINGS,
         celery_settings.PRUNE_DEAD_LETTERS,
         celery_settings.PRUNE_CLOSED_ALERTS,
+        celery_settings.PRUNE_EXPIRED_TOKENS,
     } <= scheduled

@@ -436,6 +436,7 @@ def test_the_schema_is_valid_openapi_listing_every_endpoint_and_has_a_swagger_pa
     assert {
         "/api/token/",
         "/api/token/refresh/",
+        "/api/token/logout/",
         "/api/alerts/",
         "/api/alerts/{id}/",
         "/api/alerts/{id}/acknowledge/",

@@ -157,29 +157,11 @@ def alice(redis_client: object) -> User:
     return operator(create_tenant_with_devices("acme", "panic-007"), "alice")
 
 
+# Forged, stale, misdirected and misplaced tokens: tests/security/test_jwt.py (both doors).
+
+
 def test_no_token_is_refused_with_4401(daphne_server, alice):
     assert asyncio.run(close_code(daphne_server)) == 4401
-
-
-def test_alg_none_is_refused(daphne_server, alice):
-    token = jwt.encode(claims(alice), key=None, algorithm="none")
-    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
-
-
-def test_a_token_signed_with_another_key_is_refused(daphne_server, alice):
-    token = signed(claims(alice), key="x" * 64)
-    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
-
-
-def test_an_expired_token_is_refused(daphne_server, alice):
-    past = datetime.now(tz=UTC) - timedelta(hours=1)
-    token = signed(claims(alice, iat=past, nbf=past, exp=past + timedelta(minutes=5)))
-    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
-
-
-def test_a_token_without_a_tenant_is_refused(daphne_server, alice):
-    token = signed(claims(alice, tenant_id=None))
-    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
 
 
 def test_a_user_without_a_tenant_is_refused(daphne_server, redis_client):
@@ -187,20 +169,10 @@ def test_a_user_without_a_tenant_is_refused(daphne_server, redis_client):
     assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
 
 
-def test_a_token_for_another_audience_is_refused(daphne_server, alice):
-    token = signed(claims(alice, aud="someone-else"))
-    assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4401
-
-
 def test_a_user_without_the_noc_permission_gets_4403(daphne_server, redis_client):
     tenant = Tenant.objects.create(name="acme")
     token = issue_access_token(operator(tenant, "visitor", permissions=False))
     assert asyncio.run(close_code(daphne_server, additional_headers=bearer(token))) == 4403
-
-
-def test_a_token_in_the_query_string_is_refused(daphne_server, alice):
-    token = issue_access_token(alice)
-    assert asyncio.run(close_code(daphne_server, query=f"?token={token}")) == 4401
 
 
 def test_a_foreign_origin_is_refused_at_the_handshake(daphne_server, alice):

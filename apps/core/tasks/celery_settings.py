@@ -117,6 +117,7 @@ PRUNE_DEAD_LETTERS: Final = "apps.core.tasks.housekeeping.prune_dead_letters"
 RESEND_BROADCASTS: Final = "apps.core.tasks.housekeeping.resend_broadcasts"
 PRUNE_READINGS: Final = "apps.devices.tasks.prune_readings"
 PRUNE_CLOSED_ALERTS: Final = "apps.alerts.tasks.prune_closed_alerts"
+PRUNE_EXPIRED_TOKENS: Final = "apps.noc.tasks.prune_expired_tokens"
 # The health canary: a tiny task sent to each queue at top priority; the worker that runs it
 # records when, so health can tell a queue that is consumed from one whose worker merely answers.
 CANARY_TASK: Final = "apps.monitoring.tasks.canary"
@@ -134,6 +135,7 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     RESEND_BROADCASTS: GENERAL,
     PRUNE_READINGS: GENERAL,
     PRUNE_CLOSED_ALERTS: GENERAL,
+    PRUNE_EXPIRED_TOKENS: GENERAL,
     # Default route only: beat sends one canary to *every* queue with queue= (BEAT_SCHEDULE).
     CANARY_TASK: GENERAL,
     PUBLISH_DEVICE_COMMAND: EXTERNAL_API,
@@ -207,6 +209,8 @@ BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
     "prune-dead-letters": {"task": PRUNE_DEAD_LETTERS, "schedule": 3600.0},
     "prune-readings": {"task": PRUNE_READINGS, "schedule": 3600.0},
     "prune-closed-alerts": {"task": PRUNE_CLOSED_ALERTS, "schedule": 3600.0},
+    # Every refresh records its new token (apps/noc/auth.py): forget them once expired.
+    "prune-expired-tokens": {"task": PRUNE_EXPIRED_TOKENS, "schedule": 3600.0},
     **{
         f"health-canary-{queue.name}": {
             "task": CANARY_TASK,

@@ -8,7 +8,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import DefaultRouter
 from rest_framework.throttling import ScopedRateThrottle
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from rest_framework_simplejwt.views import (
+    TokenBlacklistView,
+    TokenObtainPairView,
+    TokenRefreshView,
+)
 
 from apps.core.client_address import client_address
 from apps.noc.api.views import AlertViewSet, DeviceViewSet
@@ -45,12 +49,20 @@ class ThrottledTokenRefreshView(TokenRefreshView):
     throttle_scope = "token"
 
 
+class LogoutView(TokenBlacklistView):
+    """Log out: the refresh token is blacklisted (its access tokens live out their minutes)."""
+
+    throttle_classes = [ClientAddressRateThrottle]
+    throttle_scope = "token"
+
+
 urlpatterns = [
     # The obtain view's serializer (tokens that carry the tenant) is set in SIMPLE_JWT.
-    # Both are rate-limited per client address (REST_FRAMEWORK "token" rate); password guessing
+    # All three are rate-limited per client address (REST_FRAMEWORK "token" rate); password guessing
     # also locks the account or the address out (django-axes, apps/noc/logins.py).
     path("token/", ThrottledTokenObtainPairView.as_view(), name="token-obtain"),
     path("token/refresh/", ThrottledTokenRefreshView.as_view(), name="token-refresh"),
+    path("token/logout/", LogoutView.as_view(), name="token-logout"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("", include(router.urls)),
