@@ -188,4 +188,5 @@ def test_the_production_redis_config_keeps_every_queued_task(tmp_path: Path):
 
 
 def test_the_example_acl_is_exactly_what_sync_mqtt_credentials_writes():
-    assert (DEPLOY / "mosquitto" / "acl.example").read_text() == render_acl("intelliwiz")
+    devices = [("dev-001", "sensor"), ("dev-002", "panic_button")]
+    assert (DEPLOY / "mosquitto" / "acl.example").read_text() == render_acl("intelliwiz", devices)

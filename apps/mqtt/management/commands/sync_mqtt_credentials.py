@@ -3,7 +3,8 @@
     manage.py sync_mqtt_credentials [--reload-pid-file FILE | --no-reload]
 
 The application account is MQTT_USERNAME / MQTT_PASSWORD; devices log in with their device id
-and the password from `manage.py device_password`. Files go to MQTT_PASSWORD_FILE and
+and the password from `manage.py device_password`, and may publish under the prefixes of their
+kind (after changing a device's kind, sync again). Files go to MQTT_PASSWORD_FILE and
 MQTT_ACL_FILE. The broker re-reads both on SIGHUP (`systemctl reload mosquitto`).
 """
 
@@ -44,12 +45,16 @@ class Command(BaseCommand):
             )
         devices = list(
             Device.objects.exclude(mqtt_password_hash="").values_list(
-                "device_id", "mqtt_password_hash"
+                "device_id", "kind", "mqtt_password_hash"
             )
         )
-        entries = [(settings.MQTT_USERNAME, mosquitto_hash(settings.MQTT_PASSWORD)), *devices]
+        entries = [(settings.MQTT_USERNAME, mosquitto_hash(settings.MQTT_PASSWORD))]
+        entries += [(device_id, hashed) for device_id, _, hashed in devices]
         write_private(settings.MQTT_PASSWORD_FILE, render_password_file(entries))
-        write_private(settings.MQTT_ACL_FILE, render_acl(settings.MQTT_USERNAME))
+        acl = render_acl(
+            settings.MQTT_USERNAME, [(device_id, kind) for device_id, kind, _ in devices]
+        )
+        write_private(settings.MQTT_ACL_FILE, acl)
         without = Device.objects.filter(mqtt_password_hash="").count()
         self.stdout.write(
             f"Wrote {settings.MQTT_PASSWORD_FILE} ({len(devices)} devices and the application "
