@@ -386,6 +386,11 @@ MQTT_RECEIVE_MAXIMUM = env_int("MQTT_RECEIVE_MAXIMUM", 1000, minimum=1)
 # Where `manage.py sync_mqtt_credentials` writes the broker's password file and ACL.
 MQTT_PASSWORD_FILE = Path(env_str("MQTT_PASSWORD_FILE", "/etc/mosquitto/passwd"))
 MQTT_ACL_FILE = Path(env_str("MQTT_ACL_FILE", "/etc/mosquitto/acl"))
+# Client ids of the application's other MQTT clients (the subscribers of a shared group).
+MQTT_RESERVED_CLIENT_IDS = env_list("MQTT_RESERVED_CLIENT_IDS", [])
+# Ids no device may be registered under: the broker's device listener makes a device's client id
+# its user name, i.e. its device id, so a device named like the subscriber would take its session.
+DEVICE_RESERVED_IDS = frozenset({MQTT_USERNAME, MQTT_CLIENT_ID, *MQTT_RESERVED_CLIENT_IDS} - {""})
 
 # --- Intake: validation, batching -------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import re
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -22,6 +24,18 @@ DEVICE_ID_RULE = "1-64 letters, digits or _ . : -, starting with a letter or dig
 
 def is_device_id(value: object) -> bool:
     return isinstance(value, str) and DEVICE_ID_PATTERN.fullmatch(value) is not None
+
+
+RESERVED_ID_RULE = (
+    "reserved for the application's MQTT account or client ids "
+    "(MQTT_USERNAME, MQTT_CLIENT_ID, MQTT_RESERVED_CLIENT_IDS)"
+)
+
+
+def is_reserved_id(device_id: str) -> bool:
+    """Whether the id is the application's (settings.DEVICE_RESERVED_IDS): a device's id is its
+    MQTT user name and, on the device listener, its client id, so it must never be one of these."""
+    return device_id in settings.DEVICE_RESERVED_IDS
 
 
 class Device(models.Model):
@@ -67,6 +81,11 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return self.device_id
+
+    def clean(self) -> None:
+        # The admin's path to a new device; register_device() refuses the same ids.
+        if is_reserved_id(self.device_id):
+            raise ValidationError({"device_id": f"{self.device_id!r} is {RESERVED_ID_RULE}"})
 
 
 class Guard(models.Model):

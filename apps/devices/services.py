@@ -8,7 +8,14 @@ import structlog
 from django.db import IntegrityError, transaction
 
 from apps.core.events import Event, EventType
-from apps.devices.models import DEVICE_ID_RULE, Device, Guard, is_device_id
+from apps.devices.models import (
+    DEVICE_ID_RULE,
+    RESERVED_ID_RULE,
+    Device,
+    Guard,
+    is_device_id,
+    is_reserved_id,
+)
 from apps.tenants.models import Tenant
 
 log = structlog.get_logger(__name__)
@@ -19,10 +26,13 @@ def register_device(
 ) -> tuple[Device, bool]:
     """The device with this id, created in `tenant` if new. Guard trackers get a Guard.
 
-    Raises ValueError for an id that is not one (DEVICE_ID_RULE): it would stand in topics.
+    Raises ValueError for an id that is not one (DEVICE_ID_RULE): it would stand in topics; or
+    that is the application's MQTT user name or a client id of its (RESERVED_ID_RULE).
     """
     if not is_device_id(device_id):
         raise ValueError(f"not a device id: {device_id!r}; a device id is {DEVICE_ID_RULE}")
+    if is_reserved_id(device_id):
+        raise ValueError(f"device id {device_id!r} is {RESERVED_ID_RULE}")
     try:
         with transaction.atomic():
             device, created = Device.objects.get_or_create(

@@ -1,8 +1,9 @@
 """Mosquitto's password file and ACL, written from the device registry.
 
-A device logs in with its device id as user name and may publish only under its own id on the
-ingest prefixes and read only its own commands; only the application account reads everything.
-The ACL is derived from the topic table the subscriber uses, and the downlink's command topic.
+A device logs in with its device id as user name and may publish only under its own id, on the
+ingest prefixes its kind may use (apps/mqtt/topics.py, `published_by`), and read only its own
+commands; only the application account reads everything. The ACL is derived from the device
+registry, the topic table the subscriber uses, and the downlink's command topic.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from apps.mqtt.downlink import COMMAND_TOPIC
-from apps.mqtt.topics import TOPIC_KINDS
+from apps.mqtt.topics import prefixes_for
 
 # Mosquitto 2's password format `$7$`: PBKDF2-HMAC-SHA512, its default iteration count.
 PBKDF2_ITERATIONS = 101
@@ -37,31 +38,33 @@ def new_device_password() -> tuple[str, str]:
     return password, mosquitto_hash(password)
 
 
-def render_acl(app_username: str) -> str:
-    device_writes = [f"pattern write {kind.prefix}%u/#" for kind in TOPIC_KINDS]
+def render_acl(app_username: str, devices: Iterable[tuple[str, str]]) -> str:
+    """The ACL for the application account and `devices`, (device id, Device.Kind) pairs."""
     own_commands = COMMAND_TOPIC.format(device_id="%u", command="#")
     any_command = COMMAND_TOPIC.format(device_id="+", command="#")
-    return "\n".join(
-        [
-            "# Written by `manage.py sync_mqtt_credentials` (apps/mqtt/credentials.py).",
-            "# Devices log in with their device id as user name (%u): the password proves it,",
-            "# unlike the client id, which any client may choose.",
-            "",
-            "# --- Every device: publish under its own id, read its own commands ---------------",
-            *device_writes,
-            f"pattern read {own_commands}",
-            "",
-            "# --- The application account (MQTT_USERNAME): subscriber, downlink, health --------",
-            "# Only it may read `#`; Mosquitto checks read access on every delivered message, so a",
-            "# device subscribed to `#` still receives nothing but its own commands.",
-            f"user {app_username}",
-            "topic read #",
-            f"topic write {any_command}",
-            "# `#` does not match $SYS topics; the health check reads the broker's uptime.",
-            "topic read $SYS/broker/uptime",
-            "",
-        ]
-    )
+    lines = [
+        "# Written by `manage.py sync_mqtt_credentials` (apps/mqtt/credentials.py).",
+        "# Devices log in with their device id as user name (%u): the password proves it,",
+        "# unlike the client id, which the device listener replaces by the user name.",
+        "",
+        "# --- Every device: read its own commands ------------------------------------------",
+        f"pattern read {own_commands}",
+        "",
+        "# --- The application account (MQTT_USERNAME): subscriber, downlink, health --------",
+        "# Only it may read `#`; Mosquitto checks read access on every delivered message, so a",
+        "# device subscribed to `#` still receives nothing but its own commands.",
+        f"user {app_username}",
+        "topic read #",
+        f"topic write {any_command}",
+        "# `#` does not match $SYS topics; the health check reads the broker's uptime.",
+        "topic read $SYS/broker/uptime",
+        "",
+        "# --- Each device: publish under its own id, on the prefixes its kind may use -------",
+    ]
+    for device_id, kind in sorted(devices):
+        lines += ["", f"user {device_id}", f"# a {kind}"]
+        lines += [f"topic write {prefix}{device_id}/#" for prefix in prefixes_for(kind)]
+    return "\n".join(lines) + "\n"
 
 
 def render_password_file(entries: Iterable[tuple[str, str]]) -> str:

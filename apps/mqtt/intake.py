@@ -36,6 +36,7 @@ class Reason(StrEnum):
     SCHEMA = "schema"
     ID_MISMATCH = "id_mismatch"
     UNKNOWN_DEVICE = "unknown_device"
+    FORBIDDEN_FOR_KIND = "forbidden_for_kind"
     FUTURE_TIMESTAMP = "future_timestamp"
     STALE_TIMESTAMP = "stale_timestamp"
     INTERNAL = "internal_error"
@@ -175,11 +176,18 @@ class Intake:
                 f"timestamp {message.timestamp.isoformat()} is more than "
                 f"{self.max_age.days} days old (MAX_MESSAGE_AGE_DAYS); is the device's clock set?",
             )
-        if not self.directory.admit(parsed.source_id, parsed.kind.registers_as):
+        device_kind = self.directory.kind_of(parsed.source_id, parsed.kind.registers_as)
+        if device_kind is None:
             return reject(
                 Reason.UNKNOWN_DEVICE,
                 f"device {parsed.source_id!r} is not registered "
                 "(manage.py register_device, or DEVICE_AUTO_REGISTER)",
+            )
+        if refusal := parsed.kind.refusal(device_kind, message):
+            return reject(
+                Reason.FORBIDDEN_FOR_KIND,
+                f"device {parsed.source_id!r} is a {device_kind} and {refusal}; if that is not "
+                "its kind, correct the kind in the admin",
             )
         return Envelope(
             key=idempotency_key(topic, message.msg_id, message.timestamp, payload),

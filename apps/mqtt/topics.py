@@ -4,16 +4,24 @@ Topics look like `<prefix><source_id>/<segment>`, e.g. `device/sensor-001/teleme
 says what its prefix carries and everything derived from that: the payload schema intake
 validates, the consumer that applies it, the Celery task (whose queue and priority are in
 apps/core/tasks/celery_settings.py), whether the subscriber sends it at once or in batches, and
-the kind an auto-registered device gets. The subscriber's ALLOWED_TOPIC_PREFIXES, the Mosquitto
-ACL, auto-registration and the processing tasks are all read from here; adding a topic kind is a
-row here plus its schema and consumer (docs/architecture.md, "Adding a topic kind").
+the kind an auto-registered device gets, and which kinds of device may publish it. The
+subscriber's ALLOWED_TOPIC_PREFIXES, the Mosquitto ACL, admission, auto-registration and the
+processing tasks are all read from here; adding a topic kind is a row here plus its schema and
+consumer (docs/architecture.md, "Adding a topic kind").
+
+What a device may publish follows from its kind (Device.Kind): the broker's ACL lets it write
+only under the prefixes of the rows whose `published_by` names its kind; admission checks that
+again, and refuses an alert its kind may not raise (ALERTS_BY_DEVICE_KIND), whether sent on
+alert/ or raised by a sensor reading (a smoke reading raises FIRE).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from apps.alerts.models import AlertType
 from apps.core.tasks.celery_settings import (
     PROCESS_DEVICE_ALERTS,
     PROCESS_DEVICE_TELEMETRY,
@@ -28,6 +36,28 @@ from apps.mqtt.consumers.base import Consumer
 
 MAX_SEGMENT = 32
 
+# The alerts a device of each kind may raise about itself. Every device may report its own
+# equipment failure; the others only the kinds made to detect them (a guard's tracker has an SOS
+# button). The system's own types (OFFLINE, LOW_BATTERY …) no device may send at all.
+ALERTS_BY_DEVICE_KIND: Final[Mapping[str, frozenset[AlertType]]] = {
+    Device.Kind.SENSOR: frozenset({AlertType.EQUIPMENT_FAILURE}),
+    Device.Kind.PANIC_BUTTON: frozenset(
+        {AlertType.PANIC, AlertType.SOS, AlertType.MEDICAL, AlertType.EQUIPMENT_FAILURE}
+    ),
+    Device.Kind.GPS_TRACKER: frozenset(
+        {AlertType.PANIC, AlertType.SOS, AlertType.MEDICAL, AlertType.EQUIPMENT_FAILURE}
+    ),
+    Device.Kind.GATEWAY: frozenset({AlertType.EQUIPMENT_FAILURE}),
+    Device.Kind.DOOR: frozenset({AlertType.INTRUSION, AlertType.EQUIPMENT_FAILURE}),
+    Device.Kind.SMOKE: frozenset({AlertType.FIRE, AlertType.EQUIPMENT_FAILURE}),
+    Device.Kind.CAMERA: frozenset({AlertType.INTRUSION, AlertType.EQUIPMENT_FAILURE}),
+    Device.Kind.OTHER: frozenset({AlertType.EQUIPMENT_FAILURE}),
+}
+
+
+def no_alert(payload: schemas.DevicePayload) -> AlertType | None:
+    return None
+
 
 @dataclass(frozen=True)
 class TopicKind:
@@ -39,7 +69,26 @@ class TopicKind:
     task: str
     immediate: bool  # sent to Celery the moment it arrives, not batched
     registers_as: Device.Kind  # the kind DEVICE_AUTO_REGISTER gives a device first heard here
+    published_by: frozenset[str]  # the kinds of device that may publish here (ACL, admission)
+    # The alert a message raises, checked against ALERTS_BY_DEVICE_KIND at admission.
+    alert_raised: Callable[[schemas.DevicePayload], AlertType | None] = no_alert
 
+    def refusal(self, device_kind: str, message: schemas.DevicePayload) -> str | None:
+        """Why a device of `device_kind` may not publish `message` here; None when it may."""
+        if device_kind not in self.published_by:
+            allowed = ", ".join(prefixes_for(device_kind)) or "nothing"
+            return (
+                f"may not publish under {self.prefix} (a {device_kind} may publish under {allowed})"
+            )
+        alert = self.alert_raised(message)
+        may_raise = ALERTS_BY_DEVICE_KIND.get(device_kind, frozenset())
+        if alert is not None and alert not in may_raise:
+            allowed = ", ".join(sorted(may_raise)) or "none"
+            return f"may not raise {alert} alerts (a {device_kind} may raise {allowed})"
+        return None
+
+
+EVERY_KIND: Final = frozenset(Device.Kind)
 
 TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
     TopicKind(
@@ -51,6 +100,8 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         task=PROCESS_DEVICE_ALERTS,
         immediate=True,
         registers_as=Device.Kind.PANIC_BUTTON,
+        published_by=EVERY_KIND,  # an equipment failure at least; the rest by kind
+        alert_raised=alerts.alert_raised,
     ),
     TopicKind(
         name="gps",
@@ -61,6 +112,7 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         task=PROCESS_GUARD_GPS,
         immediate=False,
         registers_as=Device.Kind.GPS_TRACKER,
+        published_by=frozenset({Device.Kind.GPS_TRACKER}),
     ),
     TopicKind(
         name="telemetry",
@@ -71,6 +123,7 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         task=PROCESS_DEVICE_TELEMETRY,
         immediate=False,
         registers_as=Device.Kind.OTHER,
+        published_by=EVERY_KIND,
     ),
     TopicKind(
         name="sensor",
@@ -81,6 +134,10 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         task=PROCESS_SENSOR_READINGS,
         immediate=False,
         registers_as=Device.Kind.SENSOR,
+        published_by=frozenset(
+            {Device.Kind.SENSOR, Device.Kind.DOOR, Device.Kind.SMOKE, Device.Kind.CAMERA}
+        ),
+        alert_raised=sensor.alert_raised,
     ),
     TopicKind(
         name="system_health",
@@ -91,9 +148,15 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         task=PROCESS_SYSTEM_HEALTH,
         immediate=False,
         registers_as=Device.Kind.GATEWAY,
+        published_by=frozenset({Device.Kind.GATEWAY, Device.Kind.CAMERA}),
     ),
 )
 KINDS_BY_NAME: Final = {kind.name: kind for kind in TOPIC_KINDS}
+
+
+def prefixes_for(device_kind: str) -> list[str]:
+    """The prefixes a device of this kind may publish under (its ACL)."""
+    return [kind.prefix for kind in TOPIC_KINDS if device_kind in kind.published_by]
 
 
 @dataclass(frozen=True)

@@ -245,4 +245,5 @@ def test_make_runs_redis_refuses_a_client_without_the_password(tmp_path: Path):
 
 
 def test_the_example_acl_is_exactly_what_sync_mqtt_credentials_writes():
-    assert (DEPLOY / "mosquitto" / "acl.example").read_text() == render_acl("intelliwiz")
+    devices = [("dev-001", "sensor"), ("dev-002", "panic_button")]
+    assert (DEPLOY / "mosquitto" / "acl.example").read_text() == render_acl("intelliwiz", devices)

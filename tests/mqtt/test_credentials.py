@@ -115,3 +115,77 @@ def test_a_trailing_newline_does_not_pass_for_a_device_id_anywhere(device_id: st
         check_command(device_id, "reboot")
     with pytest.raises(InvalidCommandError, match="command must be"):
         check_command("sensor-1", "reboot\n")
+
+
+@pytest.mark.parametrize("name", ["MQTT_CLIENT_ID", "MQTT_USERNAME", "MQTT_RESERVED_CLIENT_IDS"])
+def test_no_device_can_be_registered_under_an_application_mqtt_name(name: str, settings):
+    """On the device listener a device's client id is its id: under the subscriber's client id
+    it would take over the subscriber's session."""
+    from django.core.exceptions import ValidationError
+
+    from apps.devices.models import Device
+    from apps.devices.services import register_device
+
+    application = {
+        "MQTT_CLIENT_ID": "bus-subscriber",
+        "MQTT_USERNAME": "bus-account",
+        "MQTT_RESERVED_CLIENT_IDS": "bus-subscriber-b",
+    }
+    settings.DEVICE_RESERVED_IDS = frozenset(application.values())
+    tenant = create_tenant_with_devices("acme")
+
+    with pytest.raises(ValueError, match=f"reserved for the application.*{name}"):
+        register_device(tenant, application[name], "sensor")
+    with pytest.raises(CommandError, match="reserved for the application"):
+        call_command(
+            "register_device", "--tenant", "acme", "--id", application[name], "--kind", "sensor"
+        )
+    with pytest.raises(ValidationError, match="reserved for the application"):  # the admin's way
+        Device(tenant=tenant, device_id=application[name], kind="sensor").full_clean()
+    assert not Device.objects.exists()
+
+
+def test_the_subscribers_own_ids_are_reserved_by_default():
+    from django.conf import settings as loaded
+
+    assert {loaded.MQTT_CLIENT_ID} <= loaded.DEVICE_RESERVED_IDS
+
+
+def test_auto_registration_does_not_register_a_device_under_an_application_name(settings):
+    from apps.devices.models import Device
+    from apps.mqtt.intake import Intake, Reason, Rejection
+    from tests.factories import telemetry
+
+    settings.DEVICE_AUTO_REGISTER, settings.DEVICE_AUTO_REGISTER_TENANT = True, "demo"
+    settings.DEVICE_RESERVED_IDS = frozenset({"bus-subscriber"})
+
+    outcome = Intake().check("device/bus-subscriber/telemetry", telemetry().encode())
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is Reason.UNKNOWN_DEVICE
+    assert not Device.objects.exists()
+
+
+def test_sync_leaves_out_a_device_registered_under_an_application_name_before(
+    tmp_path: Path, settings
+):
+    from apps.devices.models import Device
+    from apps.mqtt.credentials import mosquitto_hash
+
+    settings.MQTT_USERNAME, settings.MQTT_PASSWORD = "intelliwiz", "app-secret"
+    settings.MQTT_PASSWORD_FILE, settings.MQTT_ACL_FILE = tmp_path / "passwd", tmp_path / "acl"
+    settings.DEVICE_RESERVED_IDS = frozenset({"intelliwiz", "bus-subscriber"})
+    tenant = create_tenant_with_devices("acme", "sensor-1")
+    # Rows from before the rule, as the admin or a migration could have left them.
+    for device_id in ("bus-subscriber", "intelliwiz", "sensor-1"):
+        Device.objects.update_or_create(
+            device_id=device_id,
+            defaults={"tenant": tenant, "mqtt_password_hash": mosquitto_hash("x")},
+        )
+    errors = StringIO()
+
+    call_command("sync_mqtt_credentials", "--no-reload", stdout=StringIO(), stderr=errors)
+
+    users = [line.split(":")[0] for line in settings.MQTT_PASSWORD_FILE.read_text().splitlines()]
+    assert users == ["intelliwiz", "sensor-1"]  # the application account, once
+    assert "user bus-subscriber" not in settings.MQTT_ACL_FILE.read_text()
+    assert "Left out bus-subscriber, intelliwiz" in errors.getvalue()

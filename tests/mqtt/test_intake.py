@@ -163,11 +163,14 @@ def test_the_subscriber_the_acl_and_the_routes_follow_the_topic_table():
     from apps.mqtt.topics import TOPIC_KINDS
 
     assert list(ALLOWED_TOPIC_PREFIXES) == [kind.prefix for kind in TOPIC_KINDS]
-    acl = render_acl("app-account")
+    acl = render_acl("app-account", [(f"dev-{kind}", kind) for kind in Device.Kind])
     for kind in TOPIC_KINDS:
         assert kind.task in TASK_QUEUES, f"{kind.name}'s task has no queue in celery_settings"
-        assert f"pattern write {kind.prefix}%u/#" in acl
-        assert kind.registers_as in Device.Kind.values
+        for device_kind in Device.Kind:
+            rule = f"topic write {kind.prefix}dev-{device_kind}/#"
+            assert (rule in acl) == (device_kind in kind.published_by), rule
+        # A device auto-registered where it was first heard may go on publishing there.
+        assert kind.registers_as in kind.published_by
 
 
 def test_an_alert_type_the_system_raises_cannot_be_sent_by_a_device(intake):

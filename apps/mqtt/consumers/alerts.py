@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from apps.alerts.models import AlertType
 from apps.alerts.services import AlertSignal, raise_alert
 from apps.core.events import Event
 from apps.mqtt.consumers.base import DeviceBatch
-from apps.mqtt.schemas import AlertPayload
+from apps.mqtt.schemas import AlertPayload, DevicePayload
+
+
+def alert_raised(payload: DevicePayload) -> AlertType | None:
+    """The alert the message raises: what admission checks against the device's kind."""
+    return payload.alert_type if isinstance(payload, AlertPayload) else None
 
 
 def process(batch: DeviceBatch) -> list[Event]:

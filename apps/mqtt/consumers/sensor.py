@@ -13,7 +13,7 @@ from apps.alerts.services import AlertSignal, raise_alert
 from apps.core.events import Event
 from apps.devices.models import SensorReading
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
-from apps.mqtt.schemas import SensorPayload
+from apps.mqtt.schemas import DevicePayload, SensorPayload
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,14 @@ RULES: tuple[SensorRule, ...] = (
         lambda p: "door forced open",
     ),
 )
+
+
+def alert_raised(payload: DevicePayload) -> AlertType | None:
+    """The alert a reading of this sensor type can raise, whatever its value: what admission
+    checks against the device's kind (a smoke reading may raise FIRE)."""
+    if not isinstance(payload, SensorPayload):
+        return None
+    return next((rule.alert_type for rule in RULES if rule.sensor_type == payload.type), None)
 
 
 def process(batch: DeviceBatch) -> list[Event]:

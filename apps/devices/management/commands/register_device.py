@@ -24,9 +24,12 @@ class Command(BaseCommand):
                 f"no tenant named {options['tenant']!r}; create it with manage.py create_tenant "
                 "or the admin"
             ) from None
-        device, created = register_device(
-            tenant, options["device_id"], options["kind"], site=options["site"]
-        )
+        try:
+            device, created = register_device(
+                tenant, options["device_id"], options["kind"], site=options["site"]
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         if not created:
             if device.tenant_id != tenant.pk:
                 raise CommandError(

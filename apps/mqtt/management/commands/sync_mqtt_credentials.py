@@ -3,8 +3,10 @@
     manage.py sync_mqtt_credentials [--reload-pid-file FILE | --no-reload]
 
 The application account is MQTT_USERNAME / MQTT_PASSWORD; devices log in with their device id
-and the password from `manage.py device_password`. Files go to MQTT_PASSWORD_FILE and
-MQTT_ACL_FILE. The broker re-reads both on SIGHUP (`systemctl reload mosquitto`).
+and the password from `manage.py device_password`, and may publish under the prefixes of their
+kind (after changing a device's kind, sync again). A device under one of the application's names
+(DEVICE_RESERVED_IDS) is left out. Files go to MQTT_PASSWORD_FILE and MQTT_ACL_FILE. The broker
+re-reads both on SIGHUP (`systemctl reload mosquitto`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.devices.models import Device
+from apps.devices.models import RESERVED_ID_RULE, Device, is_reserved_id
 from apps.mqtt.credentials import (
     mosquitto_hash,
     render_acl,
@@ -42,19 +44,29 @@ class Command(BaseCommand):
                 "MQTT_USERNAME and MQTT_PASSWORD must be set: they are the application's "
                 "account, the only one allowed to read every device's messages"
             )
-        devices = list(
-            Device.objects.exclude(mqtt_password_hash="").values_list(
-                "device_id", "mqtt_password_hash"
-            )
+        with_password = Device.objects.exclude(mqtt_password_hash="").values_list(
+            "device_id", "kind", "mqtt_password_hash"
         )
-        entries = [(settings.MQTT_USERNAME, mosquitto_hash(settings.MQTT_PASSWORD)), *devices]
+        # Registration refuses these ids; a row from before that rule must not log in as one.
+        reserved = [row[0] for row in with_password if is_reserved_id(row[0])]
+        devices = [row for row in with_password if not is_reserved_id(row[0])]
+        entries = [(settings.MQTT_USERNAME, mosquitto_hash(settings.MQTT_PASSWORD))]
+        entries += [(device_id, hashed) for device_id, _, hashed in devices]
         write_private(settings.MQTT_PASSWORD_FILE, render_password_file(entries))
-        write_private(settings.MQTT_ACL_FILE, render_acl(settings.MQTT_USERNAME))
+        acl = render_acl(
+            settings.MQTT_USERNAME, [(device_id, kind) for device_id, kind, _ in devices]
+        )
+        write_private(settings.MQTT_ACL_FILE, acl)
         without = Device.objects.filter(mqtt_password_hash="").count()
         self.stdout.write(
             f"Wrote {settings.MQTT_PASSWORD_FILE} ({len(devices)} devices and the application "
             f"account) and {settings.MQTT_ACL_FILE}."
         )
+        if reserved:
+            self.stderr.write(
+                f"Left out {', '.join(reserved)}: {RESERVED_ID_RULE}. Register the device "
+                "under another id."
+            )
         if without:
             self.stdout.write(
                 f"{without} devices have no MQTT password yet and cannot log in: "
