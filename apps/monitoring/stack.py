@@ -203,9 +203,12 @@ def write_service_configs(paths: StackPaths) -> None:
 def daphne_argv(host: str, port: int) -> list[str]:
     """Daphne as the stack and the tests run it. No --proxy-headers: it would take the client's
     own left-most X-Forwarded-For entry as its address; the application resolves the address
-    itself, from TRUSTED_PROXIES (apps/core/client_address.py)."""
+    itself, from TRUSTED_PROXIES (apps/core/client_address.py). Daphne's own command line, with
+    an access log that masks secrets a client put in a URL (apps/core/daphne_server.py)."""
     return [
-        venv_executable("daphne"),
+        sys.executable,
+        "-m",
+        "apps.core.daphne_server",
         "--bind",
         host,
         "--port",

@@ -117,7 +117,7 @@ def test_the_daphne_unit_serves_what_make_run_serves():
     ]
     programs = stack.programs(stack.StackPaths(Path(settings.VAR_DIR)))
     (daphne,) = [program for program in programs if program.name == "daphne"]
-    assert argv[0] == f"{INSTALL_DIR}/.venv/bin/daphne"
+    assert argv[0] == f"{INSTALL_DIR}/.venv/bin/python"
     assert expanded[1:] == daphne.command[1:]
 
 
