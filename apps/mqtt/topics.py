@@ -11,6 +11,7 @@ row here plus its schema and consumer (docs/architecture.md, "Adding a topic kin
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,6 +28,9 @@ from apps.mqtt.consumers import alerts, gps, sensor, system_health, telemetry
 from apps.mqtt.consumers.base import Consumer
 
 MAX_SEGMENT = 32
+# The last level is a word, like a device id: it stands in the idempotency key and the logs.
+SEGMENT_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_SEGMENT - 1}}}")
+SEGMENT_RULE = f"1-{MAX_SEGMENT} letters, digits or _ . : -, starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,8 @@ def parse_topic(topic: str) -> ParsedTopic:
     source_id, segment = parts
     if len(segment) > MAX_SEGMENT:
         raise TopicError(f"kind segment longer than {MAX_SEGMENT} characters")
+    if not SEGMENT_PATTERN.fullmatch(segment):
+        raise TopicError(f"kind segment must be {SEGMENT_RULE}")
     if not is_device_id(source_id):
         raise TopicError(f"source id must be {DEVICE_ID_RULE}")
     if kind.segments is not None and segment not in kind.segments:
