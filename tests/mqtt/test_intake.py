@@ -229,3 +229,17 @@ def test_what_the_fuzzer_found_is_refused_with_a_printable_reason(intake, topic,
     # that would forge a log line.
     assert outcome.detail.isprintable(), outcome.detail
 
+
+def test_the_cache_of_refused_ids_forgets_the_oldest_beyond_its_bound(
+    intake, monkeypatch, django_assert_num_queries
+):
+    from apps.mqtt import directory
+
+    monkeypatch.setattr(directory, "UNKNOWN_MAX_ENTRIES", 10)
+    body = telemetry().encode()
+    for n in range(11):
+        intake.check(f"device/stranger-{n}/telemetry", body)
+    with django_assert_num_queries(0):
+        intake.check("device/stranger-10/telemetry", body)  # refused lately: remembered
+    with django_assert_num_queries(1):
+        intake.check("device/stranger-0/telemetry", body)  # the oldest: forgotten, asked again
