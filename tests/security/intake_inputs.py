@@ -275,7 +275,12 @@ JSON_VALUES = st.recursive(
 )
 
 
-DROP = object()  # a base mutation that removes the field
+@dataclass(frozen=True)
+class Drop:
+    """A base mutation that removes the field (its repr seeds the mutator, so not object())."""
+
+
+DROP = Drop()
 
 
 @dataclass(frozen=True)
@@ -297,7 +302,7 @@ class Base:
     def mutated(self) -> dict[str, Any]:
         document = dict(self.document)
         for key, value in self.mutations:
-            if value is DROP:
+            if isinstance(value, Drop):
                 document.pop(key, None)
             else:
                 document[key] = value
