@@ -81,7 +81,7 @@ def check_one(intake: Intake, topic: str, payload: bytes, tally: Tally) -> Envel
     tally.accepted += 1
     try:
         assert_consumable(outcome, topic)
-    except AssertionError as exc:
+    except Exception as exc:  # a failed assertion, or what a serializer or schema raised
         raise AssertionError(f"accepted {topic[:200]!r}, {payload[:300]!r}: {exc}") from exc
     kept = tally.sample.setdefault(outcome.kind, [])
     if len(kept) < CONSUMER_SAMPLE:
