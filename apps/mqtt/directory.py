@@ -4,6 +4,8 @@ memory.
 A known device is remembered for minutes; an unknown one for seconds, so a flood from an
 unregistered device costs one query per few seconds, and a newly registered device is admitted
 soon after `register_device`. A change of a device's kind applies within KNOWN_TTL_SECONDS.
+Known ids are bounded by the registry; unknown ones by UNKNOWN_MAX_ENTRIES, so a stream of ever
+new ids costs queries but no memory.
 """
 
 from __future__ import annotations
@@ -17,24 +19,36 @@ from apps.devices.services import auto_register
 
 KNOWN_TTL_SECONDS = 300.0
 UNKNOWN_TTL_SECONDS = 5.0
+UNKNOWN_MAX_ENTRIES = 1000  # beyond, the id refused longest ago is forgotten first
 
 
 class DeviceDirectory:
     def __init__(self) -> None:
-        self._cached: dict[str, tuple[str | None, float]] = {}
+        # Device id → (its kind, until when (monotonic) the answer holds); unknown ids, in
+        # refusal order, apart: their number is bounded.
+        self._known: dict[str, tuple[str, float]] = {}
+        self._unknown: dict[str, float] = {}
 
     def kind_of(self, source_id: str, registers_as: str) -> str | None:
         """The registered device's kind (Device.Kind), None when there is no such device. With
         DEVICE_AUTO_REGISTER an unknown device is registered now, as a `registers_as`, unless
         its id is the application's (DEVICE_RESERVED_IDS)."""
         now = time.monotonic()
-        cached = self._cached.get(source_id)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        known = self._known.get(source_id)
+        if known is not None and known[1] > now:
+            return known[0]
+        if self._unknown.get(source_id, 0.0) > now:
+            return None
         kind = Device.objects.filter(device_id=source_id).values_list("kind", flat=True).first()
         if kind is None and settings.DEVICE_AUTO_REGISTER and not is_reserved_id(source_id):
             device = auto_register(source_id, registers_as, settings.DEVICE_AUTO_REGISTER_TENANT)
             kind = device.kind
-        ttl = KNOWN_TTL_SECONDS if kind is not None else UNKNOWN_TTL_SECONDS
-        self._cached[source_id] = (kind, now + ttl)
-        return kind
+        self._unknown.pop(source_id, None)
+        if kind is not None:
+            self._known[source_id] = (kind, now + KNOWN_TTL_SECONDS)
+            return kind
+        self._known.pop(source_id, None)
+        if len(self._unknown) >= UNKNOWN_MAX_ENTRIES:
+            del self._unknown[next(iter(self._unknown))]
+        self._unknown[source_id] = now + UNKNOWN_TTL_SECONDS
+        return None

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from apps.core.envelope import Envelope
 from apps.mqtt.directory import DeviceDirectory
+from apps.mqtt.schemas import INT64_MAX, INT64_MIN
 from apps.mqtt.topics import TopicError, parse_topic
 
 
@@ -40,10 +41,6 @@ class Reason(StrEnum):
     FUTURE_TIMESTAMP = "future_timestamp"
     STALE_TIMESTAMP = "stale_timestamp"
     INTERNAL = "internal_error"
-
-
-# What every store can hold: a signed 64-bit integer (PostgreSQL bigint, SQLite integer).
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -77,28 +74,54 @@ def _refuse_constant(name: str) -> Any:
     raise _NonFiniteConstant(f"{name} is not a number any store can hold")
 
 
+# Where a value sits in the payload, as a chain of (parent, step) built only as deep as it is
+# walked and written out only for the value refused: a dict key, a list index, or _KEY (the key).
+_Path = tuple["_Path", Any] | None
+_KEY = object()
+
+
+def _where(path: _Path) -> str:
+    steps: list[str] = []
+    while path is not None:
+        path, step = path
+        if step is _KEY:
+            steps.append(" key")
+        elif isinstance(step, int):
+            steps.append(f"[{step}]")
+        else:  # quoted in a detail that is logged and stored: escapes for the unprintable
+            steps.append("." + "".join(c if c.isprintable() else ascii(c)[1:-1] for c in step))
+    return ("payload" + "".join(reversed(steps)))[:120]
+
+
 def _unstorable(document: dict[str, Any]) -> tuple[Reason, str] | None:
     """The first value no database or JSON reader can take: NaN or an infinity, an integer
-    beyond 64 bits, a NUL character (PostgreSQL refuses it in text). Iterative, so a deeply
+    beyond 64 bits, a NUL character (PostgreSQL refuses it in text), a lone surrogate (a
+    `\\ud800` escape: no character, and no encoder writes it as UTF-8). Iterative, so a deeply
     nested payload costs no stack."""
-    pending: list[tuple[str, Any]] = [("payload", document)]
+    pending: list[tuple[_Path, Any]] = [(None, document)]
     while pending:
-        where, value = pending.pop()
+        path, value = pending.pop()
         if isinstance(value, dict):
             for key, item in value.items():
-                pending += [(f"{where} key", key), (f"{where}.{key}"[:120], item)]
+                pending += [((path, key), item), ((path, _KEY), key)]
         elif isinstance(value, list):
-            pending += [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+            pending += [((path, index), item) for index, item in enumerate(value)]
         elif isinstance(value, str):
             if "\x00" in value:
-                return Reason.NUL, f"{where} contains a NUL character (\\u0000)"
+                return Reason.NUL, f"{_where(path)} contains a NUL character (\\u0000)"
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                surrogate = ascii(exc.object[exc.start])
+                return Reason.ENCODING, f"{_where(path)} holds a lone surrogate ({surrogate})"
         elif isinstance(value, bool):
             continue
         elif isinstance(value, int):
             if not INT64_MIN <= value <= INT64_MAX:
+                where = _where(path)
                 return Reason.OUT_OF_RANGE, f"{where} = {str(value)[:24]}… does not fit in 64 bits"
         elif isinstance(value, float) and not math.isfinite(value):
-            return Reason.NON_FINITE, f"{where} is {value}, not a finite number"
+            return Reason.NON_FINITE, f"{_where(path)} is {value}, not a finite number"
     return None
 
 
@@ -145,6 +168,10 @@ class Intake:
             document = json.loads(text, parse_constant=_refuse_constant)
         except _NonFiniteConstant as exc:
             return reject(Reason.NON_FINITE, f"payload holds {exc}")
+        except RecursionError:  # the parser recurses per level: nesting is bounded by the stack
+            return reject(
+                Reason.JSON, "payload is not JSON this reader can take: nested too deeply"
+            )
         except ValueError as exc:
             return reject(Reason.JSON, f"payload is not JSON: {exc}")
         if not isinstance(document, dict):

@@ -6,8 +6,9 @@ devices can send extra data without being rejected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -19,14 +20,31 @@ _DEVICE_ALERT_NAMES = " or ".join(
     [", ".join(f"'{name}'" for name in DEVICE_ALERT_TYPES[:-1]), f"'{DEVICE_ALERT_TYPES[-1]}'"]
 )
 
+# What every store can hold: a signed 64-bit integer (PostgreSQL bigint, SQLite integer).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 Percent = Annotated[float, Field(ge=0, le=100)]
 MessageId = Annotated[str, Field(min_length=1, max_length=64)]
+# Devices send numbers; "NaN" or "Infinity" as a string is not one any store or reader takes.
+_FINITE: Final = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+
+# The short words devices send (connectivity, sensor type and state), compared in one case.
+LABEL_LENGTH = 32
+
+
+def _recased(value: str, case: Callable[[str], str]) -> str:
+    """`value` in upper or lower case, still within its column: "ß".upper() is "SS"."""
+    cased = case(value)
+    if len(cased) > LABEL_LENGTH:
+        raise ValueError(f"{len(cased)} characters in {case.__name__} case; at most {LABEL_LENGTH}")
+    return cased
 
 
 class DevicePayload(BaseModel):
     """Fields every payload may carry."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(**_FINITE, str_strip_whitespace=True)
 
     # The payload field naming the source, checked against the topic; subclasses override.
     source_field: ClassVar[str] = "device_id"
@@ -39,7 +57,10 @@ class DevicePayload(BaseModel):
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
         # Devices send their local offset; everything downstream speaks UTC.
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00
+            raise ValueError("timestamp is outside the years 1 to 9999 in UTC") from None
 
     def claimed_sources(self) -> dict[str, str]:
         """Every id the payload gives for its source (each must match the topic's)."""
@@ -55,16 +76,16 @@ class TelemetryPayload(DevicePayload):
     battery: Percent | None = None
     signal: float | None = Field(default=None, ge=-200, le=200)
     temperature: float | None = Field(default=None, ge=-100, le=200)
-    connectivity: str | None = Field(default=None, max_length=32)
+    connectivity: str | None = Field(default=None, max_length=LABEL_LENGTH)
 
     @field_validator("connectivity")
     @classmethod
     def _upper(cls, value: str | None) -> str | None:
-        return value.upper() if value else value
+        return value and _recased(value, str.upper)
 
 
 class Location(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = _FINITE
 
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
@@ -82,20 +103,20 @@ class GpsPayload(DevicePayload):
 class SensorPayload(DevicePayload):
     source_field: ClassVar[str] = "sensor_id"
 
-    type: str = Field(min_length=1, max_length=32)
+    type: str = Field(min_length=1, max_length=LABEL_LENGTH)
     value: float | None = None
-    state: str | None = Field(default=None, max_length=32)
+    state: str | None = Field(default=None, max_length=LABEL_LENGTH)
     sensor_id: str | None = Field(default=None, max_length=64)
 
     @field_validator("type")
     @classmethod
     def _lower(cls, value: str) -> str:
-        return value.lower()
+        return _recased(value, str.lower)
 
     @field_validator("state")
     @classmethod
     def _upper(cls, value: str | None) -> str | None:
-        return value.upper() if value else value
+        return value and _recased(value, str.upper)
 
 
 class AlertPayload(DevicePayload):
@@ -119,4 +140,4 @@ class SystemHealthPayload(DevicePayload):
     cpu: Percent | None = None
     memory: Percent | None = None
     disk: Percent | None = None
-    uptime: int | None = Field(default=None, ge=0)
+    uptime: int | None = Field(default=None, ge=0, le=INT64_MAX)

@@ -17,6 +17,7 @@ alert/ or raised by a sensor reading (a smoke reading raises FIRE).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -35,6 +36,9 @@ from apps.mqtt.consumers import alerts, gps, sensor, system_health, telemetry
 from apps.mqtt.consumers.base import Consumer
 
 MAX_SEGMENT = 32
+# The last level is a word, like a device id: it stands in the idempotency key and the logs.
+SEGMENT_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_SEGMENT - 1}}}")
+SEGMENT_RULE = f"1-{MAX_SEGMENT} letters, digits or _ . : -, starting with a letter or digit"
 
 # The alerts a device of each kind may raise about itself. Every device may report its own
 # equipment failure; the others only the kinds made to detect them (a guard's tracker has an SOS
@@ -181,6 +185,8 @@ def parse_topic(topic: str) -> ParsedTopic:
     source_id, segment = parts
     if len(segment) > MAX_SEGMENT:
         raise TopicError(f"kind segment longer than {MAX_SEGMENT} characters")
+    if not SEGMENT_PATTERN.fullmatch(segment):
+        raise TopicError(f"kind segment must be {SEGMENT_RULE}")
     if not is_device_id(source_id):
         raise TopicError(f"source id must be {DEVICE_ID_RULE}")
     if kind.segments is not None and segment not in kind.segments:

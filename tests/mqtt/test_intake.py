@@ -199,3 +199,50 @@ def test_every_id_a_payload_gives_must_match_the_topic(intake):
     assert isinstance(outcome, Rejection)
     assert outcome.reason is Reason.ID_MISMATCH
     assert "device_id='someone-else'" in outcome.detail
+
+
+# Found by tests/security/test_intake_fuzz.py: each was a crash, an envelope no store or
+# consumer takes, or a reason that could not be stored. `{now}` is a valid timestamp.
+FUZZ_FINDINGS = [
+    ("device/sensor-001/telemetry", '{"x": ' + "[" * 5000 + "]" * 5000 + "}", "json"),
+    ("device/sensor-001/telemetry", '{"timestamp": "0001-01-01T00:00:00+01:00"}', "schema"),
+    ("device/sensor-001/telemetry", '{"timestamp": "9999-12-31T23:59:59-01:00"}', "schema"),
+    ("device/sensor-001/telemetry", '{"connectivity": "4G\\ud800"}', "encoding"),
+    ("device/sensor-001/telemetry", '{"msg_id": "\\udfff"}', "encoding"),
+    ("device/sensor-001/telemetry", '{"k\\u0000\\ud800": [1e999]}', "nul_character"),
+    ("device/sensor-001/telemetry", '{"k\\u0001\\u0085": [1e999]}', "non_finite_number"),
+    ("device/sensor-001/telemetry", '{"connectivity": "' + "ß" * 32 + '"}', "schema"),
+    ("sensor/sensor-001/status", '{"type": "' + "İ" * 32 + '"}', "schema"),
+    ("sensor/sensor-001/status", '{"type": "smoke", "value": "Infinity"}', "schema"),
+    ("sensor/sensor-001/status", '{"type": "smoke", "state": "' + "ﬃ" * 20 + '"}', "schema"),
+    ("system/gw-1/health", '{"uptime": "99999999999999999999"}', "schema"),
+    ("alert/panic-007/fire\n", '{"alert_type": "fire"}', "topic"),
+    ("alert/panic-007/fi\x00re", '{"alert_type": "fire"}', "topic"),
+    ("alert/panic-007/\ud800", '{"alert_type": "fire"}', "topic"),
+]
+
+
+@pytest.mark.parametrize(("topic", "body", "reason"), FUZZ_FINDINGS)
+def test_what_the_fuzzer_found_is_refused_with_a_printable_reason(intake, topic, body, reason):
+    document = body[:-1] + f', "timestamp": "{now_iso()}"}}' if "timestamp" not in body else body
+    outcome = intake.check(topic, document.encode())
+    assert isinstance(outcome, Rejection), outcome
+    assert outcome.reason.value == reason, outcome.detail
+    # One printable line: no NUL or lone surrogate (no database stores them), nor a newline
+    # that would forge a log line.
+    assert outcome.detail.isprintable(), outcome.detail
+
+
+def test_the_cache_of_refused_ids_forgets_the_oldest_beyond_its_bound(
+    intake, monkeypatch, django_assert_num_queries
+):
+    from apps.mqtt import directory
+
+    monkeypatch.setattr(directory, "UNKNOWN_MAX_ENTRIES", 10)
+    body = telemetry().encode()
+    for n in range(11):
+        intake.check(f"device/stranger-{n}/telemetry", body)
+    with django_assert_num_queries(0):
+        intake.check("device/stranger-10/telemetry", body)  # refused lately: remembered
+    with django_assert_num_queries(1):
+        intake.check("device/stranger-0/telemetry", body)  # the oldest: forgotten, asked again

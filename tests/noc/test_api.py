@@ -37,6 +37,7 @@ from tests.factories import OPERATOR_PASSWORD, operator
 pytestmark = pytest.mark.usefixtures("redis_server")
 
 NOW = timezone.now()
+FORM = "application/x-www-form-urlencoded"
 
 
 def make_tenant(name: str) -> Tenant:
@@ -461,6 +462,48 @@ def test_the_swagger_page_loads_nothing_from_another_host():
         assert finders.find(asset.removeprefix(settings.STATIC_URL)), asset
     assert "cdn" not in html
     assert "https://" not in html
+
+
+@pytest.mark.django_db
+def test_the_schema_documents_every_error_an_operation_answers():
+    # Found by tests/security/test_api_schema_fuzz.py: only the successes were documented.
+    paths = json.loads(APIClient().get("/api/schema/?format=json").content)["paths"]
+
+    def codes(path: str, method: str = "get") -> set[str]:
+        return set(paths[path][method]["responses"])
+
+    assert codes("/api/alerts/") == {"200", "400", "401", "403"}
+    assert codes("/api/alerts/{id}/") == {"200", "401", "403", "404"}
+    assert codes("/api/alerts/{id}/acknowledge/", "post") == {
+        "200",
+        "400",
+        "401",
+        "403",
+        "404",
+        "409",
+    }
+    assert codes("/api/devices/{device_id}/readings/") == {"200", "400", "401", "403", "404"}
+    assert codes("/api/token/", "post") == {"200", "400", "401", "429"}
+    assert codes("/api/schema/") == {"200", "404"}  # a ?format= it does not render
+
+
+@pytest.mark.django_db
+def test_an_id_no_route_takes_is_a_json_404_like_any_other(acme_client: APIClient):
+    # The router's id pattern refuses a dot: /api/alerts/0.5/ used to be Django's HTML page.
+    for url in ("/api/alerts/0.5/", "/api/alerts/1e-9/acknowledge/", "/api/nothing/here/"):
+        response = acme_client.post(url) if "acknowledge" in url else acme_client.get(url)
+        assert response.status_code == 404, url
+        assert response.json() == {"detail": "Not found."}, url
+
+
+@pytest.mark.django_db
+def test_the_api_reads_json_or_a_form_but_no_multipart_body():
+    # Daphne answers a malformed multipart body itself, with a bare 400: none is accepted.
+    client = APIClient()
+    multipart = client.post("/api/token/refresh/", {"refresh": "x"}, format="multipart")
+    assert multipart.status_code == 415
+    assert client.post("/api/token/refresh/", "refresh=x", content_type=FORM).status_code == 401
+    assert client.post("/api/token/refresh/", {"refresh": "x"}).status_code == 401
 
 
 @pytest.mark.django_db

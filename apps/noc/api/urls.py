@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.urls import include, path
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -56,6 +58,11 @@ class LogoutView(TokenBlacklistView):
     throttle_scope = "token"
 
 
+@csrf_exempt  # whatever the method: there is nothing here to forge a request to
+def not_found(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"detail": "Not found."}, status=404)
+
+
 urlpatterns = [
     # The obtain view's serializer (tokens that carry the tenant) is set in SIMPLE_JWT.
     # All three are rate-limited per client address (REST_FRAMEWORK "token" rate); password guessing
@@ -66,4 +73,6 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("", include(router.urls)),
+    # Last: a path no route takes (an id the router's pattern refuses, say) is a JSON 404 too.
+    re_path(r"^.*/$", not_found),
 ]
