@@ -8,7 +8,6 @@ this: it sets real variables and refuses to start without its secrets.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import secrets
@@ -17,6 +16,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
+
+from apps.core.network import is_loopback
 
 TEMPLATE = """\
 # Written by `make run` on first start for the local development stack; edit freely.
@@ -35,15 +36,6 @@ REDIS_URL_LINE = re.compile(r"^(?P<head>\s*(?:export\s+)?REDIS_URL\s*=\s*)(?P<va
 
 def redis_url(netloc: str = DEFAULT_REDIS, scheme: str = "redis") -> str:
     return f"{scheme}://:{secrets.token_urlsafe(32)}@{netloc}"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def add_redis_password(text: str) -> str | None:

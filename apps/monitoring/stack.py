@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import getpass
-import ipaddress
 import os
 import secrets
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.core.network import is_loopback
 from apps.core.tasks.celery_settings import QUEUES, beat_argv
 
 DEPLOY_DIR = Path(settings.BASE_DIR) / "deploy"
@@ -66,15 +66,6 @@ class StackPaths:
     @property
     def operator_password_file(self) -> Path:
         return self.var_dir / "operator_password"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def find_executable(name: str, install_hint: str) -> str:
