@@ -12,6 +12,11 @@ One more case: a task taken in the instant Redis died — recorded as unacknowle
 the reply lost, so no worker knows it. For the idempotent processing tasks (IDEMPOTENT_TASKS) of
 its own queues, the consumer also puts back those taken in the ORPHAN_WINDOW_SECONDS before it
 lost the connection; if another worker did hold one, that task runs twice, with no effect.
+
+And one the fault suite found: kombu's Redis transport takes a task from its queue (BRPOP) and
+records it as unacknowledged in a second round trip. When Redis dies between the two, the task
+is in neither place, only in this worker's memory, and kombu drops it. RecordingQoS keeps such
+a task, and the consumer puts it back on its queue once Redis answers again.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import structlog
 from celery.worker.consumer import Consumer
+from kombu.transport import redis as redis_transport
 
 from apps.core.tasks.celery_settings import IDEMPOTENT_TASKS, REDIS_SOCKET_TIMEOUT_SECONDS
 
@@ -29,6 +35,23 @@ log = structlog.get_logger(__name__)
 
 # A task taken this long before the connection was found lost may be an orphan (see above).
 ORPHAN_WINDOW_SECONDS = 2 * REDIS_SOCKET_TIMEOUT_SECONDS
+
+
+# Tasks taken from their queue whose record as unacknowledged never reached Redis (see above).
+UNRECORDED: list[Any] = []
+
+
+class RecordingQoS(redis_transport.QoS):
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except Exception:
+            UNRECORDED.append(message)  # kombu forgets it as the error propagates
+            raise
+
+
+# Every Redis channel of this worker process records through it (kombu reads Channel.QoS).
+redis_transport.Channel.QoS = RecordingQoS
 
 
 class RecoveringConsumer(Consumer):
@@ -77,8 +100,22 @@ class RecoveringConsumer(Consumer):
         return {str(tag) for tag in delivered}
 
     def _put_back(self, connection: Any) -> None:
+        channel = connection.default_channel
+        while UNRECORDED:
+            message = UNRECORDED[0]
+            info = message.delivery_info
+            # To the head of its queue, as the put-back tasks below; kombu logs a failure.
+            channel._do_restore_message(
+                message._raw, info["exchange"], info["routing_key"], channel.client, leftmost=True
+            )
+            UNRECORDED.pop(0)
+            log.warning(
+                "a task taken just as the broker connection was lost put back on its queue",
+                task=message.headers.get("task"),
+                id=message.headers.get("id"),
+            )
         tags = sorted(self._held_at_loss)
-        qos = connection.default_channel.qos
+        qos = channel.qos
         for done, tag in enumerate(tags):
             try:
                 qos.restore_by_tag(tag, leftmost=True)  # a no-op for a tag no longer unacked
