@@ -16,10 +16,21 @@ from django.db import models
 
 from apps.tenants.models import Tenant
 
+
 # What a device id may be: it stands in MQTT topics, ACL patterns and file names. Checked whole
 # (`fullmatch`): `$` in a pattern would also accept a trailing newline.
-DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-DEVICE_ID_RULE = "1-64 letters, digits or _ . : -, starting with a letter or digit"
+def word_pattern(max_length: int) -> re.Pattern[str]:
+    """A word of 1 to `max_length` letters, digits or _ . : -, starting with a letter or digit:
+    device ids, and the last level of a topic (apps/mqtt/topics.py)."""
+    return re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{max_length - 1}}}")
+
+
+def word_rule(max_length: int) -> str:
+    return f"1-{max_length} letters, digits or _ . : -, starting with a letter or digit"
+
+
+DEVICE_ID_PATTERN = word_pattern(64)
+DEVICE_ID_RULE = word_rule(64)
 
 
 def is_device_id(value: object) -> bool:

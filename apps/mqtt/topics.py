@@ -17,7 +17,6 @@ alert/ or raised by a sensor reading (a smoke reading raises FIRE).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -30,15 +29,15 @@ from apps.core.tasks.celery_settings import (
     PROCESS_SENSOR_READINGS,
     PROCESS_SYSTEM_HEALTH,
 )
-from apps.devices.models import DEVICE_ID_RULE, Device, is_device_id
+from apps.devices.models import DEVICE_ID_RULE, Device, is_device_id, word_pattern, word_rule
 from apps.mqtt import schemas
 from apps.mqtt.consumers import alerts, gps, sensor, system_health, telemetry
 from apps.mqtt.consumers.base import Consumer
 
 MAX_SEGMENT = 32
 # The last level is a word, like a device id: it stands in the idempotency key and the logs.
-SEGMENT_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MAX_SEGMENT - 1}}}")
-SEGMENT_RULE = f"1-{MAX_SEGMENT} letters, digits or _ . : -, starting with a letter or digit"
+SEGMENT_PATTERN = word_pattern(MAX_SEGMENT)
+SEGMENT_RULE = word_rule(MAX_SEGMENT)
 
 # The alerts a device of each kind may raise about itself. Every device may report its own
 # equipment failure; the others only the kinds made to detect them (a guard's tracker has an SOS
