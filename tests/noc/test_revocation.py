@@ -402,3 +402,26 @@ def test_changing_the_password_ends_the_users_refresh_tokens(acme):
     assert refresh(held).status_code == 401
     assert refresh(colleagues).status_code == 200
     assert refresh(str(issue_refresh_token(user))).status_code == 200  # one issued after it
+
+
+def test_the_demo_operator_is_created_with_its_password_and_revokes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """`make run` creates it before Redis is up: a revocation then would fail and warn."""
+    from apps.noc.operators import ensure_demo_operator
+
+    def revocations() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "NOC access revo" in r.getMessage()]
+
+    caplog.set_level("INFO")
+    password_file = tmp_path / "operator_password"
+    user, password = ensure_demo_operator("demo", "operator", password_file)
+    assert revocations() == []
+    assert user.check_password(password)
+    assert password_file.read_text().strip() == password
+
+    password_file.unlink()  # a new password on request: the old one's sessions end
+    user, new_password = ensure_demo_operator("demo", "operator", password_file)
+    assert len(revocations()) == 1
+    assert new_password != password
+    assert user.check_password(new_password)
