@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.factories import telemetry
-from tests.services import wait_for
+from tests.services import metric, wait_for
 
 
 @dataclass
@@ -243,7 +243,10 @@ def settle_and_check(
     from apps.core.tasks.celery_settings import RESEND_BROADCASTS
 
     total = len(published)
-    wait_for(lambda: readings() >= total, timeout=timeout, interval=0.5, what=f"{total} readings")
+    try:
+        wait_for(lambda: readings() >= total, timeout=timeout, interval=0.5, what="")
+    except TimeoutError:
+        raise AssertionError(where_are_they(published, redis_url, timeout)) from None
     wait_for(lambda: broker_idle(redis_url), timeout=60, interval=0.2, what="the queues to drain")
 
     # Events a worker committed but could not send (it died, Redis was down) are resent by the
@@ -283,11 +286,40 @@ def settle_and_check(
             out.write(json.dumps(figures) + "\n")
 
 
+def where_are_they(published: list[tuple[str, str]], redis_url: str, waited: float) -> str:
+    """What a test that timed out waiting for readings needs to say: which messages are
+    missing, and whether the bus still holds any work (queued, unacknowledged) or none."""
+    import redis
+
+    from apps.core.models import DeadLetter, ProcessedMessage
+    from apps.devices.models import TelemetryReading
+    from apps.monitoring import bus_state
+
+    expected = {json.loads(payload)["msg_id"] for _topic, payload in published}
+    stored = {
+        msg_id(key) for key in TelemetryReading.objects.values_list("idempotency_key", flat=True)
+    }
+    missing = sorted(expected - stored, key=lambda m: int(m.rpartition("-")[2] or 0))
+    claimed = ProcessedMessage.objects.filter(kind="telemetry").count()
+    try:
+        client = redis.Redis.from_url(f"{redis_url}/0", decode_responses=True)
+        queued = {q.name: q.depth for q in bus_state.queue_stats(client) if q.depth}
+        unacked: object = bus_state.unacked_by_queue(client)
+        received = metric("mqtt_messages_received_total", prefix="device/")
+    except Exception as exc:
+        queued, unacked, received = {}, f"unknown ({exc!r})", float("nan")
+    return (
+        f"after {waited:.0f} s, {len(stored)} of {len(expected)} messages stored; "
+        f"{len(missing)} missing, e.g. {missing[:5]} ... {missing[-5:]}; "
+        f"{claimed} telemetry keys claimed, {DeadLetter.objects.count()} dead letters; "
+        f"the broker holds queued {queued or 'none'}, unacknowledged {unacked or 'none'}; "
+        f"subscribers received {received:.0f} device messages in all (redeliveries included)"
+    )
+
+
 def _bus_counters() -> dict[str, float]:
     """Counters that show the faults' work: receipts (redeliveries included), redeliveries the
     ledger absorbed, events the outbox resent."""
-    from tests.services import metric
-
     return {
         "received_by_subscribers": metric("mqtt_messages_received_total", prefix="device/"),
         "redeliveries_absorbed": metric("bus_messages_duplicate_total", kind="telemetry"),

@@ -48,6 +48,11 @@ MQTT_MESSAGES_DROPPED = Counter(
     "QoS 0 messages the subscriber let go of, by reason (QoS 1 ones stay with the broker)",
     ["reason"],
 )
+MQTT_MESSAGES_SENT_AGAIN = Counter(
+    "mqtt_messages_sent_again_total",
+    "Messages the subscriber handed on again after Redis failed or restarted (repeats are "
+    "absorbed by their idempotency keys)",
+)
 DEAD_LETTERS = Counter(
     "dead_letters_total",
     "Messages written to the dead-letter store, by stage and reason",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
@@ -133,6 +133,14 @@ class HeldRejection:
     delivery: Delivery
 
 
+@dataclass(frozen=True)
+class HandedOff:
+    """A task this subscriber put in Redis, kept to be sent again if Redis may have lost it."""
+
+    task: str
+    envelopes: list[Envelope]
+
+
 class Subscriber:
     def __init__(self, config: SubscriberConfig, intake: Intake | None = None) -> None:
         self.config = config
@@ -158,6 +166,12 @@ class Subscriber:
         self.next_pause_check_at = 0.0
         self.paused = False
         self.outage_logged = False
+        # The last hold_max_messages messages handed on, sent again after Redis restarts or
+        # fails a hand-off (see _send_again). Their keys make the repeats change nothing.
+        self.handed_off: deque[HandedOff] = deque()
+        self.handed_off_messages = 0
+        self.send_again = False
+        self.redis_run_id: str | None = None
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -328,6 +342,8 @@ class Subscriber:
         if now < self.retry_flush_at and not force:
             return False
         try:
+            if self.send_again:
+                self._send_again()
             self._recheck()
             self._flush_rejections()
             for kind, pending in list(self.pending.items()):
@@ -339,6 +355,7 @@ class Subscriber:
             self.retry_flush_at = time.monotonic() + delay
             held = sum(len(p.envelopes) for p in self.pending.values())
             held += len(self.rejections) + len(self.recheck)
+            self.send_again = bool(self.handed_off)
             if not self.outage_logged:
                 log.error(
                     "cannot hand messages on; holding them unacknowledged so the broker keeps them",
@@ -434,12 +451,46 @@ class Subscriber:
         self.rejections.clear()
 
     def _enqueue(self, kind: str, pending: PendingTask) -> None:
-        queue = enqueue(KINDS_BY_NAME[kind].task, pending.envelopes).name
+        task = KINDS_BY_NAME[kind].task
+        queue = enqueue(task, pending.envelopes).name
+        self._remember(HandedOff(task, pending.envelopes))
         self._record_received(pending.envelopes)
         metrics.MQTT_MESSAGES_ENQUEUED.labels(queue=queue).inc(len(pending.envelopes))
         metrics.MQTT_BATCH_SIZE.labels(queue=queue).observe(len(pending.envelopes))
         for delivery in pending.deliveries:
             self._ack(delivery)
+
+    def _remember(self, handed: HandedOff) -> None:
+        self.handed_off.append(handed)
+        self.handed_off_messages += len(handed.envelopes)
+        while self.handed_off_messages > self.config.hold_max_messages:
+            self.handed_off_messages -= len(self.handed_off.popleft().envelopes)
+
+    def _send_again(self) -> None:
+        """Hand on again the messages last handed on. Redis acknowledged them, but a worker
+        takes a task with BRPOP and records it as unacknowledged afterwards: a task taken as
+        Redis died or its connection broke exists nowhere (kombu's Redis transport); and a
+        Redis that crashes with `appendfsync everysec` forgets up to a second of writes. Taken
+        tasks are the oldest queued ones, so this covers a backlog of up to hold_max_messages."""
+        messages = self.handed_off_messages
+        while self.handed_off:
+            handed = self.handed_off[0]
+            enqueue(handed.task, handed.envelopes)  # raises while Redis is still away
+            self.handed_off.popleft()
+            self.handed_off_messages -= len(handed.envelopes)
+        self.send_again = False
+        metrics.MQTT_MESSAGES_SENT_AGAIN.inc(messages)
+        log.warning(
+            "Redis failed or restarted: the messages handed on last were sent again",
+            messages=messages,
+            hint="repeats are absorbed by their idempotency keys (bus_messages_duplicate_total)",
+        )
+
+    def _follow_redis_restarts(self, client: Any) -> None:
+        run_id = str(client.info("server")["run_id"])
+        if self.redis_run_id is not None and run_id != self.redis_run_id and self.handed_off:
+            self.send_again = True
+        self.redis_run_id = run_id
 
     def _record_received(self, envelopes: list[Envelope]) -> None:
         """For offline detection: these devices spoke, even if their messages wait in a queue."""
@@ -467,6 +518,7 @@ class Subscriber:
             1 if connected else 0
         )
         try:
+            self._follow_redis_restarts(state_redis())
             intake_status.write_status(
                 state_redis(),
                 self.config.client_id,

@@ -15,7 +15,12 @@ import pytest
 from apps.alerts.models import Alert
 from apps.core.envelope import Envelope
 from apps.core.models import DeadLetter, ProcessedMessage
-from apps.core.tasks.celery_settings import PROCESS_DEVICE_TELEMETRY, QUEUES_BY_NAME, worker_argv
+from apps.core.tasks.celery_settings import (
+    PROCESS_DEVICE_TELEMETRY,
+    QUEUES_BY_NAME,
+    broker_list_keys,
+    worker_argv,
+)
 from apps.devices.models import TelemetryReading
 from tests import environment
 from tests.environment import free_port
@@ -273,6 +278,53 @@ def test_while_redis_is_down_nothing_is_acknowledged_and_the_broker_keeps_every_
         worker.stop()
         redis_service.stop()
     assert ProcessedMessage.objects.count() == 200
+
+
+@pytest.mark.faults  # a Redis crash and restart, ~40 s: in `make test-faults`
+def test_a_task_taken_from_its_queue_as_redis_died_is_sent_again_when_redis_restarts(
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+    tmp_path: Path,
+):
+    """kombu's workers take a task with BRPOP: if Redis dies or the connection breaks before
+    the reply arrives, the task is in no queue and in no unacknowledged record. The subscriber
+    keeps what it handed on last and sends it again after a Redis restart."""
+    import redis
+
+    from apps.monitoring import bus_state
+
+    port = free_port()
+    broker_url = environment.redis_url(port)
+    create_tenant_with_devices("acme", "sensor-001")
+    data = tmp_path / "redis"
+    redis_service = start_redis(port, data, appendonly=True, appendfsync="always")
+    subscriber = start_subscriber(REDIS_URL=broker_url)
+    mqtt_publish(PORT, numbered_telemetry(150))
+    admin = redis.Redis.from_url(f"{broker_url}/0", decode_responses=True)
+
+    def queued() -> int:
+        return sum(queue.depth for queue in bus_state.queue_stats(admin))
+
+    wait_for(lambda: queued() >= 2, timeout=30, what="the subscriber to hand on both batches")
+    lists = broker_list_keys("general")
+    taken = admin.rpop(next(key for key in lists if admin.llen(key)))
+    assert taken is not None  # as a worker's BRPOP whose reply was lost: gone from Redis
+    redis_service.signal(signal.SIGKILL)
+    redis_service.process.wait(10)
+    redis_service = start_redis(port, data, appendonly=True, appendfsync="always")
+    worker = general_worker("general-private", broker_url, tmp_path / "worker.log")
+    try:
+        wait_for(
+            lambda: TelemetryReading.objects.count() == 150,
+            timeout=60,
+            interval=0.2,
+            what="all 150 messages, the taken batch sent again",
+        )
+        assert "messages handed on last were sent again" in subscriber.log()
+    finally:
+        worker.stop()
+        redis_service.stop()
+    assert ProcessedMessage.objects.count() == 150
 
 
 def test_a_frozen_redis_stalls_nothing_and_loses_nothing(
