@@ -479,6 +479,7 @@ class Subscriber:
             self.handed_off.popleft()
             self.handed_off_messages -= len(handed.envelopes)
         self.send_again = False
+        self.redis_run_id = None  # this restart is dealt with: the next report learns the new id
         metrics.MQTT_MESSAGES_SENT_AGAIN.inc(messages)
         log.warning(
             "Redis failed or restarted: the messages handed on last were sent again",
