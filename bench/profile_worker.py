@@ -1,0 +1,140 @@
+"""Where a general worker's CPU goes on fleet telemetry: milliseconds per message, and why.
+
+    .venv/bin/python -m bench.profile_worker [--devices 1000] [--tenants 10] [--messages 20000]
+                                             [--low-battery 0.05] [--profile [--all-frames]]
+
+Runs in one process what the subscriber and a `general` worker do with a fleet's telemetry,
+without MQTT and the Celery broker in between, so the figures are their own CPU:
+
+- intake: each message validated by `Intake.check`, batched by MQTT_BATCH_SIZE and turned into
+  a task message body (kombu's JSON, as `send_task` does);
+- worker: each body decoded and run by the telemetry task (the batch runner, the ledger, SQLite
+  as `make run` configures it, the outbox and the broadcast to a real Redis channel layer).
+
+A share of the devices (`--low-battery`) report a low battery, so the alert rules raise and
+repeat alerts as they would in the field. `--profile` prints pyinstrument's view of the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from typing import Any
+
+# First, before Django reads the settings: free ports, a scratch dir, the settings tests use.
+from tests import environment
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "intelliwiz_config.settings")
+django.setup()
+
+from django.conf import settings
+from django.core.management import call_command
+from kombu.serialization import dumps, loads
+
+from apps.core.envelope import Envelope
+from apps.mqtt.intake import Intake
+from apps.mqtt.tasks import PROCESSING_TASKS
+from tests.environment import REDIS_PORT, SCRATCH
+from tests.factories import telemetry
+from tests.ledger import Fleet
+from tests.services import start_redis
+
+
+def fleet_messages(fleet: Fleet, count: int, low_share: float) -> list[tuple[str, bytes]]:
+    """`count` messages round-robin over the fleet; the low-battery devices report 10 %."""
+    chooser = random.Random(11)  # noqa: S311 - a reproducible fleet, not a secret
+    devices = fleet.devices
+    low = set(chooser.sample(devices, int(len(devices) * low_share)))
+    return [
+        (
+            f"device/{device}/telemetry",
+            telemetry(battery=10 if device in low else 50, msg_id=f"p-{n}").encode(),
+        )
+        for n, device in ((n, devices[n % len(devices)]) for n in range(count))
+    ]
+
+
+def intake_stage(messages: list[tuple[str, bytes]]) -> tuple[list[tuple[Any, ...]], float]:
+    """The task message bodies, and the CPU seconds validation and serialisation took."""
+    intake = Intake()
+    started = time.process_time()
+    envelopes = []
+    for topic, payload in messages:
+        outcome = intake.check(topic, payload)
+        assert isinstance(outcome, Envelope), outcome
+        envelopes.append(outcome)
+    size = settings.MQTT_BATCH_SIZE
+    bodies = [
+        dumps([[[e.to_message() for e in envelopes[i : i + size]]], {}, {}], serializer="json")
+        for i in range(0, len(envelopes), size)
+    ]
+    return bodies, time.process_time() - started
+
+
+def worker_stage(bodies: list[tuple[Any, ...]]) -> tuple[float, float]:
+    """CPU and wall seconds of the telemetry task over every body."""
+    task = PROCESSING_TASKS["telemetry"]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for content_type, encoding, data in bodies:
+        args, _kwargs, _embed = loads(data, content_type, encoding)
+        result = task.apply(args=args)
+        if result.failed():
+            raise RuntimeError(f"the telemetry task failed: {result.result!r}")
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--warmup", type=int, default=2_000, help="messages before measuring")
+    parser.add_argument("--low-battery", type=float, default=0.05, help="share of devices")
+    parser.add_argument("--profile", action="store_true", help="pyinstrument the worker stage")
+    parser.add_argument("--all-frames", action="store_true", help="with --profile: Django's too")
+    args = parser.parse_args()
+
+    redis = start_redis(REDIS_PORT, SCRATCH / "redis")
+    try:
+        call_command("migrate", verbosity=0)
+        fleet = Fleet.create(tenants=args.tenants, devices=args.devices)
+        messages = fleet_messages(fleet, args.warmup + args.messages, args.low_battery)
+        warmup, measured = messages[: args.warmup], messages[args.warmup :]
+        worker_stage(intake_stage(warmup)[0])  # caches, first-seen status changes, alerts
+
+        bodies, intake_cpu = intake_stage(measured)
+        profiler = None
+        if args.profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.0005)
+            profiler.start()
+        worker_cpu, worker_wall = worker_stage(bodies)
+        if profiler is not None:
+            profiler.stop()
+
+        count = len(measured)
+        print(
+            f"{count} messages from {args.devices} devices over {args.tenants} tenants, "
+            f"batches of {settings.MQTT_BATCH_SIZE}, {args.low_battery:.0%} low battery"
+        )
+        print(f"  intake (validate + task body): {intake_cpu / count * 1000:.3f} ms CPU/message")
+        print(
+            f"  worker (decode + task + DB + broadcast): {worker_cpu / count * 1000:.3f} ms "
+            f"CPU/message, {count / worker_wall:,.0f} msg/s wall"
+        )
+        if profiler is not None:
+            print(profiler.output_text(unicode=False, color=False, show_all=args.all_frames))
+    finally:
+        redis.stop()
+        environment.pytest_unconfigure()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
