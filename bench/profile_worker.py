@@ -7,7 +7,7 @@ Runs in one process what the subscriber and a `general` worker do with a fleet's
 without MQTT and the Celery broker in between, so the figures are their own CPU:
 
 - intake: each message validated by `Intake.check`, batched by MQTT_BATCH_SIZE and turned into
-  a task message body (kombu's JSON, as `send_task` does);
+  a task message body (as `enqueue` writes it);
 - worker: each body decoded and run by the telemetry task (the batch runner, the ledger, SQLite
   as `make run` configures it, the outbox and the broadcast to a real Redis channel layer).
 
@@ -36,6 +36,7 @@ from django.conf import settings
 from django.core.management import call_command
 from kombu.serialization import dumps, loads
 
+from apps.core import task_json
 from apps.core.envelope import Envelope
 from apps.mqtt.intake import Intake
 from apps.mqtt.tasks import PROCESSING_TASKS
@@ -70,8 +71,8 @@ def intake_stage(messages: list[tuple[str, bytes]]) -> tuple[list[tuple[Any, ...
         envelopes.append(outcome)
     size = settings.MQTT_BATCH_SIZE
     bodies = [
-        dumps([[[e.to_message() for e in envelopes[i : i + size]]], {}, {}], serializer="json")
-        for i in range(0, len(envelopes), size)
+        dumps([[[e.to_message() for e in batch]], {}, {}], serializer=task_json.SERIALIZER)
+        for batch in (envelopes[i : i + size] for i in range(0, len(envelopes), size))
     ]
     return bodies, time.process_time() - started
 
