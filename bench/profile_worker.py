@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import sys
 import time
 from typing import Any
@@ -34,6 +35,7 @@ django.setup()
 
 from django.conf import settings
 from django.core.management import call_command
+from django.db import connection
 from kombu.serialization import dumps, loads
 
 from apps.core import task_json
@@ -78,16 +80,50 @@ def intake_stage(
     return bodies, time.process_time() - started
 
 
-def worker_stage(bodies: list[tuple[Any, ...]]) -> tuple[float, float]:
-    """CPU and wall seconds of the telemetry task over every body."""
+class WriteTransactions:
+    """How long each write transaction held SQLite's writer lock: from its BEGIN IMMEDIATE to
+    the end of its COMMIT (what a critical alert's transaction may have to wait for)."""
+
+    def __init__(self) -> None:
+        self.held: list[float] = []
+        self._began = 0.0
+
+    def __enter__(self) -> WriteTransactions:
+        connection.ensure_connection()
+        self._wrapper = connection.execute_wrapper(self._watch)
+        self._wrapper.__enter__()
+        self._commit = connection.commit
+        connection.commit = self._committed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        connection.commit = self._commit  # type: ignore[method-assign]
+        self._wrapper.__exit__(*exc)
+
+    def _watch(self, execute: Any, sql: str, *args: Any) -> Any:
+        if sql.startswith("BEGIN"):
+            self._began = time.perf_counter()
+        return execute(sql, *args)
+
+    def _committed(self) -> None:
+        self._commit()
+        if self._began:
+            self.held.append(time.perf_counter() - self._began)
+            self._began = 0.0
+
+
+def worker_stage(bodies: list[tuple[Any, ...]]) -> tuple[float, float, list[float]]:
+    """CPU and wall seconds of the telemetry task over every body, and each write transaction's
+    hold of the writer lock."""
     task = PROCESSING_TASKS["telemetry"]
     cpu, wall = time.process_time(), time.perf_counter()
-    for content_type, encoding, data in bodies:
-        args, _kwargs, _embed = loads(data, content_type, encoding)
-        result = task.apply(args=args)
-        if result.failed():
-            raise RuntimeError(f"the telemetry task failed: {result.result!r}")
-    return time.process_time() - cpu, time.perf_counter() - wall
+    with WriteTransactions() as transactions:
+        for content_type, encoding, data in bodies:
+            args, _kwargs, _embed = loads(data, content_type, encoding)
+            result = task.apply(args=args)
+            if result.failed():
+                raise RuntimeError(f"the telemetry task failed: {result.result!r}")
+    return time.process_time() - cpu, time.perf_counter() - wall, transactions.held
 
 
 def main() -> int:
@@ -117,7 +153,7 @@ def main() -> int:
 
             profiler = Profiler(interval=0.0005)
             profiler.start()
-        worker_cpu, worker_wall = worker_stage(bodies)
+        worker_cpu, worker_wall, held = worker_stage(bodies)
         if profiler is not None:
             profiler.stop()
 
@@ -130,6 +166,11 @@ def main() -> int:
         print(
             f"  worker (decode + task + DB + broadcast): {worker_cpu / count * 1000:.3f} ms "
             f"CPU/message, {count / worker_wall:,.0f} msg/s wall"
+        )
+        held.sort()
+        print(
+            f"  writer lock held per batch: median {statistics.median(held) * 1000:.1f} ms, "
+            f"max {held[-1] * 1000:.1f} ms ({len(held)} transactions)"
         )
         if profiler is not None:
             print(profiler.output_text(unicode=False, color=False, show_all=args.all_frames))
