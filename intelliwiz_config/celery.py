@@ -7,11 +7,13 @@ from typing import Any
 
 from celery import Celery
 
+from apps.core import task_json
 from apps.core.tasks.celery_settings import RENAMED_TASKS, celery_config
 from apps.monitoring import celery_hooks
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "intelliwiz_config.settings")
 
+task_json.register_codec()  # the JSON codec of task messages, before anything is sent
 app = Celery("intelliwiz_config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(celery_config())

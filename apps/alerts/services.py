@@ -6,11 +6,12 @@ caller to broadcast after its transaction commits.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import F
+from django.db import connection
 from django.utils import timezone
 
 from apps.alerts.models import (
@@ -23,9 +24,13 @@ from apps.alerts.models import (
     AlertType,
     Severity,
 )
+from apps.core.bulk import update_rows
 from apps.core.events import Event, EventType
 from apps.devices.models import Device
 from apps.tenants.models import User
+
+# An active alert's identity within its tenant: (device id, alert type).
+AlertKey = tuple[str, str]
 
 # Most severe first.
 SEVERITY_RANK = {severity: rank for rank, severity in enumerate(Severity.values)}
@@ -71,58 +76,122 @@ def _event(alert: Alert, *, new: bool) -> Event:
     return Event(alert.tenant_id, event_type, serialize_alert(alert))
 
 
-def active_alert(device: Device, alert_type: str) -> Alert | None:
-    return (
-        Alert.objects.filter(
-            tenant_id=device.tenant_id,
-            source_id=device.device_id,
-            alert_type=alert_type,
-            status__in=ACTIVE_STATUSES,
-        )
-        .select_related("device")
-        .first()
-    )
+def active_alerts(devices: Iterable[Device], alert_types: Iterable[str]) -> dict[AlertKey, Alert]:
+    """The active alerts of these types of these devices, by (device id, type): one query,
+    however many devices."""
+    tenants = {device.device_id: device.tenant_id for device in devices}
+    if not tenants:
+        return {}
+    alerts = Alert.objects.filter(
+        source_id__in=list(tenants),
+        alert_type__in=set(alert_types),
+        status__in=ACTIVE_STATUSES,
+    ).select_related("device")
+    # Device ids are unique system-wide, but an alert is its tenant's: never match another's.
+    return {
+        (alert.source_id, alert.alert_type): alert
+        for alert in alerts
+        if tenants[alert.source_id] == alert.tenant_id
+    }
 
 
 def raise_alert(signal: AlertSignal) -> Event:
     """A new alert, or one more occurrence of the active alert of the same source and type."""
-    device = signal.device
-    alert = active_alert(device, signal.alert_type)
-    if alert is not None:
-        Alert.objects.filter(pk=alert.pk).update(count=F("count") + 1)
-        alert.refresh_from_db(fields=["count"])
-        fields = ["updated_at"]
-        if signal.seen_at > alert.last_seen:
-            alert.last_seen = signal.seen_at
-            fields.append("last_seen")
-        escalated = SEVERITY_RANK[signal.severity] < SEVERITY_RANK[alert.severity]
-        if escalated:
-            alert.severity = signal.severity
-            fields.append("severity")
-        alert.save(update_fields=fields)
-        # An alert that became critical is announced as new: filters on CRITICAL must see it.
-        return _event(alert, new=escalated)
-    alert = Alert.objects.create(
-        tenant_id=device.tenant_id,
-        device=device,
-        source_id=device.device_id,
-        alert_type=signal.alert_type,
-        severity=signal.severity,
-        message=signal.message,
-        lat=signal.lat,
-        lon=signal.lon,
-        first_seen=signal.seen_at,
-        last_seen=signal.seen_at,
+    return raise_alerts([signal])[0]
+
+
+def raise_alerts(signals: Sequence[AlertSignal]) -> list[Event]:
+    """`raise_alert` for many signals in a bounded number of queries, whatever their number:
+    one to find the active alerts they repeat, one update for the repeats, one insert for the
+    new alerts. One event per alert: its state after all its signals.
+
+    The caller holds the signals' device rows (consumers.base.with_devices locks them), the
+    lock every writer of an alert's count takes; so counts read here are written back exact.
+    """
+    grouped: dict[AlertKey, list[AlertSignal]] = {}
+    for signal in signals:
+        grouped.setdefault((signal.device.device_id, signal.alert_type), []).append(signal)
+    if not grouped:
+        return []
+    active = active_alerts(
+        [group[0].device for group in grouped.values()], {key[1] for key in grouped}
     )
-    return _event(alert, new=True)
+    repeated: list[tuple[Alert, bool]] = []
+    created: list[Alert] = []
+    now = timezone.now()
+    for key, group in grouped.items():
+        severity = min((s.severity for s in group), key=SEVERITY_RANK.__getitem__)
+        last_seen = max(s.seen_at for s in group)
+        alert = active.get(key)
+        if alert is None:
+            first = group[0]
+            created.append(
+                Alert(
+                    tenant_id=first.device.tenant_id,
+                    device=first.device,
+                    source_id=first.device.device_id,
+                    alert_type=first.alert_type,
+                    severity=severity,
+                    message=first.message,
+                    lat=first.lat,
+                    lon=first.lon,
+                    count=len(group),
+                    first_seen=min(s.seen_at for s in group),
+                    last_seen=last_seen,
+                )
+            )
+            continue
+        alert.count += len(group)
+        alert.last_seen = max(alert.last_seen, last_seen)
+        # An alert that became critical is announced as new: filters on CRITICAL must see it.
+        escalated = SEVERITY_RANK[severity] < SEVERITY_RANK[alert.severity]
+        if escalated:
+            alert.severity = severity
+        alert.updated_at = now
+        repeated.append((alert, escalated))
+    update_rows([alert for alert, _ in repeated], ["count", "last_seen", "severity", "updated_at"])
+    _insert(created)
+    events = [_event(alert, new=escalated) for alert, escalated in repeated]
+    return events + [_event(alert, new=True) for alert in created]
+
+
+def _insert(alerts: list[Alert]) -> None:
+    """Create the alerts, each with its id (for its event)."""
+    if connection.features.can_return_rows_from_bulk_insert:
+        Alert.objects.bulk_create(alerts)
+    else:  # an SQLite before 3.35 returns no ids from a bulk insert
+        for alert in alerts:
+            alert.save(force_insert=True)
 
 
 def clear_alert(device: Device, alert_type: str, note: str) -> Event | None:
     """Resolve the active alert of this type, if any, on the system's behalf."""
-    alert = active_alert(device, alert_type)
-    if alert is None:
-        return None
-    return transition(alert, AlertStatus.RESOLVED, by=None, note=note)
+    cleared = clear_alerts(alert_type, [(device, note)])
+    return cleared[0] if cleared else None
+
+
+def clear_alerts(alert_type: str, clearings: Sequence[tuple[Device, str]]) -> list[Event]:
+    """Resolve the active alert of this type of each device that has one, with its note, on the
+    system's behalf: one query to find them, then one insert and one update for all found."""
+    notes = {device.device_id: note for device, note in clearings}
+    active = active_alerts([device for device, _ in clearings], [alert_type])
+    if not active:
+        return []
+    now = timezone.now()
+    steps = []
+    for (source_id, _), alert in active.items():
+        steps.append(
+            AlertTransition(
+                alert=alert,
+                from_status=alert.status,
+                to_status=AlertStatus.RESOLVED,
+                note=notes[source_id],
+            )
+        )
+        alert.status, alert.resolved_at, alert.updated_at = AlertStatus.RESOLVED, now, now
+    AlertTransition.objects.bulk_create(steps)
+    update_rows(list(active.values()), ["status", "resolved_at", "updated_at"])
+    return [_event(alert, new=False) for alert in active.values()]
 
 
 def transition(alert: Alert, to_status: str, *, by: User | None, note: str = "") -> Event:

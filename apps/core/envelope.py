@@ -8,7 +8,7 @@ defaults, never rename one, or messages queued by the previous release cannot be
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -22,7 +22,15 @@ class Envelope:
     received_at: float  # epoch seconds when the subscriber received it
 
     def to_message(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its deep copy of the payload cost more than validating it.
+        return {
+            "key": self.key,
+            "topic": self.topic,
+            "source_id": self.source_id,
+            "kind": self.kind,
+            "payload": self.payload,
+            "received_at": self.received_at,
+        }
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Envelope:

@@ -18,7 +18,6 @@ snapshot it gets on (re)connect.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
@@ -43,7 +42,7 @@ def broadcast_on_commit(events: list[Event]) -> None:
     that sending is not confirmed. Call it inside the transaction of the effects they describe."""
     if not events:
         return
-    row = PendingBroadcast.objects.create(events=[asdict(event) for event in events])
+    row = PendingBroadcast.objects.create(events=[_fields(event) for event in events])
     transaction.on_commit(lambda: _send(row.pk, events))
 
 
@@ -102,6 +101,11 @@ def _marks(client: redis.Redis[str]) -> dict[int, set[int]]:
         pk, _, index = str(member).partition(":")
         marked.setdefault(int(pk), set()).add(int(index))
     return marked
+
+
+def _fields(event: Event) -> dict[str, Any]:
+    # Not dataclasses.asdict: it deep-copies the data, a tenth of a telemetry batch's CPU.
+    return {"tenant_id": event.tenant_id, "message_type": event.message_type, "data": event.data}
 
 
 def _event(fields: dict[str, Any]) -> Event:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+import msgspec
 from django.conf import settings
 from pydantic import ValidationError
 
@@ -64,6 +65,12 @@ def idempotency_key(topic: str, msg_id: str | None, timestamp: datetime, payload
         return f"{topic}#{msg_id}@{timestamp.astimezone(UTC):%Y%m%dT%H%M%S.%fZ}"
     digest = hashlib.sha256(topic.encode() + b"\n" + payload).hexdigest()
     return f"sha256:{digest}"
+
+
+# msgspec parses a JSON document ten times faster than the standard library and keeps every
+# integer exact, as the standard parser does. What it refuses (NaN, a lone surrogate, bad UTF-8,
+# a float beyond range, deep nesting) goes to the standard parser, which names the reason.
+_FAST_JSON = msgspec.json.Decoder()
 
 
 class _NonFiniteConstant(ValueError):
@@ -125,6 +132,22 @@ def _unstorable(document: dict[str, Any]) -> tuple[Reason, str] | None:
     return None
 
 
+def _parse_precisely(payload: bytes) -> Any | tuple[Reason, str]:
+    """The document, or why it is refused, as the standard library's parser says."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Reason.ENCODING, f"payload is not UTF-8 ({exc.reason} at byte {exc.start})"
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except _NonFiniteConstant as exc:
+        return Reason.NON_FINITE, f"payload holds {exc}"
+    except RecursionError:  # the parser recurses per level: nesting is bounded by the stack
+        return Reason.JSON, "payload is not JSON this reader can take: nested too deeply"
+    except ValueError as exc:
+        return Reason.JSON, f"payload is not JSON: {exc}"
+
+
 def _schema_detail(error: ValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
@@ -159,21 +182,11 @@ class Intake:
                 "(MQTT_MAX_PAYLOAD_BYTES)",
             )
         try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return reject(
-                Reason.ENCODING, f"payload is not UTF-8 ({exc.reason} at byte {exc.start})"
-            )
-        try:
-            document = json.loads(text, parse_constant=_refuse_constant)
-        except _NonFiniteConstant as exc:
-            return reject(Reason.NON_FINITE, f"payload holds {exc}")
-        except RecursionError:  # the parser recurses per level: nesting is bounded by the stack
-            return reject(
-                Reason.JSON, "payload is not JSON this reader can take: nested too deeply"
-            )
-        except ValueError as exc:
-            return reject(Reason.JSON, f"payload is not JSON: {exc}")
+            document = _FAST_JSON.decode(payload)
+        except (msgspec.DecodeError, RecursionError):
+            document = _parse_precisely(payload)
+            if isinstance(document, tuple):
+                return reject(*document)
         if not isinstance(document, dict):
             return reject(
                 Reason.NOT_OBJECT, f"payload is a JSON {type(document).__name__}, not an object"

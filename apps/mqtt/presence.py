@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.alerts.models import AlertType, Severity
-from apps.alerts.services import AlertSignal, clear_alert, raise_alert
+from apps.alerts.services import AlertSignal, clear_alerts, raise_alert
 from apps.core import intake_status
 from apps.core.events import Event
 from apps.core.outbox import broadcast_on_commit
@@ -29,24 +29,21 @@ log = structlog.get_logger(__name__)
 
 def mark_seen(seen: list[tuple[Device, datetime]]) -> list[Event]:
     """Record that devices were heard from: a new device is ONLINE, an OFFLINE one is back
-    and its alert cleared."""
+    and its alert cleared. The caller writes the devices' changed fields."""
     events: list[Event] = []
-    changed: list[Device] = []
+    back: list[tuple[Device, str]] = []
     for device, at in seen:
         if device.last_seen is not None and at <= device.last_seen:
             continue
         device.last_seen = at
-        changed.append(device)
         if device.status == Device.Status.UNKNOWN:
             device.status = Device.Status.ONLINE
             events.append(status_event(device))
         elif device.status == Device.Status.OFFLINE:
             device.status = Device.Status.ONLINE
-            cleared = clear_alert(device, AlertType.OFFLINE, "device reported again")
-            if cleared:
-                events.append(cleared)
+            back.append((device, "device reported again"))
             events.append(status_event(device))
-    Device.objects.bulk_update(changed, ["last_seen", "status"])
+    events.extend(clear_alerts(AlertType.OFFLINE, back))
     return events
 
 

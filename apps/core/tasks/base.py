@@ -33,7 +33,7 @@ from celery.exceptions import Reject
 from django.conf import settings
 from django.db import transaction
 
-from apps.core import dead_letters, metrics, outbox
+from apps.core import dead_letters, metrics, outbox, task_json
 from apps.core.backoff import backoff_delay
 from apps.core.envelope import Envelope
 from apps.core.events import Event
@@ -77,7 +77,7 @@ def enqueue(task_name: str, envelopes: list[Envelope]) -> QueueSpec:
     by the broker's socket timeouts: a caller that fails holds the messages and retries itself.
     """
     messages = [envelope.to_message() for envelope in envelopes]
-    current_app.send_task(task_name, args=[messages], retry=False)
+    current_app.send_task(task_name, args=[messages], retry=False, serializer=task_json.SERIALIZER)
     return TASK_QUEUES[task_name]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from apps.alerts.models import AlertType
-from apps.alerts.services import AlertSignal, raise_alert
+from apps.alerts.services import AlertSignal, raise_alerts
 from apps.core.events import Event
 from apps.mqtt.consumers.base import DeviceBatch
 from apps.mqtt.schemas import AlertPayload, DevicePayload
@@ -15,17 +15,18 @@ def alert_raised(payload: DevicePayload) -> AlertType | None:
 
 
 def process(batch: DeviceBatch) -> list[Event]:
-    events = []
+    signals = []
     for envelope in batch.messages:
         payload = AlertPayload.model_validate(envelope.payload)
-        signal = AlertSignal(
-            device=batch.device(envelope),
-            alert_type=payload.alert_type,
-            severity=payload.severity,
-            seen_at=payload.timestamp,
-            message=payload.message,
-            lat=payload.location.lat if payload.location else None,
-            lon=payload.location.lon if payload.location else None,
+        signals.append(
+            AlertSignal(
+                device=batch.device(envelope),
+                alert_type=payload.alert_type,
+                severity=payload.severity,
+                seen_at=payload.timestamp,
+                message=payload.message,
+                lat=payload.location.lat if payload.location else None,
+                lon=payload.location.lon if payload.location else None,
+            )
         )
-        events.append(raise_alert(signal))
-    return events
+    return raise_alerts(signals)

@@ -2,9 +2,10 @@
 
 The batch runner (apps/core/tasks/base.py) hands `with_devices(consumer)` the fresh messages of
 one batch inside its transaction. This module locks their devices, sets aside messages whose
-device is gone, calls the consumer with a `DeviceBatch`, and records that the devices were heard
-from (apps/mqtt/presence.py). A consumer holds only domain logic: it bulk-creates rows and
-returns the events for the NOC.
+device is gone, calls the consumer with a `DeviceBatch`, records that the devices were heard
+from (apps/mqtt/presence.py), and writes what changed on the devices in one statement. A
+consumer holds only domain logic: it bulk-creates rows, changes its devices' state fields in
+memory, evaluates its rules over the whole batch and returns the events for the NOC.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from apps.core.bulk import update_rows
 from apps.core.envelope import Envelope
 from apps.core.events import Event, EventType
 from apps.core.tasks.base import Outcome, Refusal
@@ -36,6 +38,13 @@ class DeviceBatch:
 
 Consumer = Callable[[DeviceBatch], list[Event]]
 
+# What consumers and presence change on a device; written back once per batch.
+STATE_FIELDS = ("status", "last_seen", "battery", "signal")
+
+
+def _state(device: Device) -> tuple[Any, ...]:
+    return tuple(getattr(device, name) for name in STATE_FIELDS)
+
 
 def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
     """The batch runner's handler for one topic kind's consumer."""
@@ -46,15 +55,17 @@ def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
         devices = {
             device.device_id: device
             for device in Device.objects.select_for_update(of=("self",))
-            .select_related("tenant")
             .filter(device_id__in={envelope.source_id for envelope in envelopes})
             .order_by("pk")
         }
+        before = {device_id: _state(device) for device_id, device in devices.items()}
         known = [envelope for envelope in envelopes if envelope.source_id in devices]
         orphans = [envelope for envelope in envelopes if envelope.source_id not in devices]
         batch = DeviceBatch(known, devices)
         events = consumer(batch) if known else []
         events.extend(presence.mark_seen(_last_heard(batch)))
+        changed = [d for device_id, d in devices.items() if _state(d) != before[device_id]]
+        update_rows(changed, STATE_FIELDS)
         gone = Refusal("unknown_device", "device was removed from the registry")
         return Outcome(events, refused=[(envelope, gone) for envelope in orphans])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from apps.alerts.models import AlertType, Severity
-from apps.alerts.services import AlertSignal, raise_alert
+from apps.alerts.services import AlertSignal, raise_alerts
 from apps.core.events import Event
 from apps.devices.models import Geofence, GuardLocation
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
@@ -13,13 +13,13 @@ from apps.mqtt.schemas import GpsPayload
 
 
 def process(batch: DeviceBatch) -> list[Event]:
-    events: list[Event] = []
     tenant_ids = {device.tenant_id for device in batch.devices.values()}
     fences: dict[int, list[Geofence]] = {tenant_id: [] for tenant_id in tenant_ids}
     for fence in Geofence.objects.filter(tenant_id__in=tenant_ids, active=True):
         fences[fence.tenant_id].append(fence)
 
     rows: list[GuardLocation] = []
+    outside: list[AlertSignal] = []
     updates: dict[str, dict[str, Any]] = {}
     for envelope in batch.messages:
         payload = GpsPayload.model_validate(envelope.payload)
@@ -41,16 +41,17 @@ def process(batch: DeviceBatch) -> list[Event]:
         )
         if inside is False:
             names = ", ".join(fence.name for fence in tenant_fences)
-            signal = AlertSignal(
-                device=device,
-                alert_type=AlertType.GEOFENCE_VIOLATION,
-                severity=Severity.HIGH,
-                seen_at=payload.timestamp,
-                message=f"outside every active geofence ({names})",
-                lat=payload.lat,
-                lon=payload.lon,
+            outside.append(
+                AlertSignal(
+                    device=device,
+                    alert_type=AlertType.GEOFENCE_VIOLATION,
+                    severity=Severity.HIGH,
+                    seen_at=payload.timestamp,
+                    message=f"outside every active geofence ({names})",
+                    lat=payload.lat,
+                    lon=payload.lon,
+                )
             )
-            events.append(raise_alert(signal))
         updates[envelope.source_id] = {
             "lat": payload.lat,
             "lon": payload.lon,
@@ -58,5 +59,4 @@ def process(batch: DeviceBatch) -> list[Event]:
             "recorded_at": payload.timestamp.isoformat(),
         }
     GuardLocation.objects.bulk_create(rows)
-    events.extend(telemetry_updates(updates, batch))
-    return events
+    return raise_alerts(outside) + telemetry_updates(updates, batch)

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
-from apps.alerts.services import AlertSignal, raise_alert
+from apps.alerts.services import AlertSignal, raise_alerts
 from apps.core.events import Event
 from apps.devices.models import SensorReading
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
@@ -56,8 +56,8 @@ def alert_raised(payload: DevicePayload) -> AlertType | None:
 
 
 def process(batch: DeviceBatch) -> list[Event]:
-    events: list[Event] = []
     rows: list[SensorReading] = []
+    fired: list[AlertSignal] = []
     updates: dict[str, dict[str, Any]] = {}
     for envelope in batch.messages:
         payload = SensorPayload.model_validate(envelope.payload)
@@ -71,14 +71,15 @@ def process(batch: DeviceBatch) -> list[Event]:
         )
         for rule in RULES:
             if rule.sensor_type == payload.type and rule.fires(payload):
-                signal = AlertSignal(
-                    device=batch.device(envelope),
-                    alert_type=rule.alert_type,
-                    severity=rule.severity,
-                    seen_at=payload.timestamp,
-                    message=rule.describe(payload),
+                fired.append(
+                    AlertSignal(
+                        device=batch.device(envelope),
+                        alert_type=rule.alert_type,
+                        severity=rule.severity,
+                        seen_at=payload.timestamp,
+                        message=rule.describe(payload),
+                    )
                 )
-                events.append(raise_alert(signal))
         updates[envelope.source_id] = {
             "sensor_type": payload.type,
             "value": payload.value,
@@ -86,5 +87,4 @@ def process(batch: DeviceBatch) -> list[Event]:
             "recorded_at": payload.timestamp.isoformat(),
         }
     SensorReading.objects.bulk_create(rows)
-    events.extend(telemetry_updates(updates, batch))
-    return events
+    return raise_alerts(fired) + telemetry_updates(updates, batch)

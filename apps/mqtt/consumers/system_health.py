@@ -7,15 +7,14 @@ from typing import Any
 from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
-from apps.alerts.services import AlertSignal, clear_alert, raise_alert
+from apps.alerts.services import AlertSignal, clear_alerts, raise_alerts
 from apps.core.events import Event
-from apps.devices.models import SystemHealthSample
+from apps.devices.models import Device, SystemHealthSample
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
 from apps.mqtt.schemas import SystemHealthPayload
 
 
 def process(batch: DeviceBatch) -> list[Event]:
-    events: list[Event] = []
     rows: list[SystemHealthSample] = []
     latest: dict[str, SystemHealthPayload] = {}
     for envelope in batch.messages:
@@ -36,6 +35,8 @@ def process(batch: DeviceBatch) -> list[Event]:
 
     limit = settings.SYSTEM_RESOURCE_ALERT_PERCENT
     updates: dict[str, dict[str, Any]] = {}
+    overloaded: list[AlertSignal] = []
+    recovered: list[tuple[Device, str]] = []
     for source_id, payload in latest.items():
         device = batch.devices[source_id]
         resources = {"cpu": payload.cpu, "memory": payload.memory, "disk": payload.disk}
@@ -44,18 +45,19 @@ def process(batch: DeviceBatch) -> list[Event]:
         }
         if over:
             detail = ", ".join(f"{name} {value:g} %" for name, value in over.items())
-            signal = AlertSignal(
-                device=device,
-                alert_type=AlertType.SYSTEM_HEALTH,
-                severity=Severity.HIGH,
-                seen_at=payload.timestamp,
-                message=f"{detail} (limit {limit:g} %)",
+            overloaded.append(
+                AlertSignal(
+                    device=device,
+                    alert_type=AlertType.SYSTEM_HEALTH,
+                    severity=Severity.HIGH,
+                    seen_at=payload.timestamp,
+                    message=f"{detail} (limit {limit:g} %)",
+                )
             )
-            events.append(raise_alert(signal))
         else:
-            cleared = clear_alert(device, AlertType.SYSTEM_HEALTH, "resources back under the limit")
-            if cleared:
-                events.append(cleared)
+            recovered.append((device, "resources back under the limit"))
         updates[source_id] = {**resources, "recorded_at": payload.timestamp.isoformat()}
+    events = raise_alerts(overloaded)
+    events.extend(clear_alerts(AlertType.SYSTEM_HEALTH, recovered))
     events.extend(telemetry_updates(updates, batch))
     return events

@@ -1,4 +1,8 @@
-"""device/<id>/telemetry: store readings, keep device state, LOW_BATTERY on and off."""
+"""device/<id>/telemetry: store readings, keep device state, LOW_BATTERY on and off.
+
+The battery rule runs over the batch: each device's latest reading decides, and the alerts it
+raises or clears are found and written for all devices at once (apps/alerts/services.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
-from apps.alerts.services import AlertSignal, clear_alert, raise_alert
+from apps.alerts.services import AlertSignal, clear_alerts, raise_alerts
 from apps.core.events import Event
 from apps.devices.models import Device, TelemetryReading
 from apps.devices.services import status_event
@@ -35,15 +39,31 @@ def process(batch: DeviceBatch) -> list[Event]:
             latest[envelope.source_id] = (payload.timestamp, payload)
     TelemetryReading.objects.bulk_create(rows)
 
+    threshold = settings.LOW_BATTERY_PERCENT
+    low: list[AlertSignal] = []
+    recovered: list[tuple[Device, str]] = []
     updates: dict[str, dict[str, Any]] = {}
-    changed: list[Device] = []
     for source_id, (recorded_at, payload) in latest.items():
         device = batch.devices[source_id]
         before = device.status
         device.battery = payload.battery if payload.battery is not None else device.battery
         device.signal = payload.signal if payload.signal is not None else device.signal
-        events.extend(_battery_rules(device, payload, recorded_at))
-        changed.append(device)
+        if payload.battery is not None and payload.battery < threshold:
+            if device.status in (Device.Status.ONLINE, Device.Status.UNKNOWN):
+                device.status = Device.Status.LOW_BATTERY
+            low.append(
+                AlertSignal(
+                    device=device,
+                    alert_type=AlertType.LOW_BATTERY,
+                    severity=Severity.MEDIUM,
+                    seen_at=recorded_at,
+                    message=f"battery at {payload.battery:g} % (below {threshold:g} %)",
+                )
+            )
+        elif payload.battery is not None:
+            if device.status == Device.Status.LOW_BATTERY:
+                device.status = Device.Status.ONLINE
+            recovered.append((device, f"battery back at {payload.battery:g} %"))
         if device.status != before:
             events.append(status_event(device))
         updates[source_id] = {
@@ -51,27 +71,7 @@ def process(batch: DeviceBatch) -> list[Event]:
             "connectivity": payload.connectivity,
             "recorded_at": recorded_at.isoformat(),
         }
-    Device.objects.bulk_update(changed, ["battery", "signal", "status"])
+    events.extend(raise_alerts(low))
+    events.extend(clear_alerts(AlertType.LOW_BATTERY, recovered))
     events.extend(telemetry_updates(updates, batch))
     return events
-
-
-def _battery_rules(device: Device, payload: TelemetryPayload, at: Any) -> list[Event]:
-    if payload.battery is None:
-        return []
-    threshold = settings.LOW_BATTERY_PERCENT
-    if payload.battery < threshold:
-        if device.status in (Device.Status.ONLINE, Device.Status.UNKNOWN):
-            device.status = Device.Status.LOW_BATTERY
-        signal = AlertSignal(
-            device=device,
-            alert_type=AlertType.LOW_BATTERY,
-            severity=Severity.MEDIUM,
-            seen_at=at,
-            message=f"battery at {payload.battery:g} % (below {threshold:g} %)",
-        )
-        return [raise_alert(signal)]
-    if device.status == Device.Status.LOW_BATTERY:
-        device.status = Device.Status.ONLINE
-    cleared = clear_alert(device, AlertType.LOW_BATTERY, f"battery back at {payload.battery:g} %")
-    return [cleared] if cleared else []

@@ -1,0 +1,119 @@
+"""A batch's rules run over the whole batch: the right alerts, in queries that do not grow with
+the number of devices (the consumer's handler, in the batch runner's transaction)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from apps.alerts.models import Alert, AlertStatus
+from apps.core.envelope import Envelope
+from apps.core.tasks.base import Outcome
+from apps.devices.models import Device
+from apps.mqtt.consumers import telemetry as telemetry_consumer
+from apps.mqtt.consumers.base import with_devices
+from apps.mqtt.intake import Intake
+from tests.factories import create_tenant_with_devices, now_iso, telemetry
+
+pytestmark = pytest.mark.django_db
+
+handle = with_devices(telemetry_consumer.process)
+_sent = Counter[str]()
+
+
+def send(batteries: dict[str, float]) -> list[Envelope]:
+    """One telemetry message from each device with its battery, through intake."""
+    intake = Intake()
+    envelopes = []
+    for device_id, battery in batteries.items():
+        _sent[device_id] += 1
+        body = telemetry(battery=battery, msg_id=f"b{_sent[device_id]}", timestamp=now_iso())
+        outcome = intake.check(f"device/{device_id}/telemetry", body.encode())
+        assert isinstance(outcome, Envelope), outcome
+        envelopes.append(outcome)
+    return envelopes
+
+
+def run(envelopes: list[Envelope]) -> Outcome:
+    with transaction.atomic():
+        return handle(envelopes)
+
+
+def fleet(per_tenant: int) -> dict[str, list[str]]:
+    """Devices over three tenants, split in the four groups the second batch tells apart."""
+    groups: dict[str, list[str]] = {"stay_low": [], "recover": [], "go_low": [], "stay_ok": []}
+    for t in range(3):
+        ids = [f"bat-{per_tenant}-{t}-{i}" for i in range(per_tenant)]
+        create_tenant_with_devices(f"batch-{per_tenant}-{t}", *ids)
+        for i, device_id in enumerate(ids):
+            groups[list(groups)[i % 4]].append(device_id)
+    return groups
+
+
+def first_and_second_batch(groups: dict[str, list[str]]) -> tuple[Outcome, int]:
+    """Batch 1: the first two groups go low. Batch 2 (measured): each group does its name."""
+    low_first = groups["stay_low"] + groups["recover"]
+    run(send({d: 10 if d in low_first else 80 for ids in groups.values() for d in ids}))
+    second = {
+        **dict.fromkeys(groups["stay_low"], 5.0),
+        **dict.fromkeys(groups["recover"], 90.0),
+        **dict.fromkeys(groups["go_low"], 12.0),
+        **dict.fromkeys(groups["stay_ok"], 70.0),
+    }
+    envelopes = send(second)
+    with CaptureQueriesContext(connection) as queries:
+        outcome = run(envelopes)
+    savepoints = ("SAVEPOINT", "RELEASE SAVEPOINT")
+    return outcome, sum(not q["sql"].startswith(savepoints) for q in queries.captured_queries)
+
+
+def test_a_batch_from_many_devices_raises_repeats_and_clears_exactly_the_right_alerts():
+    groups = fleet(per_tenant=8)
+    outcome, _ = first_and_second_batch(groups)
+
+    def alerts(status: str) -> dict[str, int]:
+        return dict(
+            Alert.objects.filter(alert_type="LOW_BATTERY", status=status).values_list(
+                "source_id", "count"
+            )
+        )
+
+    assert alerts(AlertStatus.NEW) == {
+        **dict.fromkeys(groups["stay_low"], 2),
+        **dict.fromkeys(groups["go_low"], 1),
+    }
+    assert alerts(AlertStatus.RESOLVED) == dict.fromkeys(groups["recover"], 1)
+    for alert in Alert.objects.select_related("device"):
+        assert alert.tenant_id == alert.device.tenant_id
+    resolved = Alert.objects.filter(status=AlertStatus.RESOLVED)
+    assert all(a.transitions.get().to_status == AlertStatus.RESOLVED for a in resolved)
+
+    statuses = dict(Device.objects.values_list("device_id", "status"))
+    low = set(groups["stay_low"] + groups["go_low"])
+    assert {d for d, s in statuses.items() if s == Device.Status.LOW_BATTERY} == low
+    assert {d for d, s in statuses.items() if s == Device.Status.ONLINE} == set(statuses) - low
+
+    updates = Counter(
+        (e.message_type.value, e.data.get("source_id") or e.data.get("device_id"))
+        for e in outcome.events
+        if e.message_type.value in ("alert_updated", "device_status")
+    )
+    changed = groups["stay_low"] + groups["recover"] + groups["go_low"]
+    assert updates == Counter(("alert_updated", d) for d in changed) + Counter(
+        ("device_status", d) for d in groups["recover"] + groups["go_low"]
+    )
+    per_tenant = [e for e in outcome.events if e.message_type.value == "telemetry_update"]
+    assert len(per_tenant) == 3
+    assert sum(e.data["messages"] for e in per_tenant) == sum(len(g) for g in groups.values())
+
+
+def test_the_queries_of_a_batch_do_not_grow_with_its_devices():
+    _, few = first_and_second_batch(fleet(per_tenant=4))
+    _, many = first_and_second_batch(fleet(per_tenant=32))
+    assert few == many, f"{few} queries for 12 devices, {many} for 96"
+    # Lock the devices, insert the readings, write the devices; for raising and for clearing:
+    # find the active alerts, insert (alerts, transitions), update them.
+    assert many == 9
