@@ -121,6 +121,7 @@ def _process_table(r: dict[str, Any]) -> str:
             ms = per_msg.get(p, {}).get(kind)
             line += f"{'-' if seconds is None else f'{seconds:.1f}':>17}"
             line += f"{'-' if ms is None else f'{ms:.2f}':>8}"
-        line += f"{r['peak_rss_mb'].get(kind, 0):>13.1f}"
+        rss = r["peak_rss_mb"].get(kind)  # the generator's is not sampled
+        line += f"{'-' if rss is None else f'{rss:.1f}':>13}"
         lines.append(line)
     return "\n".join(lines)
