@@ -63,6 +63,10 @@ from tests.ledger import Effects, Fleet, count_effects, readings
 SCRATCH = environment.SCRATCH
 WORK = SCRATCH / "bench"
 TARGET_BACKGROUND_RATE = 2000
+CLOSE_HINTS = (
+    "4408: the client fell behind, NOC_MAX_UNACKED_BYTES; 4429: over NOC_MAX_MESSAGES_PER_MINUTE "
+    "or NOC_MAX_CONNECTS_PER_MINUTE; 4430: NOC_MAX_SOCKETS_PER_USER; 4401/4403: refused"
+)
 ALERT_WARMUP_SECONDS = 2.0  # background telemetry alone before the first panic
 
 
@@ -300,6 +304,8 @@ class Bench:
         from apps.core.models import DeadLetter
 
         letters = list(DeadLetter.objects.values_list("reason", "detail")[:3])
+        if stored >= count > seen:
+            why += " (all stored: the broadcasts or the NOC clients fall short)"
         self.failures.append(
             f"{name}: {why}: {stored:,} of {count:,} stored, {seen:,} counted on the NOC; "
             f"queues {self._queues()}; dead letters {DeadLetter.objects.count()} {letters}. "
@@ -336,8 +342,8 @@ class Bench:
     def _check_clients(self, noc: NocClients, name: str) -> None:
         if noc.closed:
             self.failures.append(
-                f"{name}: NOC clients were closed during the run: {noc.closed} "
-                "(4408: the client fell behind, NOC_MAX_UNACKED_BYTES; see daphne.log)"
+                f"{name}: NOC clients were closed during the run: {noc.closed} ({CLOSE_HINTS}; "
+                "see daphne.log)"
             )
         if noc.other_tenants_alerts:
             self.failures.append(
