@@ -98,7 +98,8 @@ class ProcessMonitor:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     def _sample(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):

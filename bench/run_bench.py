@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +35,23 @@ from typing import Any
 from tests import environment
 from tests.services import Service, Stack, wait_for
 
+
+def quiet_port() -> int:
+    """A free port below the kernel's ephemeral range. A port the kernel hands out for `bind(0)`
+    (tests/environment.free_port) comes from that range, from which every outgoing connection
+    of a busy machine takes its own port too: one took Daphne's in the minute before it bound."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = low - 1 - secrets.randbelow(min(10_000, low - 1025))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return environment.free_port()
+
+
 # As `make run` configures the stack (scripts/init_env.py writes these into .env), not as the
 # test suite tunes it for speed of its own waits.
 for _name in (
@@ -43,7 +62,13 @@ for _name in (
 ):
     os.environ.pop(_name, None)
 os.environ.update({"DEVICE_AUTO_REGISTER": "true", "DEVICE_AUTO_REGISTER_TENANT": "demo"})
-STACK_ENV = Stack.environment(environment.SCRATCH / "var", MQTT_CLIENT_ID="bench-subscriber")
+STACK_ENV = Stack.environment(
+    environment.SCRATCH / "var",
+    MQTT_CLIENT_ID="bench-subscriber",
+    HTTP_PORT=str(quiet_port()),
+    MQTT_PORT=str(quiet_port()),
+    REDIS_URL=environment.redis_url(quiet_port()),
+)
 os.environ.update(STACK_ENV)  # this process reads the settings the stack's processes read
 os.environ["LOG_LEVEL"] = "WARNING"  # but logs less than they do: its output is the progress
 
@@ -502,7 +527,13 @@ def run(plan: Plan, quick: bool) -> int:
     ok = False
     try:
         step(1, "starting the stack as `make run` does (manage.py runstack)")
-        stack.wait_healthy(timeout=180)
+        try:
+            stack.wait_healthy(timeout=180)
+        except AssertionError:
+            raise BenchError(
+                "the stack did not become healthy within 180 s; the end of its output:\n"
+                f"{stack.log()[-3000:]}\nevery service's log: {SCRATCH / 'var' / 'log'}"
+            ) from None
         bench.track_stack()
         monitor.start()
         print(f"      healthy after {time.monotonic() - started:.0f} s", flush=True)
@@ -613,9 +644,11 @@ def run(plan: Plan, quick: bool) -> int:
     except (BenchError, LoadError, NocClientError, TimeoutError, AssertionError) as exc:
         bench.failures.append(str(exc))
     finally:
-        monitor.stop()
-        print("Stopping the stack …", flush=True)
-        stack.stop(timeout=60)
+        try:
+            monitor.stop()
+        finally:
+            print("Stopping the stack …", flush=True)
+            stack.stop(timeout=60)
     if not ok:
         print("\nFAILED:", file=sys.stderr)
         for failure in bench.failures:
