@@ -43,7 +43,9 @@ def git_commit() -> str:
         ).stdout.strip()
 
     commit = git("rev-parse", "HEAD") or "unknown"
-    return f"{commit}+dirty" if git("status", "--porcelain", "--untracked-files=no") else commit
+    # The results file is the bench's own output, not a change to the code it measured.
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+    return f"{commit}+dirty" if changed else commit
 
 
 def now() -> str:
