@@ -45,14 +45,18 @@ def device_of(topic: str) -> str:
     return topic.split("/")[1]
 
 
-def _readline(process: subprocess.Popen[bytes], timeout: float, what: str) -> str:
+def read_line(process: subprocess.Popen[bytes], timeout: float, what: str) -> str:
+    """The next line a child process prints, within `timeout` s."""
     assert process.stdout is not None
     readable, _, _ = select.select([process.stdout], [], [], timeout)
     if not readable:
-        raise LoadError(f"no answer from a publisher within {timeout:.0f} s ({what})")
+        raise LoadError(f"no answer from {process.args[2]} within {timeout:.0f} s ({what})")
     line = process.stdout.readline().decode().strip()
     if not line:
-        raise LoadError(f"a publisher exited before {what}; see its log under {ROOT}")
+        raise LoadError(
+            f"{process.args[2]} exited before {what}: see its errors above, or the publishers' "
+            "logs (bench/*.log in the scratch directory)"
+        )
     return line
 
 
@@ -105,7 +109,7 @@ class Load:
                 )
             )
         for process in self.processes:
-            if _readline(process, 60, "connecting to the broker") != "ready":
+            if read_line(process, 60, "connecting to the broker") != "ready":
                 raise LoadError("a publisher did not connect to the broker")
         self.started = time.monotonic()
         for process in self.processes:
@@ -120,7 +124,7 @@ class Load:
     def wait(self) -> LoadResult:
         reports = []
         for process in self.processes:
-            line = _readline(process, self.timeout + 30, "reporting what it published")
+            line = read_line(process, self.timeout + 30, "reporting what it published")
             reports.append(json.loads(line))
             process.wait(30)
         acked = sum(report["acked"] for report in reports)
