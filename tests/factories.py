@@ -70,12 +70,21 @@ def create_tenant_with_devices(name: str, *device_ids: str, kind: str | None = N
 OPERATOR_PASSWORD = environment.OPERATOR_PASSWORD  # a canary: no log may show it
 
 
-def operator(tenant: Any, username: str, *, permissions: bool = True) -> Any:
-    """A user of `tenant` (None: no tenant), with the operator permissions unless told not to."""
+def operator(
+    tenant: Any,
+    username: str,
+    *,
+    permissions: bool = True,
+    password: str | None = OPERATOR_PASSWORD,
+) -> Any:
+    """A user of `tenant` (None: no tenant), with the operator permissions unless told not to.
+
+    `password=None`: no usable password, for a user who only ever presents a token (hashing one
+    takes about a second here)."""
     from apps.noc.operators import grant_operator_permissions
     from apps.tenants.models import User
 
-    user = User.objects.create_user(username=username, password=OPERATOR_PASSWORD, tenant=tenant)
+    user = User.objects.create_user(username=username, password=password, tenant=tenant)
     if permissions:
         grant_operator_permissions(user)
     return user

@@ -169,36 +169,89 @@ def msg_id(idempotency_key: str) -> str:
     return idempotency_key.partition("#")[2].rpartition("@")[0]
 
 
+@dataclass(frozen=True)
+class Effects:
+    """What the bus did with a set of published messages, message by message (`count_effects`)."""
+
+    published: int
+    lost: list[str]  # msg ids published but never stored
+    extra: list[str]  # msg ids stored that nobody published
+    twice: list[str]  # msg ids stored more than once
+    dead_letters: list[tuple[str, str]]  # (reason, detail), the first few
+    broadcast: dict[int, int]  # messages counted by the NOC's telemetry events, by tenant
+    expected_broadcast: dict[int, int]  # messages published, by tenant
+
+    @property
+    def broadcast_missing(self) -> int:
+        """Messages published but never counted by a broadcast (summed over tenants)."""
+        return sum(max(0, n - self.broadcast.get(t, 0)) for t, n in self.expected_broadcast.items())
+
+    @property
+    def broadcast_extra(self) -> int:
+        """Messages counted by broadcasts more often than published (summed over tenants)."""
+        return sum(max(0, n - self.expected_broadcast.get(t, 0)) for t, n in self.broadcast.items())
+
+    @property
+    def lost_count(self) -> int:
+        """Messages without their effect: not stored, or stored but never broadcast."""
+        return max(len(self.lost), self.broadcast_missing)
+
+    @property
+    def duplicate_count(self) -> int:
+        """Effects beyond one per message: a second reading, or a message counted again."""
+        return len(self.twice) + len(self.extra) + self.broadcast_extra
+
+
+def count_effects(
+    fleet: Fleet, published: list[tuple[str, str]], broadcasts: Any, *, prefix: str = ""
+) -> Effects:
+    """Hold each published message to its effects: one reading (by msg id), no dead letter,
+    counted once by its tenant's broadcasts (`broadcasts.telemetry_messages()`, by tenant).
+
+    With `prefix`, only readings whose msg id starts with it are looked at: the messages of one
+    run among others' (bench/ publishes `<prefix>-<n>` per phase into one database)."""
+    from apps.core.models import DeadLetter
+    from apps.devices.models import TelemetryReading
+
+    expected = Counter(json.loads(payload)["msg_id"] for _topic, payload in published)
+    keys = TelemetryReading.objects.values_list("idempotency_key", flat=True)
+    if prefix:
+        keys = keys.filter(idempotency_key__contains=f"#{prefix}")
+    stored = Counter(m for m in map(msg_id, keys) if m.startswith(prefix))
+    per_tenant: Counter[int] = Counter()
+    for tenant, devices in fleet.tenants.items():
+        prefixes = tuple(f"device/{device}/" for device in devices)
+        per_tenant[tenant] = sum(1 for topic, _ in published if topic.startswith(prefixes))
+    return Effects(
+        published=len(published),
+        lost=sorted(set(expected) - set(stored)),
+        extra=sorted(set(stored) - set(expected)),
+        twice=sorted(m for m, n in stored.items() if n > 1),
+        dead_letters=list(DeadLetter.objects.values_list("reason", "detail")[:5]),
+        broadcast=dict(broadcasts.telemetry_messages()),
+        expected_broadcast=dict(per_tenant),
+    )
+
+
 def assert_each_message_had_one_effect(
     fleet: Fleet, published: list[tuple[str, str]], broadcasts: Broadcasts
 ) -> None:
     """Exactly one reading, key and broadcast count per message published; no dead letters."""
-    import json
+    from apps.core.models import ProcessedMessage
 
-    from apps.core.models import DeadLetter, ProcessedMessage
-    from apps.devices.models import TelemetryReading
-
-    expected = Counter(json.loads(payload)["msg_id"] for _topic, payload in published)
-    stored = Counter(
-        msg_id(key) for key in TelemetryReading.objects.values_list("idempotency_key", flat=True)
+    effects = count_effects(fleet, published, broadcasts)
+    assert not effects.lost, f"{len(effects.lost)} messages lost, e.g. {effects.lost[:10]}"
+    assert not effects.extra, (
+        f"{len(effects.extra)} readings nobody published, e.g. {effects.extra[:10]}"
     )
-    lost = sorted(set(expected) - set(stored))
-    extra = sorted(set(stored) - set(expected))
-    twice = sorted(m for m, n in stored.items() if n > 1)
-    assert not lost, f"{len(lost)} messages lost, e.g. {lost[:10]}"
-    assert not extra, f"{len(extra)} readings nobody published, e.g. {extra[:10]}"
-    assert not twice, f"{len(twice)} messages stored twice, e.g. {twice[:10]}"
-    assert ProcessedMessage.objects.filter(kind="telemetry").count() == len(expected)
-    letters = list(DeadLetter.objects.values_list("reason", "detail")[:5])
-    assert not letters, f"dead letters where none were due: {letters}"
-
-    per_tenant = Counter()
-    for tenant, devices in fleet.tenants.items():
-        prefixes = tuple(f"device/{device}/" for device in devices)
-        per_tenant[tenant] = sum(1 for topic, _ in published if topic.startswith(prefixes))
-    assert broadcasts.telemetry_messages() == per_tenant, (
-        f"broadcast counts {dict(broadcasts.telemetry_messages())} "
-        f"!= published {dict(per_tenant)} (by tenant)"
+    assert not effects.twice, (
+        f"{len(effects.twice)} messages stored twice, e.g. {effects.twice[:10]}"
+    )
+    assert ProcessedMessage.objects.filter(kind="telemetry").count() == effects.published
+    assert not effects.dead_letters, f"dead letters where none were due: {effects.dead_letters}"
+    assert Counter(effects.broadcast) == Counter(effects.expected_broadcast), (
+        f"broadcast counts {effects.broadcast} != published {effects.expected_broadcast} "
+        "(by tenant)"
     )
 
 
