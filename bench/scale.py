@@ -613,10 +613,12 @@ def measure_fleet(stack: Any, args: argparse.Namespace, scratch: Path) -> dict[s
     finally:
         for worker in workers:
             worker.signal(signal.SIGTERM)
-    wait_for(lambda: fleet_status().done, timeout=180, interval=1, what="the fleet's last acks")
+        try:
+            wait_for(lambda: fleet_status().done, timeout=180, interval=1, what="the last acks")
+        finally:
+            for worker in workers:
+                worker.stop()
     final = fleet_status()
-    for worker in workers:
-        worker.stop()
     wait_for(
         lambda: TelemetryReading.objects.count() - readings_before >= final.acked,
         timeout=args.drain_timeout,
