@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 VAR_DIR ?= var
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults lint bench format status stop system-packages-run system-packages-test clean help
+.PHONY: run test test-faults lint bench bench-scale format status stop system-packages-run system-packages-test clean help
 
 help:
 	@echo "make run     set up and run the whole stack in the foreground (Ctrl-C stops it)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-faults  the fault suite: crashes and outages under load (about 5 min)"
 	@echo "make lint    ruff (lint + format check), mypy and the layer contract (lint-imports)"
 	@echo "make bench   end-to-end throughput and latency on the make-run stack (QUICK=1: ~2 min)"
+	@echo "make bench-scale  1,000 WebSockets, 10,000 MQTT devices and a 5-minute soak (~10 min)"
 	@echo "make status  the state of each service of a running stack"
 	@echo "make stop    stop a running stack (in reverse start order)"
 
@@ -49,6 +50,10 @@ test-faults: $(STAMP) system-packages-test
 # QUICK=1: the same steps with fewer messages and samples (under 2 minutes instead of 10).
 bench: $(STAMP) system-packages-run
 	$(PY) -m bench.run_bench $(if $(filter-out 0,$(QUICK)),--quick) $(BENCH_ARGS)
+
+# Scale: 1,000 NOC WebSockets on one Daphne, 10,000 MQTT devices, a 5-minute soak (bench/scale.py).
+bench-scale: $(STAMP) system-packages-run
+	$(PY) -m bench.scale $(SCALE_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -129,6 +129,11 @@ WEBSOCKET_CONNECTIONS = Gauge(
     "Open NOC WebSocket connections",
     multiprocess_mode="livesum",
 )
+NOC_CLIENTS_CUT_OFF = Counter(
+    "noc_clients_cut_off_total",
+    "NOC WebSocket clients closed with 4408 for leaving more than NOC_MAX_UNACKED_BYTES "
+    "unacknowledged (stopped reading: asleep, a dead or slow link)",
+)
 NOC_EVENTS_DROPPED = Counter(
     "noc_events_dropped_total",
     "NOC messages not sent to a client, by reason (client_behind: cut off, unacknowledged; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import getpass
 import os
+import resource
 import secrets
 import shutil
 import socket
@@ -27,6 +28,19 @@ from apps.core.tasks.celery_settings import QUEUES, beat_argv
 DEPLOY_DIR = Path(settings.BASE_DIR) / "deploy"
 # Debian installs mosquitto in sbin, which is not on a normal user's PATH.
 _EXTRA_PATH = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+
+# Mosquitto holds a socket per connected device and Daphne one per NOC screen; neither raises its
+# own soft limit (often 1,024), so supervisord raises its own and they inherit it. 10,000 devices,
+# some thousands of screens and the stack's own files, with room to spare.
+FILE_DESCRIPTORS = 65536
+
+
+def file_descriptor_limit() -> int:
+    """The soft RLIMIT_NOFILE supervisord gives every service: FILE_DESCRIPTORS, or the hard
+    limit if that is lower (only root may raise it: `ulimit -Hn`, limits.conf)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return FILE_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(FILE_DESCRIPTORS, hard)
 
 
 class StackError(Exception):
@@ -257,6 +271,7 @@ def supervisor_config(paths: StackPaths, stack: list[Program]) -> str:
         f"pidfile={paths.supervisor_pidfile}",
         f"childlogdir={paths.log_dir}",
         "loglevel=info",
+        f"minfds={file_descriptor_limit()}",
         *(["user=root"] if os.geteuid() == 0 else []),
         "",
         "[rpcinterface:supervisor]",

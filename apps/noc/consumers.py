@@ -14,9 +14,9 @@ changes (4410, apps/noc/revocation.py, through the user's group).
 Flow control: Daphne's send never blocks, so a client that stops reading (asleep, a dead link)
 would have it buffer every event in memory. The client acknowledges what it has handled
 (`{"type": "ack", "seq": n}`); once more than NOC_MAX_UNACKED_BYTES sent after the snapshot are
-unacknowledged, the client is cut off: what is left for it is dropped and counted
-(`noc_events_dropped_total{reason="client_behind"}`) and it is closed with 4408, to reconnect
-for a fresh snapshot.
+unacknowledged, the client is cut off: it is counted (`noc_clients_cut_off_total`), what is
+left for it is dropped and counted (`noc_events_dropped_total{reason="client_behind"}`) and it
+is closed with 4408, to reconnect for a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -433,6 +433,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
 
     async def _cut_off(self) -> None:
         self.cut_off = True
+        metrics.NOC_CLIENTS_CUT_OFF.inc()
         log.warning(
             "NOC client behind; closing it",
             user=self.user.username,

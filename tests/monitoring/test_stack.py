@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import signal
 import socket
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from apps.monitoring import stack as stack_module
 from tests.services import ROOT, Stack, descendants, wait_for
 
 pytestmark = pytest.mark.stack
@@ -26,9 +29,21 @@ def command_line(process: psutil.Process) -> list[str]:
         return []
 
 
+@contextlib.contextmanager
+def low_file_limit() -> Iterator[None]:
+    """Start children as systemd and most logins do: with a soft limit of 1,024 open files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, soft), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    service = Stack(tmp_path / "var", tmp_path / "stack.log")
+    with low_file_limit():
+        service = Stack(tmp_path / "var", tmp_path / "stack.log")
     yield service
     service.stop(timeout=20)
 
@@ -44,6 +59,11 @@ def test_the_stack_comes_up_healthy_and_sigterm_leaves_no_process_behind(stack: 
         assert expected in commands
     for queue in ("critical", "high_priority", "general", "ml_training", "external_api"):
         assert f"apps.core.worker {queue}" in commands or f"--queues {queue}" in commands
+    # Started with 1,024 open files, the broker and Daphne still may hold a fleet's sockets.
+    for process in family:
+        if any(name in " ".join(command_line(process)) for name in ("mosquitto", "daphne")):
+            soft, _hard = process.rlimit(psutil.RLIMIT_NOFILE)
+            assert soft == stack_module.file_descriptor_limit() > 1024, command_line(process)
 
     # One service at a time, as the runbook does with systemctl: health names what is down.
     stack.supervisorctl("stop", "celery:ml_training")
