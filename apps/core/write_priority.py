@@ -7,8 +7,9 @@ the writer to commit, then for its next poll. So the batch runner marks its tran
 - `urgent()` (a queue with `QueueSpec.urgent`, the critical one) raises the *priority flag*
   first: a shared lock on the file `<database>-priority`, an open-file-description lock the
   kernel drops if the process dies. Its BEGIN IMMEDIATE is retried every 0.2 ms rather than
-  in SQLite's steps (up to the database's `timeout`). The flag is lowered after the commit and
-  its on-commit broadcast.
+  in SQLite's steps (up to the database's `timeout`). The flag is lowered by `turn.release()`,
+  which the runner registers as the transaction's first on-commit action (its broadcast comes
+  after, with the flag down), or at the end of the block.
 - `yielding()` (every other queue's batches) checks the flag before each statement it starts,
   BEGIN included, and every PROGRESS_STEPS steps of SQLite's virtual machine within one. When
   the flag is up the statement fails, the transaction rolls back (giving up the writer), and
@@ -47,7 +48,8 @@ class Preempted(Exception):
 
 @dataclass
 class Turn:
-    preempted: bool = False
+    preempted: bool = False  # a yielding transaction gave the writer up (and rolled back)
+    release: Callable[[], None] = lambda: None  # lowers an urgent turn's flag; idempotent
 
 
 def _flag_path() -> str | None:
@@ -88,8 +90,13 @@ def urgent() -> Iterator[Turn]:
         return
     with _open(path) as fd:
         _lock(fd, fcntl.F_OFD_SETLKW, fcntl.F_RDLCK)
+
+        def release() -> None:
+            with contextlib.suppress(OSError):  # already lowered
+                _lock(fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
+
         with connection.execute_wrapper(_begin_promptly):
-            yield Turn()
+            yield Turn(release=release)
 
 
 def _begin_promptly(

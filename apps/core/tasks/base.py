@@ -265,7 +265,7 @@ def _process(
     while True:
         with turn_for() as turn:
             try:
-                return _process_once(kind, handler, envelopes, unreadable)
+                return _process_once(turn, kind, handler, envelopes, unreadable)
             except Exception:
                 if not turn.preempted:
                     raise
@@ -274,9 +274,14 @@ def _process(
 
 
 def _process_once(
-    kind: str, handler: Handler, envelopes: list[Envelope], unreadable: list[Any]
+    turn: write_priority.Turn,
+    kind: str,
+    handler: Handler,
+    envelopes: list[Envelope],
+    unreadable: list[Any],
 ) -> dict[str, int]:
     with transaction.atomic():
+        transaction.on_commit(turn.release)  # first: the writer is free again before the rest
         _dead_letter_unreadable(unreadable)
         fresh = ledger.claim(kind, envelopes)
         outcome = handler(fresh) if fresh else Outcome()
