@@ -155,7 +155,8 @@ def yielding() -> Iterator[Turn]:
             with connection.execute_wrapper(check):
                 yield turn
         finally:
-            raw.set_progress_handler(None, 0)
+            if connection.connection is raw:  # not closed meanwhile (an error can close it)
+                raw.set_progress_handler(None, 0)
 
 
 def wait_until_lowered() -> None:
