@@ -11,14 +11,16 @@ the writer to commit, then for its next poll. So the batch runner marks its tran
   which the runner registers as the transaction's first on-commit action (its broadcast comes
   after, with the flag down), or at the end of the block.
 - `yielding()` (every other queue's batches) checks the flag before each statement it starts,
-  BEGIN included, and every PROGRESS_STEPS steps of SQLite's virtual machine within one. When
-  the flag is up the statement fails, the transaction rolls back (giving up the writer), and
-  `turn.preempted` says so: the runner waits until the flag is down (`wait_until_lowered`) and
-  runs the batch again, whole. Nothing was committed, so nothing is done twice.
+  BEGIN included. When the flag is up the statement fails, the transaction rolls back (giving
+  up the writer), and `turn.preempted` says so: the runner waits until the flag is down
+  (`wait_until_lowered`) and runs the batch again, whole. Nothing was committed, so nothing is
+  done twice. (Not within a statement: a progress handler would run Python inside SQLite, where
+  the soft time limit could then strike, and a hung statement must stay for the hard limit.)
 
 The bound this gives: a critical transaction never waits for a general batch to finish, only
-for the statement it is running to reach its next check, and for its rollback. It still waits
-for transactions that are neither (a NOC action, housekeeping in chunks), which are short.
+for the statement it is running (a batch's statements take milliseconds) and its rollback. It
+still waits for transactions that are neither (a NOC action, housekeeping in chunks), which are
+short.
 Elsewhere than SQLite on Linux (PostgreSQL locks rows, not the database) both are no-ops.
 """
 
@@ -35,7 +37,6 @@ from typing import Any
 
 from django.db import OperationalError, connection
 
-PROGRESS_STEPS = 1000  # SQLite VM steps between two checks within one statement (~0.1 ms)
 BEGIN_POLL_SECONDS = 0.0002
 # struct flock on Linux: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
 _FLOCK = "=hh4xqqi4x"
@@ -122,7 +123,7 @@ def _begin_promptly(
 
 @contextlib.contextmanager
 def yielding() -> Iterator[Turn]:
-    """Give the writer up, by failing the current statement, whenever the flag is raised."""
+    """Give the writer up, by failing the next statement, whenever the flag is raised."""
     path = _flag_path()
     turn = Turn()
     if path is None:
@@ -130,33 +131,18 @@ def yielding() -> Iterator[Turn]:
         return
     with _open(path) as fd:
 
-        def in_transaction() -> bool:
-            return connection.in_atomic_block
-
         def check(
             execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: dict[str, Any]
         ) -> Any:
-            if (sql.startswith("BEGIN") or in_transaction()) and _raised(fd):
+            # In the transaction (not in its on-commit actions, which follow the commit).
+            starts = sql.startswith("BEGIN") or connection.in_atomic_block
+            if starts and _raised(fd):
                 turn.preempted = True
                 raise Preempted("a critical transaction wants the writer")
             return execute(sql, params, many, ctx)
 
-        def progress() -> int:
-            # Non-zero makes SQLite stop the statement (OperationalError: interrupted).
-            if in_transaction() and _raised(fd):
-                turn.preempted = True
-                return 1
-            return 0
-
-        connection.ensure_connection()
-        raw = connection.connection
-        raw.set_progress_handler(progress, PROGRESS_STEPS)
-        try:
-            with connection.execute_wrapper(check):
-                yield turn
-        finally:
-            if connection.connection is raw:  # not closed meanwhile (an error can close it)
-                raw.set_progress_handler(None, 0)
+        with connection.execute_wrapper(check):
+            yield turn
 
 
 def wait_until_lowered() -> None:
