@@ -20,8 +20,7 @@ the writer to commit, then for its next poll. So the batch runner marks its tran
 The bound this gives: a critical transaction never waits for a general batch to finish, only
 for the statement it is running (a batch's statements take milliseconds) and its rollback. It
 still waits for transactions that are neither (a NOC action, housekeeping in chunks), which are
-short.
-Elsewhere than SQLite on Linux (PostgreSQL locks rows, not the database) both are no-ops.
+short. Elsewhere than SQLite on Linux (PostgreSQL locks rows, not the database) both are no-ops.
 """
 
 from __future__ import annotations
@@ -135,8 +134,8 @@ def yielding() -> Iterator[Turn]:
             execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: dict[str, Any]
         ) -> Any:
             # In the transaction (not in its on-commit actions, which follow the commit).
-            starts = sql.startswith("BEGIN") or connection.in_atomic_block
-            if starts and _raised(fd):
+            in_transaction = sql.startswith("BEGIN") or connection.in_atomic_block
+            if in_transaction and _raised(fd):
                 turn.preempted = True
                 raise Preempted("a critical transaction wants the writer")
             return execute(sql, params, many, ctx)
