@@ -101,6 +101,11 @@ MESSAGES_DUPLICATE = Counter(
     "Redelivered device messages recognised by their idempotency key and skipped, by kind",
     ["kind"],
 )
+TRANSACTIONS_PREEMPTED = Counter(
+    "bus_transactions_preempted_total",
+    "Batch transactions rolled back to let a critical one write first, then run again, by queue",
+    ["queue"],
+)
 END_TO_END_LATENCY = Histogram(
     "bus_end_to_end_latency_seconds",
     "From MQTT receipt by the subscriber to the NOC broadcast, by kind",

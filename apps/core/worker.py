@@ -3,7 +3,8 @@
     python -m apps.core.worker critical
 
 This is what `make run` (supervisor) and `deploy/systemd/celery@.service` run, so a queue's
-concurrency, prefetch and limits are written once, in apps/core/tasks/celery_settings.py.
+concurrency, prefetch, limits and CPU priority (nice) are written once, in
+apps/core/tasks/celery_settings.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def main(argv: list[str]) -> None:
     from django.conf import settings
 
     command = worker_argv(argv[0], loglevel=settings.LOG_LEVEL)
+    # Below the critical pool in CPU priority (QueueSpec.nice); the pool's children inherit it.
+    os.nice(QUEUES_BY_NAME[argv[0]].nice)
     # The celery script that sits next to this interpreter (the project's venv), else PATH.
     sibling = os.path.join(os.path.dirname(sys.executable), "celery")
     executable = sibling if os.path.exists(sibling) else shutil.which("celery")

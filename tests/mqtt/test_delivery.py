@@ -242,6 +242,68 @@ def test_a_critical_alert_overtakes_a_backlog_of_10000_general_messages(
     assert QUEUES_BY_NAME["critical"].priority < QUEUES_BY_NAME["general"].priority
 
 
+def _writer_taken() -> bool:
+    """Whether some transaction holds SQLite's writer now (asked without waiting for it)."""
+    import sqlite3
+
+    from django.db import connection
+
+    probe = sqlite3.connect(connection.settings_dict["NAME"], timeout=0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        if probe.in_transaction:
+            probe.execute("ROLLBACK")
+        probe.close()
+    return False
+
+
+def test_a_critical_alert_commits_while_a_general_batch_holds_the_writer_which_redoes_it_once(
+    redis_client: object,
+    all_queue_workers: list[Service],
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+):
+    """The bound of apps/core/write_priority.py: a critical transaction does not wait for a
+    general batch to finish, only for its current statement. Here the batch's reading takes
+    seconds to insert (a trigger counts to 5 * 10^6 while no alert exists), and more statements
+    follow it (the batch's broadcast is written last); the alert must commit before the batch."""
+    from django.db import connection
+
+    create_tenant_with_devices("acme", "sensor-001", "panic-007")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TRIGGER slow_until_an_alert BEFORE INSERT ON devices_telemetryreading "
+            "WHEN NOT EXISTS (SELECT 1 FROM alerts_alert) BEGIN SELECT count(*) FROM "
+            "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000) "
+            "SELECT x FROM c); END"
+        )
+    preempted_before = metric("bus_transactions_preempted_total", queue="general")
+    try:
+        start_subscriber()
+        mqtt_publish(PORT, [("device/sensor-001/telemetry", telemetry(msg_id="slow"))])
+        wait_for(
+            _writer_taken, timeout=30, interval=0.01, what="the general batch to take the writer"
+        )
+        mqtt_publish(PORT, [("alert/panic-007/panic", panic())])
+        wait_for(
+            lambda: Alert.objects.filter(source_id="panic-007").exists(),
+            timeout=60,
+            what="the panic alert",
+        )
+        assert not TelemetryReading.objects.exists(), "the alert waited for the general batch"
+        # Given up, not lost: the batch ran again (quickly, an alert exists now), whole, once.
+        wait_for(lambda: TelemetryReading.objects.count() == 1, timeout=30, what="the redone batch")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS slow_until_an_alert")
+    assert ProcessedMessage.objects.count() == 2
+    assert not DeadLetter.objects.exists()
+    assert metric("bus_transactions_preempted_total", queue="general") > preempted_before
+
+
 def test_while_redis_is_down_nothing_is_acknowledged_and_the_broker_keeps_every_message(
     start_subscriber: Callable[..., Service],
     transactional_db: None,

@@ -33,7 +33,7 @@ from celery.exceptions import Reject
 from django.conf import settings
 from django.db import transaction
 
-from apps.core import dead_letters, metrics, outbox, task_json
+from apps.core import dead_letters, metrics, outbox, task_json, write_priority
 from apps.core.backoff import backoff_delay
 from apps.core.envelope import Envelope
 from apps.core.events import Event
@@ -115,7 +115,7 @@ def run_batch(
         return _stop_the_loop(task, kind, raw, deliveries, labels)
     envelopes, unreadable = _decode(raw)
     try:
-        result = _process(kind, handler, envelopes, unreadable)
+        result = _process(TASK_QUEUES[task.name], kind, handler, envelopes, unreadable)
     except Exception as exc:  # SoftTimeLimitExceeded included: a hung batch is retried too
         if task.request.retries < settings.TASK_MAX_RETRIES:
             metrics.TASKS_RETRIED.labels(**labels).inc()
@@ -130,7 +130,9 @@ def run_batch(
             retry_later(task, exc, retry_delay(task.request.retries))
         # Out of retries: isolate, so only the messages that fail on their own are dead-lettered.
         try:
-            result = _process_one_by_one(kind, handler, envelopes, unreadable, labels)
+            result = _process_one_by_one(
+                TASK_QUEUES[task.name], kind, handler, envelopes, unreadable, labels
+            )
         except Exception as outage:
             # Not even a dead letter could be written. Never drop the batch: it goes back to
             # the broker (a new message, then this one is acknowledged) to try again later.
@@ -251,9 +253,35 @@ def _decode(raw: list[Any]) -> tuple[list[Envelope], list[Any]]:
 
 
 def _process(
-    kind: str, handler: Handler, envelopes: list[Envelope], unreadable: list[Any]
+    queue: QueueSpec,
+    kind: str,
+    handler: Handler,
+    envelopes: list[Envelope],
+    unreadable: list[Any],
+) -> dict[str, int]:
+    """Run the batch in one transaction; a general one that a critical transaction preempted
+    (core/write_priority.py) rolled back whole, and runs again once that one is done."""
+    turn_for = write_priority.urgent if queue.urgent else write_priority.yielding
+    while True:
+        with turn_for() as turn:
+            try:
+                return _process_once(turn, kind, handler, envelopes, unreadable)
+            except Exception:
+                if not turn.preempted:
+                    raise
+        metrics.TRANSACTIONS_PREEMPTED.labels(queue=queue.name).inc()
+        write_priority.wait_until_lowered()
+
+
+def _process_once(
+    turn: write_priority.Turn,
+    kind: str,
+    handler: Handler,
+    envelopes: list[Envelope],
+    unreadable: list[Any],
 ) -> dict[str, int]:
     with transaction.atomic():
+        transaction.on_commit(turn.release)  # first: the writer is free again before the rest
         _dead_letter_unreadable(unreadable)
         fresh = ledger.claim(kind, envelopes)
         outcome = handler(fresh) if fresh else Outcome()
@@ -279,6 +307,7 @@ def _observe_latency(kind: str, applied: list[Envelope]) -> None:
 
 
 def _process_one_by_one(
+    queue: QueueSpec,
     kind: str,
     handler: Handler,
     envelopes: list[Envelope],
@@ -290,7 +319,7 @@ def _process_one_by_one(
     totals = {"processed": 0, "duplicates": 0, "dead": len(unreadable)}
     for envelope in envelopes:
         try:
-            result = _process(kind, handler, [envelope], [])
+            result = _process(queue, kind, handler, [envelope], [])
         except Exception as exc:  # this message alone fails: keep it, move on
             log.error(
                 "message failed after retries; dead-lettered",

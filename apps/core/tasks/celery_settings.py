@@ -35,6 +35,12 @@ class QueueSpec:
     time_limit: int  # seconds; the child process is killed
     max_memory_per_child: int  # KiB; the child is replaced after a task that exceeds it
     max_tasks_per_child: int = 10_000
+    # Its batches' transactions take the database writer before any other queue's, which give
+    # it up to them mid-batch (apps/core/write_priority.py).
+    urgent: bool = False
+    # The pool's CPU priority (`nice`, 0 to 19; higher yields the CPU to lower). Positive only,
+    # so no privilege is needed: the other pools make way for the critical one.
+    nice: int = 0
 
 
 CRITICAL = QueueSpec(
@@ -46,6 +52,7 @@ CRITICAL = QueueSpec(
     soft_time_limit=30,
     time_limit=60,
     max_memory_per_child=200_000,
+    urgent=True,
 )
 HIGH_PRIORITY = QueueSpec(
     name="high_priority",
@@ -56,6 +63,7 @@ HIGH_PRIORITY = QueueSpec(
     soft_time_limit=30,
     time_limit=60,
     max_memory_per_child=200_000,
+    nice=2,
 )
 GENERAL = QueueSpec(
     name="general",
@@ -66,6 +74,7 @@ GENERAL = QueueSpec(
     soft_time_limit=120,
     time_limit=180,
     max_memory_per_child=300_000,
+    nice=5,
 )
 ML_TRAINING = QueueSpec(
     name="ml_training",
@@ -77,6 +86,7 @@ ML_TRAINING = QueueSpec(
     time_limit=4 * 3600 + 300,
     max_memory_per_child=2_000_000,
     max_tasks_per_child=1,
+    nice=10,
 )
 EXTERNAL_API = QueueSpec(
     name="external_api",
@@ -87,6 +97,7 @@ EXTERNAL_API = QueueSpec(
     soft_time_limit=60,
     time_limit=90,
     max_memory_per_child=200_000,
+    nice=5,
 )
 
 QUEUES: Final[tuple[QueueSpec, ...]] = (CRITICAL, HIGH_PRIORITY, GENERAL, ML_TRAINING, EXTERNAL_API)

@@ -1,0 +1,153 @@
+"""Critical batches get SQLite's single writer first; the other batches give it up for them.
+
+SQLite lets one transaction write at a time, and a writer that finds it taken polls in growing
+sleeps (1, 2, 5 … 100 ms). Left alone, a critical alert waits for whatever general batch holds
+the writer to commit, then for its next poll. So the batch runner marks its transactions:
+
+- `urgent()` (a queue with `QueueSpec.urgent`, the critical one) raises the *priority flag*
+  first: a shared lock on the file `<database>-priority`, an open-file-description lock the
+  kernel drops if the process dies. Its BEGIN IMMEDIATE is retried every 0.2 ms rather than
+  in SQLite's steps (up to the database's `timeout`). The flag is lowered by `turn.release()`,
+  which the runner registers as the transaction's first on-commit action (its broadcast comes
+  after, with the flag down), or at the end of the block.
+- `yielding()` (every other queue's batches) checks the flag before each statement it starts,
+  BEGIN included. When the flag is up the statement fails, the transaction rolls back (giving
+  up the writer), and `turn.preempted` says so: the runner waits until the flag is down
+  (`wait_until_lowered`) and runs the batch again, whole. Nothing was committed, so nothing is
+  done twice. (Not within a statement: a progress handler would run Python inside SQLite, where
+  the soft time limit could then strike, and a hung statement must stay for the hard limit.)
+
+The bound this gives: a critical transaction never waits for a general batch to finish, only
+for the statement it is running (a batch's statements take milliseconds) and its rollback. It
+still waits for transactions that are neither (a NOC action, housekeeping in chunks), which are
+short. Elsewhere than SQLite on Linux (PostgreSQL locks rows, not the database) both are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import OperationalError, connection
+
+BEGIN_POLL_SECONDS = 0.0002
+# struct flock on Linux: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
+_FLOCK = "=hh4xqqi4x"
+_SUPPORTED = hasattr(fcntl, "F_OFD_GETLK")
+
+
+class Preempted(Exception):
+    """A yielding transaction gave the writer up to a critical one."""
+
+
+@dataclass
+class Turn:
+    preempted: bool = False  # a yielding transaction gave the writer up (and rolled back)
+    release: Callable[[], None] = lambda: None  # lowers an urgent turn's flag; idempotent
+
+
+def _flag_path() -> str | None:
+    if not _SUPPORTED or connection.vendor != "sqlite":
+        return None
+    name = str(connection.settings_dict["NAME"])
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return f"{name}-priority"
+
+
+def _lock(fd: int, command: int, kind: int) -> bytes:
+    return fcntl.fcntl(fd, command, struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 1, 0))
+
+
+def _raised(fd: int) -> bool:
+    """Whether a critical transaction holds the flag (asked without taking anything)."""
+    answer = _lock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK)
+    kind: int = struct.unpack(_FLOCK, answer)[0]
+    return kind != fcntl.F_UNLCK
+
+
+@contextlib.contextmanager
+def _open(path: str) -> Iterator[int]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        yield fd
+    finally:
+        os.close(fd)  # drops the fd's lock, if any
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[Turn]:
+    """Raise the flag for the transaction(s) run inside; begin them without coarse waits."""
+    path = _flag_path()
+    if path is None:
+        yield Turn()
+        return
+    with _open(path) as fd:
+        _lock(fd, fcntl.F_OFD_SETLKW, fcntl.F_RDLCK)
+
+        def release() -> None:
+            with contextlib.suppress(OSError):  # already lowered
+                _lock(fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
+
+        with connection.execute_wrapper(_begin_promptly):
+            yield Turn(release=release)
+
+
+def _begin_promptly(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
+    if not sql.startswith("BEGIN"):
+        return execute(sql, params, many, context)
+    raw = connection.connection
+    timeout = float(connection.settings_dict["OPTIONS"].get("timeout", 5))
+    deadline = time.monotonic() + timeout
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                return execute(sql, params, many, context)
+            except OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(BEGIN_POLL_SECONDS)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+
+
+@contextlib.contextmanager
+def yielding() -> Iterator[Turn]:
+    """Give the writer up, by failing the next statement, whenever the flag is raised."""
+    path = _flag_path()
+    turn = Turn()
+    if path is None:
+        yield turn
+        return
+    with _open(path) as fd:
+
+        def check(
+            execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: dict[str, Any]
+        ) -> Any:
+            # In the transaction (not in its on-commit actions, which follow the commit).
+            in_transaction = sql.startswith("BEGIN") or connection.in_atomic_block
+            if in_transaction and _raised(fd):
+                turn.preempted = True
+                raise Preempted("a critical transaction wants the writer")
+            return execute(sql, params, many, ctx)
+
+        with connection.execute_wrapper(check):
+            yield turn
+
+
+def wait_until_lowered() -> None:
+    """Block until no critical transaction holds the flag (woken by the kernel, no polling)."""
+    path = _flag_path()
+    if path is None:
+        return
+    with _open(path) as fd:
+        _lock(fd, fcntl.F_OFD_SETLKW, fcntl.F_WRLCK)
