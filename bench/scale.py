@@ -308,28 +308,6 @@ async def watch(url: str, watcher: Watcher, stop: asyncio.Event) -> None:
                 acked_at = time.monotonic()
 
 
-def stalled_socket(port: int, token: str) -> socket.socket:
-    """A client that completes the WebSocket handshake and then never reads again."""
-    import base64
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /ws/noc/dashboard/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
-    )
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        head += sock.recv(1)
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(f"the stalled client was not let in: {head!r}")
-    return sock
-
-
 def established(sock: socket.socket) -> bool:
     import psutil
 
@@ -359,7 +337,7 @@ def measure_websockets(stack: Any, args: argparse.Namespace, result: dict[str, A
 
     from apps.core.events import Event, EventType, broadcast_events
     from tests.factories import create_tenant_with_devices, panic
-    from tests.services import executable, wait_for
+    from tests.services import executable, stalled_websocket, wait_for
 
     url = f"ws://127.0.0.1:{stack.http_port}/ws/noc/dashboard/"
     rounds = 2
@@ -476,7 +454,9 @@ def measure_websockets(stack: Any, args: argparse.Namespace, result: dict[str, A
         cut_off_before = await asyncio.to_thread(
             exported_metric, stack, "noc_clients_cut_off_total"
         )
-        stalled = await asyncio.to_thread(stalled_socket, stack.http_port, stalled_token)
+        stalled = await asyncio.to_thread(
+            stalled_websocket, stack.http_port, stalled_token, timeout=10
+        )
         chunks = [
             range(start, start + 50)
             for start in range(0, 2 * settings.NOC_MAX_UNACKED_BYTES // 2000, 50)

@@ -319,3 +319,27 @@ def worker_answers(node: str) -> bool:
 
     replies = app.control.ping(destination=[node], timeout=0.5)
     return any(node in reply for reply in replies)
+
+
+def stalled_websocket(port: int, token: str, *, timeout: float = 5) -> socket.socket:
+    """A NOC client that completes the WebSocket handshake and then never reads again: its
+    receive window stays small, so what Daphne sends it piles up (tests and `bench.scale`)."""
+    import base64
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws/noc/dashboard/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += sock.recv(1)  # the response head only: not one byte of the stream after it
+    if not head.startswith(b"HTTP/1.1 101"):
+        sock.close()
+        raise RuntimeError(f"the stalled client was not let in: {head!r}")
+    return sock

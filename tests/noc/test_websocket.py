@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import json
 import os
@@ -33,7 +32,7 @@ from apps.tenants.models import Tenant, User
 from tests import environment
 from tests.conftest import start_daphne
 from tests.factories import create_tenant_with_devices, operator, panic
-from tests.services import Service, metric, mqtt_publish, wait_for
+from tests.services import Service, metric, mqtt_publish, stalled_websocket, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -445,25 +444,6 @@ def test_telemetry_is_conflated_to_the_latest_values_per_device(daphne_server, a
     assert sum(update["messages"] for update in updates) == 50
 
 
-def stalled_client(port: int, token: str) -> socket.socket:
-    """A client that completes the WebSocket handshake and then never reads again."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-    sock.settimeout(5)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /ws/noc/dashboard/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
-    )
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        head += sock.recv(1)  # the response head only: not one byte of the stream after it
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
-
 def still_connected(sock: socket.socket) -> bool:
     """Whether the kernel still holds this client's connection as established."""
     local = sock.getsockname()
@@ -500,7 +480,7 @@ def test_a_client_that_stops_reading_is_cut_off_and_counted_while_a_colleague_ge
     async def scenario() -> tuple[list[int], dict[str, Any]]:
         async with connect(url(daphne_server), additional_headers=bearer(token)) as colleague:
             await until_type(colleague, "snapshot")
-            with stalled_client(daphne_server, token) as stalled:
+            with stalled_websocket(daphne_server, token) as stalled:
                 received = []
                 for number, chunk in enumerate(chunks, 1):
                     await asyncio.to_thread(broadcast, EventType.ALERT_UPDATED, chunk)
