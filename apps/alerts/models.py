@@ -106,7 +106,14 @@ class Alert(models.Model):
                 name="one_active_alert_per_tenant_source_type",
             )
         ]
-        indexes = [models.Index(fields=["tenant", "status", "-last_seen"])]
+        indexes = [
+            models.Index(fields=["tenant", "status", "-last_seen"]),
+            # Every device batch looks up its devices' active alerts by source (services.
+            # active_alerts): without it, a scan of every alert ever raised, per batch.
+            models.Index(
+                fields=["source_id", "alert_type", "status"], name="alert_source_type_status"
+            ),
+        ]
         permissions = [("view_noc_dashboard", "Can watch the NOC dashboard and stream")]
 
     def __str__(self) -> str:

@@ -82,11 +82,15 @@ def active_alerts(devices: Iterable[Device], alert_types: Iterable[str]) -> dict
     tenants = {device.device_id: device.tenant_id for device in devices}
     if not tenants:
         return {}
-    alerts = Alert.objects.filter(
-        source_id__in=list(tenants),
-        alert_type__in=set(alert_types),
-        status__in=ACTIVE_STATUSES,
-    ).select_related("device")
+    alerts = (
+        Alert.objects.filter(
+            source_id__in=list(tenants),
+            alert_type__in=set(alert_types),
+            status__in=ACTIVE_STATUSES,
+        )
+        .select_related("device")
+        .order_by()
+    )  # by the index on (source_id, alert_type, status)
     # Device ids are unique system-wide, but an alert is its tenant's: never match another's.
     return {
         (alert.source_id, alert.alert_type): alert

@@ -1,8 +1,9 @@
 """The broadcast outbox: NOC events leave only after their effects commit, and always leave.
 
 `broadcast_on_commit(events)` writes the events in the caller's transaction (one
-`PendingBroadcast` row) and sends them to the channel layer once it commits; each event the
-layer took is marked at once in a Redis set (`broadcasts_sent`, members `<row id>:<index>`).
+`PendingBroadcast` row) and sends them to the channel layer once it commits; the events the
+layer took are then marked, in one round trip, in a Redis set (`broadcasts_sent`, members
+`<row id>:<index>`).
 Beat's `resend_broadcasts` (core/tasks/housekeeping.py) deletes the rows whose events are all
 marked, and sends the unmarked events of rows older than BROADCAST_RESEND_AFTER_SECONDS: those
 of a process that died between its commit and its sends (a killed pool process, the hard time
@@ -47,17 +48,19 @@ def broadcast_on_commit(events: list[Event]) -> None:
 
 
 def _send(pk: int, events: list[Event], indexes: list[int] | None = None) -> int:
-    """Send the events (those at `indexes`, else all), marking each one the layer took; the
-    number sent. A mark that cannot be written (Redis down) means a resend: shown twice."""
+    """Send the events (those at `indexes`, else all), then mark those the layer took, in one
+    round trip; the number sent. A mark that is not written (Redis down, the process dying
+    before it) means a resend, which the NOC consumer shows once (same id)."""
     chosen = list(range(len(events))) if indexes is None else indexes
-    client = state_redis()
-
-    def mark(position: int) -> None:
-        with contextlib.suppress(redis.RedisError):
-            client.sadd(SENT_KEY, f"{pk}:{chosen[position]}")
-
     ids = [f"{pk}:{i}" for i in chosen]
-    return broadcast_events([events[i] for i in chosen], on_sent=mark, ids=ids)
+    taken: list[str] = []
+    sent = broadcast_events(
+        [events[i] for i in chosen], on_sent=lambda position: taken.append(ids[position]), ids=ids
+    )
+    if taken:
+        with contextlib.suppress(redis.RedisError):
+            state_redis().sadd(SENT_KEY, *taken)
+    return sent
 
 
 def resend(older_than_seconds: float) -> dict[str, int]:

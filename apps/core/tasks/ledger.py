@@ -13,6 +13,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from apps.core.bulk import insert_rows
 from apps.core.envelope import Envelope
 from apps.core.models import ProcessedMessage
 from apps.core.tasks.celery_settings import PRUNE_PROCESSED_MESSAGES
@@ -33,7 +34,10 @@ def claim(kind: str, envelopes: list[Envelope]) -> list[Envelope]:
         if envelope.key not in seen:
             seen.add(envelope.key)
             fresh.append(envelope)
-    ProcessedMessage.objects.bulk_create([ProcessedMessage(key=e.key, kind=kind) for e in fresh])
+    now = timezone.now()  # processed_at is auto_now_add, which insert_rows leaves to us
+    insert_rows(
+        ProcessedMessage, [{"key": e.key, "kind": kind, "processed_at": now} for e in fresh]
+    )
     return fresh
 
 

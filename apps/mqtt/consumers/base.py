@@ -40,6 +40,9 @@ Consumer = Callable[[DeviceBatch], list[Event]]
 
 # What consumers and presence change on a device; written back once per batch.
 STATE_FIELDS = ("status", "last_seen", "battery", "signal")
+# What a batch reads of its devices: the rest (created_at, names, credentials) would only cost
+# its conversion, for each of up to MQTT_BATCH_MAX_SIZE devices.
+BATCH_FIELDS = ("tenant_id", "device_id", "kind", "site", *STATE_FIELDS)
 
 
 def _state(device: Device) -> tuple[Any, ...]:
@@ -56,6 +59,7 @@ def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
             device.device_id: device
             for device in Device.objects.select_for_update(of=("self",))
             .filter(device_id__in={envelope.source_id for envelope in envelopes})
+            .only(*BATCH_FIELDS)
             .order_by("pk")
         }
         before = {device_id: _state(device) for device_id, device in devices.items()}
@@ -86,11 +90,12 @@ def _last_heard(batch: DeviceBatch) -> list[tuple[Device, datetime]]:
 
 
 def reading_fields(batch: DeviceBatch, envelope: Envelope, recorded_at: Any) -> dict[str, Any]:
-    """The columns every reading row has (tenant, device, key, times)."""
+    """The columns every reading row has (tenant, device, key, times), for core.bulk's
+    `insert_rows`."""
     device = batch.device(envelope)
     return {
         "tenant_id": device.tenant_id,
-        "device": device,
+        "device_id": device.pk,
         "idempotency_key": envelope.key,
         "recorded_at": recorded_at,
         "received_at": received(envelope),

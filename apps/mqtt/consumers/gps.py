@@ -6,6 +6,7 @@ from typing import Any
 
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alerts
+from apps.core.bulk import insert_rows
 from apps.core.events import Event
 from apps.devices.models import Geofence, GuardLocation
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
@@ -18,7 +19,7 @@ def process(batch: DeviceBatch) -> list[Event]:
     for fence in Geofence.objects.filter(tenant_id__in=tenant_ids, active=True):
         fences[fence.tenant_id].append(fence)
 
-    rows: list[GuardLocation] = []
+    rows: list[dict[str, Any]] = []
     outside: list[AlertSignal] = []
     updates: dict[str, dict[str, Any]] = {}
     for envelope in batch.messages:
@@ -31,13 +32,13 @@ def process(batch: DeviceBatch) -> list[Event]:
             else None
         )
         rows.append(
-            GuardLocation(
+            {
                 **reading_fields(batch, envelope, payload.timestamp),
-                lat=payload.lat,
-                lon=payload.lon,
-                accuracy=payload.accuracy,
-                inside_geofence=inside,
-            )
+                "lat": payload.lat,
+                "lon": payload.lon,
+                "accuracy": payload.accuracy,
+                "inside_geofence": inside,
+            }
         )
         if inside is False:
             names = ", ".join(fence.name for fence in tenant_fences)
@@ -58,5 +59,5 @@ def process(batch: DeviceBatch) -> list[Event]:
             "inside_geofence": inside,
             "recorded_at": payload.timestamp.isoformat(),
         }
-    GuardLocation.objects.bulk_create(rows)
+    insert_rows(GuardLocation, rows)
     return raise_alerts(outside) + telemetry_updates(updates, batch)

@@ -10,6 +10,7 @@ from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alerts
+from apps.core.bulk import insert_rows
 from apps.core.events import Event
 from apps.devices.models import SensorReading
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
@@ -56,18 +57,18 @@ def alert_raised(payload: DevicePayload) -> AlertType | None:
 
 
 def process(batch: DeviceBatch) -> list[Event]:
-    rows: list[SensorReading] = []
+    rows: list[dict[str, Any]] = []
     fired: list[AlertSignal] = []
     updates: dict[str, dict[str, Any]] = {}
     for envelope in batch.messages:
         payload = SensorPayload.model_validate(envelope.payload)
         rows.append(
-            SensorReading(
+            {
                 **reading_fields(batch, envelope, payload.timestamp),
-                sensor_type=payload.type,
-                value=payload.value,
-                state=payload.state or "",
-            )
+                "sensor_type": payload.type,
+                "value": payload.value,
+                "state": payload.state or "",
+            }
         )
         for rule in RULES:
             if rule.sensor_type == payload.type and rule.fires(payload):
@@ -86,5 +87,5 @@ def process(batch: DeviceBatch) -> list[Event]:
             "state": payload.state,
             "recorded_at": payload.timestamp.isoformat(),
         }
-    SensorReading.objects.bulk_create(rows)
+    insert_rows(SensorReading, rows)
     return raise_alerts(fired) + telemetry_updates(updates, batch)

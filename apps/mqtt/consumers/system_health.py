@@ -8,6 +8,7 @@ from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, clear_alerts, raise_alerts
+from apps.core.bulk import insert_rows
 from apps.core.events import Event
 from apps.devices.models import Device, SystemHealthSample
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
@@ -15,23 +16,23 @@ from apps.mqtt.schemas import SystemHealthPayload
 
 
 def process(batch: DeviceBatch) -> list[Event]:
-    rows: list[SystemHealthSample] = []
+    rows: list[dict[str, Any]] = []
     latest: dict[str, SystemHealthPayload] = {}
     for envelope in batch.messages:
         payload = SystemHealthPayload.model_validate(envelope.payload)
         rows.append(
-            SystemHealthSample(
+            {
                 **reading_fields(batch, envelope, payload.timestamp),
-                cpu=payload.cpu,
-                memory=payload.memory,
-                disk=payload.disk,
-                uptime=payload.uptime,
-            )
+                "cpu": payload.cpu,
+                "memory": payload.memory,
+                "disk": payload.disk,
+                "uptime": payload.uptime,
+            }
         )
         current = latest.get(envelope.source_id)
         if current is None or payload.timestamp >= current.timestamp:
             latest[envelope.source_id] = payload
-    SystemHealthSample.objects.bulk_create(rows)
+    insert_rows(SystemHealthSample, rows)
 
     limit = settings.SYSTEM_RESOURCE_ALERT_PERCENT
     updates: dict[str, dict[str, Any]] = {}

@@ -12,6 +12,7 @@ from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, clear_alerts, raise_alerts
+from apps.core.bulk import insert_rows
 from apps.core.events import Event
 from apps.devices.models import Device, TelemetryReading
 from apps.devices.services import status_event
@@ -21,23 +22,23 @@ from apps.mqtt.schemas import TelemetryPayload
 
 def process(batch: DeviceBatch) -> list[Event]:
     events: list[Event] = []
-    rows: list[TelemetryReading] = []
+    rows: list[dict[str, Any]] = []
     latest: dict[str, tuple[Any, TelemetryPayload]] = {}
     for envelope in batch.messages:
         payload = TelemetryPayload.model_validate(envelope.payload)
         rows.append(
-            TelemetryReading(
+            {
                 **reading_fields(batch, envelope, payload.timestamp),
-                battery=payload.battery,
-                signal=payload.signal,
-                temperature=payload.temperature,
-                connectivity=payload.connectivity or "",
-            )
+                "battery": payload.battery,
+                "signal": payload.signal,
+                "temperature": payload.temperature,
+                "connectivity": payload.connectivity or "",
+            }
         )
         current = latest.get(envelope.source_id)
         if current is None or payload.timestamp >= current[0]:
             latest[envelope.source_id] = (payload.timestamp, payload)
-    TelemetryReading.objects.bulk_create(rows)
+    insert_rows(TelemetryReading, rows)
 
     threshold = settings.LOW_BATTERY_PERCENT
     low: list[AlertSignal] = []
