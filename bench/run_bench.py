@@ -470,7 +470,8 @@ class Bench:
         }
 
     def baseline_subscriber(self) -> Service:
-        """The stack's subscriber, its own program's command line, with MQTT_BATCH_SIZE=1."""
+        """The stack's subscriber, its own program's command line, with MQTT_BATCH_SIZE=1 (and
+        MQTT_BATCH_MAX_SIZE=1: a task per message even while the queue is backed up)."""
         from django.conf import settings
 
         from apps.monitoring import stack as stack_module
@@ -486,6 +487,7 @@ class Bench:
             "PYTHONUNBUFFERED": "1",
             "PROMETHEUS_MULTIPROC_DIR": str(settings.PROMETHEUS_MULTIPROC_DIR),
             "MQTT_BATCH_SIZE": "1",
+            "MQTT_BATCH_MAX_SIZE": "1",
         }
         log_path = SCRATCH / "var" / "log" / "mqtt_subscriber-baseline.log"
         service = Service("subscriber-baseline", program.command, log_path, env=env)
@@ -663,6 +665,7 @@ def _settings() -> dict[str, Any]:
 
     names = (
         "MQTT_BATCH_SIZE",
+        "MQTT_BATCH_MAX_SIZE",
         "MQTT_BATCH_INTERVAL_MS",
         "MQTT_RECEIVE_MAXIMUM",
         "NOC_TELEMETRY_MIN_INTERVAL_MS",

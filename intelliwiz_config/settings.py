@@ -404,6 +404,17 @@ DEVICE_RESERVED_IDS = frozenset({MQTT_USERNAME, MQTT_CLIENT_ID, *MQTT_RESERVED_C
 MQTT_MAX_PAYLOAD_BYTES = env_int("MQTT_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1)
 MQTT_BATCH_SIZE = env_int("MQTT_BATCH_SIZE", 100, minimum=1)
 MQTT_BATCH_INTERVAL_MS = env_int("MQTT_BATCH_INTERVAL_MS", 50, minimum=1)
+# While a kind's queue is backed up, its batches grow up to this many messages (fewer, larger
+# transactions: the workers catch up sooner). MQTT_BATCH_SIZE turns this off.
+MQTT_BATCH_MAX_SIZE = env_int(
+    "MQTT_BATCH_MAX_SIZE", max(MQTT_BATCH_SIZE, min(500, MQTT_RECEIVE_MAXIMUM)), minimum=1
+)
+if not MQTT_BATCH_SIZE <= MQTT_BATCH_MAX_SIZE <= max(MQTT_BATCH_SIZE, MQTT_RECEIVE_MAXIMUM):
+    raise ImproperlyConfigured(
+        f"MQTT_BATCH_MAX_SIZE={MQTT_BATCH_MAX_SIZE} must lie between MQTT_BATCH_SIZE "
+        f"({MQTT_BATCH_SIZE}) and MQTT_RECEIVE_MAXIMUM ({MQTT_RECEIVE_MAXIMUM}): a batch larger "
+        "than the broker's window could never fill"
+    )
 # What the subscriber may hold while it cannot hand messages on (Redis or the database down).
 # Past either bound it lets go of everything and leaves the broker until both answer again: the
 # broker keeps QoS 1 messages in the session; QoS 0 ones are dropped (counted).

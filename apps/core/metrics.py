@@ -68,7 +68,7 @@ MQTT_BATCH_SIZE = Histogram(
     "mqtt_batch_size",
     "Messages per task flushed by the subscriber, by queue",
     ["queue"],
-    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
 
 # --- Celery tasks -------------------------------------------------------------------------

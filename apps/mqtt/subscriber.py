@@ -37,6 +37,7 @@ from apps.core.envelope import Envelope
 from apps.core.models import DeadLetter
 from apps.core.redis_client import state_redis
 from apps.core.tasks.base import enqueue
+from apps.core.tasks.celery_settings import TASK_QUEUES, broker_list_keys
 from apps.mqtt.client import app_client
 from apps.mqtt.intake import Intake, Reason, Rejection
 from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS
@@ -47,6 +48,8 @@ log = structlog.get_logger(__name__)
 # table (apps/mqtt/topics.py), which also says each kind's task and whether it is batched.
 ALLOWED_TOPIC_PREFIXES: dict[str, int] = {kind.prefix: 1 for kind in TOPIC_KINDS}
 PAUSE_CHECK_SECONDS = 1.0
+# While its queue is backed up, a batch keeps gathering (see Subscriber._due); this long at most.
+BACKLOG_MAX_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class SubscriberConfig:
     reconnect_max_delay: int
     receive_maximum: int
     batch_size: int
+    batch_max_size: int
     batch_interval: float
     hold_max_messages: int
     hold_max_bytes: int
@@ -76,6 +80,7 @@ class SubscriberConfig:
             reconnect_max_delay=settings.MQTT_RECONNECT_MAX_DELAY,
             receive_maximum=settings.MQTT_RECEIVE_MAXIMUM,
             batch_size=settings.MQTT_BATCH_SIZE,
+            batch_max_size=settings.MQTT_BATCH_MAX_SIZE,
             batch_interval=settings.MQTT_BATCH_INTERVAL_MS / 1000,
             hold_max_messages=settings.MQTT_HOLD_MAX_MESSAGES,
             hold_max_bytes=settings.MQTT_HOLD_MAX_BYTES,
@@ -172,6 +177,9 @@ class Subscriber:
         self.handed_off_messages = 0
         self.send_again = False
         self.redis_run_id: str | None = None
+        # Queue name -> (when looked at, whether tasks wait in it): see _backed_up.
+        self.backlog: dict[str, tuple[float, bool]] = {}
+        self.queue_redis: redis.Redis[str] | None = None
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -327,14 +335,46 @@ class Subscriber:
     # --- flushing: enqueue, then acknowledge -------------------------------------------------
 
     def _due(self, pending: PendingTask, kind: str, now: float, force: bool) -> bool:
+        """Whether a kind's pending task goes now: at MQTT_BATCH_SIZE messages or after
+        MQTT_BATCH_INTERVAL_MS, unless its queue is backed up. Then the workers are behind,
+        the messages would only wait in the queue, and one larger batch costs a worker far less
+        than several small ones (docs/performance.md): it keeps gathering, up to
+        MQTT_BATCH_MAX_SIZE messages or BACKLOG_MAX_WAIT_SECONDS, and never beyond what the
+        broker's window (MQTT_RECEIVE_MAXIMUM unacknowledged) lets in."""
         if not pending.envelopes:
             return False
-        return (
-            force
-            or KINDS_BY_NAME[kind].immediate
-            or len(pending.envelopes) >= self.config.batch_size
-            or now - pending.opened_at >= self.config.batch_interval
-        )
+        size, waited = len(pending.envelopes), now - pending.opened_at
+        if force or KINDS_BY_NAME[kind].immediate:
+            return True
+        if size >= self.config.batch_max_size or waited >= BACKLOG_MAX_WAIT_SECONDS:
+            return True
+        if self.held_messages >= self.config.receive_maximum * 3 // 4:
+            return True  # the broker would soon stop sending until we acknowledge
+        if size < self.config.batch_size and waited < self.config.batch_interval:
+            return False
+        return not self._backed_up(TASK_QUEUES[KINDS_BY_NAME[kind].task].name, now)
+
+    def _backed_up(self, queue: str, now: float) -> bool:
+        """Whether tasks wait in `queue` beyond what its workers have taken (looked at once per
+        batch interval, in one round trip). Unknown (Redis down) counts as not: batches then go
+        as they would without this, and the hand-off reports the outage."""
+        if self.config.batch_max_size <= self.config.batch_size:
+            return False
+        checked = self.backlog.get(queue)
+        if checked is None or now - checked[0] >= self.config.batch_interval:
+            try:
+                if self.queue_redis is None:
+                    self.queue_redis = state_redis()
+                with self.queue_redis.pipeline(transaction=False) as pipe:
+                    for key in broker_list_keys(queue):
+                        pipe.llen(key)
+                    waiting = sum(int(length) for length in pipe.execute())
+            except redis.RedisError:
+                self.queue_redis = None
+                waiting = 0
+            checked = (now, waiting > 0)
+            self.backlog[queue] = checked
+        return checked[1]
 
     def flush(self, *, force: bool = False) -> bool:
         """Write dead letters and enqueue due batches; True when nothing due is left behind."""
@@ -453,6 +493,7 @@ class Subscriber:
     def _enqueue(self, kind: str, pending: PendingTask) -> None:
         task = KINDS_BY_NAME[kind].task
         queue = enqueue(task, pending.envelopes).name
+        self.backlog.pop(queue, None)  # it holds one more task: look again before the next
         self._remember(HandedOff(task, pending.envelopes))
         self._record_received(pending.envelopes)
         metrics.MQTT_MESSAGES_ENQUEUED.labels(queue=queue).inc(len(pending.envelopes))
@@ -604,6 +645,7 @@ class Subscriber:
             port=self.config.port,
             client_id=self.config.client_id,
             batch_size=self.config.batch_size,
+            batch_max_size=self.config.batch_max_size,
             batch_interval_ms=int(self.config.batch_interval * 1000),
         )
         try:

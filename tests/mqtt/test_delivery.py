@@ -700,3 +700,57 @@ def test_a_flood_while_redis_is_down_is_let_go_not_held_and_qos1_still_arrives(
         redis_service.stop()
     assert "rejoining the broker" in subscriber.log()
     assert not DeadLetter.objects.exists()
+
+
+def queued_batch_sizes(broker: object) -> list[int]:
+    """The number of messages in each telemetry task waiting in the general queue."""
+    import base64
+
+    from apps.core.tasks.celery_settings import broker_list_keys
+
+    sizes = []
+    for key in broker_list_keys("general"):
+        for raw in broker.lrange(key, 0, -1):  # type: ignore[attr-defined]
+            message = json.loads(raw)
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            sizes.append(len(args[0]))
+    return sizes
+
+
+def test_batches_grow_while_their_queue_is_backed_up_and_every_message_is_stored_once(
+    private_broker: str,
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+    tmp_path: Path,
+):
+    import redis
+
+    create_tenant_with_devices("acme", "sensor-001")
+    # No worker takes from this Redis: from the first batch on, the general queue is backed up.
+    start_subscriber(REDIS_URL=private_broker, MQTT_BATCH_SIZE="20", MQTT_BATCH_MAX_SIZE="200")
+    total = 600
+    mqtt_publish(PORT, numbered_telemetry(total))
+    broker = redis.Redis.from_url(f"{private_broker}/0", decode_responses=True)
+    wait_for(
+        lambda: sum(queued_batch_sizes(broker)) == total,
+        timeout=30,
+        what=f"all {total} messages in the general queue",
+    )
+    sizes = queued_batch_sizes(broker)
+    assert max(sizes) > 20, f"no batch grew past MQTT_BATCH_SIZE: {sizes}"
+    assert max(sizes) <= 200, f"a batch grew past MQTT_BATCH_MAX_SIZE: {sizes}"
+
+    worker = general_worker("celery-general-private", private_broker, tmp_path / "general.log")
+    try:
+        wait_for(
+            lambda: TelemetryReading.objects.count() == total,
+            timeout=60,
+            what=f"all {total} readings once a worker takes the queue",
+        )
+        wait_for(
+            lambda: not queued_batch_sizes(broker), timeout=30, what="the general queue to drain"
+        )
+    finally:
+        worker.stop()
+    assert TelemetryReading.objects.count() == total
+    assert ProcessedMessage.objects.count() == total
