@@ -101,7 +101,7 @@ class Plan:
     devices: int = 1000
     tenants: int = 10
     limit_messages: int = 20_000
-    pipeline_messages: int = 10_000
+    pipeline_messages: int = 30_000
     baseline_messages: int = 1_000
     alert_samples: int = 100
     # One panic every ALERT_INTERVAL s, open loop: sparse enough that the alerts themselves do
@@ -116,7 +116,7 @@ class Plan:
     def quick(cls) -> Plan:
         return cls(
             limit_messages=5_000,
-            pipeline_messages=1_200,
+            pipeline_messages=5_000,
             baseline_messages=200,
             alert_samples=20,
             stall_seconds=30.0,
