@@ -1,8 +1,9 @@
 """CPU seconds and peak RSS of each kind of process of the stack, with psutil.
 
 The kinds are supervisor's programs (`supervisorctl status` names them and their pids): redis,
-mosquitto, daphne, one `worker:<queue>` per Celery queue, beat, the subscriber. A kind is its
-process and every descendant (a Celery worker and its pool): CPU is summed over that tree from
+mosquitto, daphne, one `worker:<queue>` per Celery queue, beat, the subscriber (telemetry and
+the other routine kinds), `subscriber:urgent` (alerts). A kind is its process and every
+descendant (a Celery worker and its pool): CPU is summed over that tree from
 `cpu_times()` (a child that exited counts in its parent's children_* times), RSS is sampled
 every SAMPLE_SECONDS and summed over the tree (shared pages count once per process).
 """
@@ -26,7 +27,12 @@ def kind_of(program: str) -> str:
     group, _, name = program.partition(":")
     if group == "celery":
         return f"worker:{name}"
-    return {"celerybeat": "beat", "mqtt_subscriber": "subscriber"}.get(program, program)
+    kinds = {
+        "celerybeat": "beat",
+        "mqtt_subscriber": "subscriber",
+        "mqtt_subscriber_urgent": "subscriber:urgent",
+    }
+    return kinds.get(program, program)
 
 
 def supervised_pids(status_output: str) -> dict[str, int]:

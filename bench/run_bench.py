@@ -504,7 +504,150 @@ def _cpu_per_message(usage: PhaseUsage, messages: int) -> dict[str, float]:
     return {kind: round(1000 * s / max(messages, 1), 3) for kind, s in usage.cpu_seconds.items()}
 
 
-def run(plan: Plan, quick: bool) -> int:
+def run_alerts_only(bench: Bench, started: float) -> bool:
+    """`--only-alerts`: the stack, the fleet and the alert step at --background-rate; nothing
+    written to latest.json (its other figures would be missing)."""
+    plan = bench.plan
+    print(f"[1/2 {time.monotonic() - started:4.0f} s] fleet: {plan.devices:,} devices", flush=True)
+    bench.populate()
+    print(
+        f"[2/2 {time.monotonic() - started:4.0f} s] alert latency: {plan.alert_samples} panics, "
+        f"one every {plan.alert_interval} s, under {plan.background_rate:,.0f} msg/s",
+        flush=True,
+    )
+    alerts = bench.alerts(plan.background_rate)
+    latency = report.latency_summary(alerts["latencies"])
+    background: Effects = alerts["background"]
+    print(
+        f"      p50 {latency['p50']} / p95 {latency['p95']} / p99 {latency['p99']} / "
+        f"max {latency['max']} ms over {alerts['samples']} samples; background "
+        f"{alerts['background_generated_rate']:,.0f} msg/s generated, kept up: "
+        f"{alerts['background_kept_up']} (lag {alerts['background_lag_s']} s); lost "
+        f"{alerts['lost'] + background.lost_count}, duplicate effects "
+        f"{alerts['duplicates'] + background.duplicate_count}",
+        flush=True,
+    )
+    if background.lost_count or background.duplicate_count or background.dead_letters:
+        bench.failures.append(
+            f"background: {background.lost_count} lost, {background.duplicate_count} duplicate "
+            f"effects, dead letters {background.dead_letters}"
+        )
+    return not bench.failures
+
+
+def measure_all(
+    bench: Bench, started: float, step: Any, machine: dict[str, Any], quick: bool
+) -> bool:
+    """Steps 2-7 on a healthy stack; True when none failed."""
+    plan, monitor = bench.plan, bench.monitor
+    step(2, f"fleet: {plan.devices:,} devices over {plan.tenants} tenants")
+    bench.populate()
+    sample = bench.fleet.telemetry(plan.limit_messages, prefix="raw")
+
+    step(3, "the generator alone")
+    generator_rate, processes = bench.generator_alone(sample)
+    print(f"      {generator_rate:,.0f} msg/s from {processes} processes", flush=True)
+
+    step(4, "the limit: broker -> plain paho subscriber (parse only)")
+    limit_rate = bench.limit(sample)
+    print(f"      {limit_rate:,.0f} msg/s", flush=True)
+    if generator_rate < 1.5 * limit_rate:
+        bench.failures.append(
+            f"the generator ({generator_rate:,.0f} msg/s) is not well above the limit "
+            f"({limit_rate:,.0f} msg/s): the limit may be the generator's; raise --generators"
+        )
+
+    step(5, f"pipeline: {plan.pipeline_messages:,} messages, full stack")
+    pipeline = bench.throughput("pipe", plan.pipeline_messages)
+    print(f"      {pipeline.rate:,.0f} msg/s", flush=True)
+
+    if pipeline.rate >= plan.background_rate:
+        background_rate, source = plan.background_rate, "target"
+    else:
+        background_rate, source = math.floor(pipeline.rate), "sustained max"
+    step(
+        6,
+        f"alert latency: {plan.alert_samples} panics, one every {plan.alert_interval} s, "
+        f"under {background_rate:,.0f} msg/s of telemetry ({source})",
+    )
+    alerts = bench.alerts(background_rate)
+    latency = report.latency_summary(alerts["latencies"])
+    print(f"      p50 {latency['p50']} ms, p99 {latency['p99']} ms", flush=True)
+
+    step(7, f"baseline: {plan.baseline_messages:,} messages, a task per message")
+    subscriber = bench.baseline_subscriber()
+    try:
+        baseline = bench.throughput("base", plan.baseline_messages)
+    finally:
+        subscriber.stop()
+    print(f"      {baseline.rate:,.0f} msg/s", flush=True)
+
+    runs = [pipeline.effects, baseline.effects, alerts["background"]]
+    lost = sum(e.lost_count for e in runs) + alerts["lost"]
+    duplicates = sum(e.duplicate_count for e in runs) + alerts["duplicates"]
+    for effects, name in zip(runs, ("pipeline", "baseline", "background"), strict=True):
+        if effects.lost_count or effects.duplicate_count or effects.dead_letters:
+            bench.failures.append(
+                f"{name}: {effects.lost_count} lost (not stored: {effects.lost[:5]}, "
+                f"never broadcast: {effects.broadcast_missing}), "
+                f"{effects.duplicate_count} duplicate effects (stored twice: "
+                f"{effects.twice[:5]}, broadcast again: {effects.broadcast_extra}), "
+                f"dead letters {effects.dead_letters}"
+            )
+    if monitor.restarts:
+        bench.failures.append(f"processes restarted during the run: {monitor.restarts}")
+
+    usages = {"pipeline": pipeline.usage, "alerts": alerts["usage"], "baseline": baseline.usage}
+    results: dict[str, Any] = {
+        "date": report.now(),
+        "git_commit": report.git_commit(),
+        "quick": quick,
+        "ok": not bench.failures,
+        "failures": bench.failures,
+        "devices": plan.devices,
+        "tenants": plan.tenants,
+        "noc_clients": len(bench.tokens),
+        "generator_msgs_per_s": round(generator_rate),
+        "generator_processes": processes,
+        "limit_msgs_per_s": round(limit_rate),
+        "limit_messages": plan.limit_messages,
+        "pipeline_msgs_per_s": round(pipeline.rate),
+        "pipeline_messages": plan.pipeline_messages,
+        "pipeline_seconds": round(pipeline.seconds, 1),
+        "pipeline_generator_msgs_per_s": round(pipeline.generator_rate),
+        "baseline_msgs_per_s": round(baseline.rate),
+        "baseline_messages": plan.baseline_messages,
+        "baseline_seconds": round(baseline.seconds, 1),
+        "ratio_to_limit": round(pipeline.rate / limit_rate, 3),
+        "ratio_to_baseline": round(pipeline.rate / max(baseline.rate, 1e-9), 2),
+        "alert_latency_ms": {
+            **latency,
+            "samples": alerts["samples"],
+            "background_msgs_per_s": background_rate,
+            "background_rate_source": source,
+            "background_generated_msgs_per_s": round(alerts["background_generated_rate"]),
+            "background_kept_up": alerts["background_kept_up"],
+            "background_lag_s": alerts["background_lag_s"],
+        },
+        "lost": lost,
+        "duplicate_effects": duplicates,
+        "cpu_seconds": {name: u.cpu_seconds for name, u in usages.items()},
+        "cpu_ms_per_message": {
+            "pipeline": _cpu_per_message(pipeline.usage, plan.pipeline_messages),
+            "baseline": _cpu_per_message(baseline.usage, plan.baseline_messages),
+        },
+        "peak_rss_mb": {kind: round(b / 2**20, 1) for kind, b in monitor.peak_rss.items()},
+        "settings": _settings(),
+        "machine": machine,
+        "duration_s": round(time.monotonic() - started),
+    }
+    path = report.write(results)
+    print("\n" + report.table(results) + "\n", flush=True)
+    print(f"Written to {path.relative_to(report.ROOT)} in {results['duration_s']} s.")
+    return not bench.failures
+
+
+def run(plan: Plan, quick: bool, only_alerts: bool = False) -> int:
     started = time.monotonic()
 
     def step(n: int, what: str) -> None:
@@ -533,112 +676,10 @@ def run(plan: Plan, quick: bool) -> int:
         bench.track_stack()
         monitor.start()
         print(f"      healthy after {time.monotonic() - started:.0f} s", flush=True)
-
-        step(2, f"fleet: {plan.devices:,} devices over {plan.tenants} tenants")
-        bench.populate()
-        sample = bench.fleet.telemetry(plan.limit_messages, prefix="raw")
-
-        step(3, "the generator alone")
-        generator_rate, processes = bench.generator_alone(sample)
-        print(f"      {generator_rate:,.0f} msg/s from {processes} processes", flush=True)
-
-        step(4, "the limit: broker -> plain paho subscriber (parse only)")
-        limit_rate = bench.limit(sample)
-        print(f"      {limit_rate:,.0f} msg/s", flush=True)
-        if generator_rate < 1.5 * limit_rate:
-            bench.failures.append(
-                f"the generator ({generator_rate:,.0f} msg/s) is not well above the limit "
-                f"({limit_rate:,.0f} msg/s): the limit may be the generator's; raise --generators"
-            )
-
-        step(5, f"pipeline: {plan.pipeline_messages:,} messages, full stack")
-        pipeline = bench.throughput("pipe", plan.pipeline_messages)
-        print(f"      {pipeline.rate:,.0f} msg/s", flush=True)
-
-        if pipeline.rate >= plan.background_rate:
-            background_rate, source = plan.background_rate, "target"
+        if only_alerts:
+            ok = run_alerts_only(bench, started)
         else:
-            background_rate, source = math.floor(pipeline.rate), "sustained max"
-        step(
-            6,
-            f"alert latency: {plan.alert_samples} panics, one every {plan.alert_interval} s, "
-            f"under {background_rate:,.0f} msg/s of telemetry ({source})",
-        )
-        alerts = bench.alerts(background_rate)
-        latency = report.latency_summary(alerts["latencies"])
-        print(f"      p50 {latency['p50']} ms, p99 {latency['p99']} ms", flush=True)
-
-        step(7, f"baseline: {plan.baseline_messages:,} messages, a task per message")
-        subscriber = bench.baseline_subscriber()
-        try:
-            baseline = bench.throughput("base", plan.baseline_messages)
-        finally:
-            subscriber.stop()
-        print(f"      {baseline.rate:,.0f} msg/s", flush=True)
-
-        runs = [pipeline.effects, baseline.effects, alerts["background"]]
-        lost = sum(e.lost_count for e in runs) + alerts["lost"]
-        duplicates = sum(e.duplicate_count for e in runs) + alerts["duplicates"]
-        for effects, name in zip(runs, ("pipeline", "baseline", "background"), strict=True):
-            if effects.lost_count or effects.duplicate_count or effects.dead_letters:
-                bench.failures.append(
-                    f"{name}: {effects.lost_count} lost (not stored: {effects.lost[:5]}, "
-                    f"never broadcast: {effects.broadcast_missing}), "
-                    f"{effects.duplicate_count} duplicate effects (stored twice: "
-                    f"{effects.twice[:5]}, broadcast again: {effects.broadcast_extra}), "
-                    f"dead letters {effects.dead_letters}"
-                )
-        if monitor.restarts:
-            bench.failures.append(f"processes restarted during the run: {monitor.restarts}")
-
-        usages = {"pipeline": pipeline.usage, "alerts": alerts["usage"], "baseline": baseline.usage}
-        results: dict[str, Any] = {
-            "date": report.now(),
-            "git_commit": report.git_commit(),
-            "quick": quick,
-            "ok": not bench.failures,
-            "failures": bench.failures,
-            "devices": plan.devices,
-            "tenants": plan.tenants,
-            "noc_clients": len(bench.tokens),
-            "generator_msgs_per_s": round(generator_rate),
-            "generator_processes": processes,
-            "limit_msgs_per_s": round(limit_rate),
-            "limit_messages": plan.limit_messages,
-            "pipeline_msgs_per_s": round(pipeline.rate),
-            "pipeline_messages": plan.pipeline_messages,
-            "pipeline_seconds": round(pipeline.seconds, 1),
-            "pipeline_generator_msgs_per_s": round(pipeline.generator_rate),
-            "baseline_msgs_per_s": round(baseline.rate),
-            "baseline_messages": plan.baseline_messages,
-            "baseline_seconds": round(baseline.seconds, 1),
-            "ratio_to_limit": round(pipeline.rate / limit_rate, 3),
-            "ratio_to_baseline": round(pipeline.rate / max(baseline.rate, 1e-9), 2),
-            "alert_latency_ms": {
-                **latency,
-                "samples": alerts["samples"],
-                "background_msgs_per_s": background_rate,
-                "background_rate_source": source,
-                "background_generated_msgs_per_s": round(alerts["background_generated_rate"]),
-                "background_kept_up": alerts["background_kept_up"],
-                "background_lag_s": alerts["background_lag_s"],
-            },
-            "lost": lost,
-            "duplicate_effects": duplicates,
-            "cpu_seconds": {name: u.cpu_seconds for name, u in usages.items()},
-            "cpu_ms_per_message": {
-                "pipeline": _cpu_per_message(pipeline.usage, plan.pipeline_messages),
-                "baseline": _cpu_per_message(baseline.usage, plan.baseline_messages),
-            },
-            "peak_rss_mb": {kind: round(b / 2**20, 1) for kind, b in monitor.peak_rss.items()},
-            "settings": _settings(),
-            "machine": machine,
-            "duration_s": round(time.monotonic() - started),
-        }
-        path = report.write(results)
-        print("\n" + report.table(results) + "\n", flush=True)
-        print(f"Written to {path.relative_to(report.ROOT)} in {results['duration_s']} s.")
-        ok = not bench.failures
+            ok = measure_all(bench, started, step, machine, quick)
     except (BenchError, LoadError, NocClientError, TimeoutError, AssertionError) as exc:
         bench.failures.append(str(exc))
     finally:
@@ -695,6 +736,12 @@ def main() -> int:
         "or the pipeline's sustained maximum if lower)",
     )
     parser.add_argument("--generators", type=int, help="publisher processes")
+    parser.add_argument(
+        "--only-alerts",
+        action="store_true",
+        help="start the stack and run the alert step alone, at --background-rate (or its "
+        "default) whatever the pipeline sustains; prints the figures, writes no latest.json",
+    )
     args = parser.parse_args()
     plan = Plan.quick() if args.quick else defaults
     overrides = {
@@ -709,7 +756,7 @@ def main() -> int:
         "generators": args.generators,
     }
     plan = Plan(**{**plan.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
-    return run(plan, args.quick)
+    return run(plan, args.quick, only_alerts=args.only_alerts)
 
 
 if __name__ == "__main__":

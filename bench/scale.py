@@ -190,6 +190,7 @@ def process_kind(cmdline: list[str]) -> str | None:
         ("mosquitto", "mosquitto"),
         ("daphne_server", "daphne"),
         ("beat", "celerybeat"),
+        ("--lane urgent", "subscriber:urgent"),
         ("mqtt_subscriber", "subscriber"),
         ("supervisord", "supervisord"),
     ):

@@ -395,9 +395,19 @@ MQTT_PASSWORD_FILE = Path(env_str("MQTT_PASSWORD_FILE", "/etc/mosquitto/passwd")
 MQTT_ACL_FILE = Path(env_str("MQTT_ACL_FILE", "/etc/mosquitto/acl"))
 # Client ids of the application's other MQTT clients (the subscribers of a shared group).
 MQTT_RESERVED_CLIENT_IDS = env_list("MQTT_RESERVED_CLIENT_IDS", [])
+# The urgent subscriber (`mqtt_subscriber --lane urgent`: alerts on a session of their own) takes
+# its subscriber's client id with this suffix; not a setting, so every host derives the same.
+MQTT_URGENT_CLIENT_ID_SUFFIX = "-urgent"
 # Ids no device may be registered under: the broker's device listener makes a device's client id
-# its user name, i.e. its device id, so a device named like the subscriber would take its session.
-DEVICE_RESERVED_IDS = frozenset({MQTT_USERNAME, MQTT_CLIENT_ID, *MQTT_RESERVED_CLIENT_IDS} - {""})
+# its user name, i.e. its device id, so a device named like a subscriber would take its session.
+DEVICE_RESERVED_IDS = frozenset(
+    {MQTT_USERNAME}
+    | {
+        client_id + suffix
+        for client_id in (MQTT_CLIENT_ID, *MQTT_RESERVED_CLIENT_IDS)
+        for suffix in ("", MQTT_URGENT_CLIENT_ID_SUFFIX)
+    }
+) - {"", MQTT_URGENT_CLIENT_ID_SUFFIX}
 
 # --- Intake: validation, batching -------------------------------------------------------------
 

@@ -119,16 +119,16 @@ def start_subscriber(
     """Start the MQTT subscriber process the way `make run` does; stopped after the test.
 
     Every start within one test reuses the test's own MQTT client id (so its persistent session
-    survives a restart), and no two tests share a session.
+    survives a restart), and no two tests share a session; `lane="urgent"` derives its own.
     """
     started: list[Service] = []
     client_id = f"test-subscriber-{next(_subscriber_ids)}"
 
-    def start(**env: str) -> Service:
+    def start(lane: str = "all", **env: str) -> Service:
         log_path = scratch_dir / "log" / f"{client_id}-{len(started)}.log"
         service = python_service(
             "mqtt_subscriber",
-            ["manage.py", "mqtt_subscriber"],
+            ["manage.py", "mqtt_subscriber", "--lane", lane],
             log_path,
             env={**INFO_LOGS, "MQTT_CLIENT_ID": client_id, **env},
         )

@@ -34,6 +34,9 @@ class SubscriberStatus:
     last_message_at: float | None
     paused: bool = False
     connected_since: float | None = None  # when its current broker connection began
+    # The topic kinds its session reads (its lane); None: every kind (a subscriber of an
+    # earlier release, which did not say).
+    kinds: frozenset[str] | None = None
 
     @property
     def last_message_age(self) -> float | None:
@@ -48,7 +51,9 @@ def write_status(
     last_message_at: float | None,
     paused: bool = False,
     connected_since: float | None = None,
+    kinds: list[str] | None = None,
 ) -> None:
+    """`kinds`: the topic kinds the subscriber's session reads; None for every kind."""
     key = STATUS_KEY_PREFIX + client_id
     fields: dict[str | bytes, str] = {
         "connected": "1" if connected else "0",
@@ -57,6 +62,8 @@ def write_status(
         "last_message_at": "" if last_message_at is None else repr(last_message_at),
         "connected_since": "" if connected_since is None else repr(connected_since),
     }
+    if kinds is not None:
+        fields["kinds"] = ",".join(kinds)
     with client.pipeline() as pipe:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, STATUS_TTL_SECONDS)
@@ -75,6 +82,7 @@ def read_statuses(client: redis.Redis[str]) -> list[SubscriberStatus]:
             continue
         last = fields.get("last_message_at") or None
         since = fields.get("connected_since") or None
+        kinds = fields.get("kinds")
         statuses.append(
             SubscriberStatus(
                 client_id=str(key).removeprefix(STATUS_KEY_PREFIX),
@@ -83,6 +91,7 @@ def read_statuses(client: redis.Redis[str]) -> list[SubscriberStatus]:
                 last_message_at=float(last) if last else None,
                 paused=fields.get("paused") == "1",
                 connected_since=float(since) if since else None,
+                kinds=None if kinds is None else frozenset(kinds.split(",")),
             )
         )
     return statuses

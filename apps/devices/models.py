@@ -39,7 +39,7 @@ def is_device_id(value: object) -> bool:
 
 RESERVED_ID_RULE = (
     "reserved for the application's MQTT account or client ids "
-    "(MQTT_USERNAME, MQTT_CLIENT_ID, MQTT_RESERVED_CLIENT_IDS)"
+    "(MQTT_USERNAME, MQTT_CLIENT_ID, MQTT_RESERVED_CLIENT_IDS, each client id also with -urgent)"
 )
 
 

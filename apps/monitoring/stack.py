@@ -249,8 +249,10 @@ def programs(paths: StackPaths) -> list[Program]:
         result.append(Program(queue.name, command, 40, f"celery-{queue.name}", group="celery"))
     beat = beat_argv(str(paths.var_dir / "celerybeat-schedule"), loglevel=settings.LOG_LEVEL)
     result.append(Program("celerybeat", [venv_executable("celery"), *beat[1:]], 50, "celerybeat"))
-    subscriber = [python, manage, "mqtt_subscriber"]
-    result.append(Program("mqtt_subscriber", subscriber, 60, "mqtt_subscriber"))
+    # Two sessions, so an alert never queues behind telemetry (apps/mqtt/subscriber.py, Lane).
+    for name, lane in (("mqtt_subscriber_urgent", "urgent"), ("mqtt_subscriber", "routine")):
+        command = [python, manage, "mqtt_subscriber", "--lane", lane]
+        result.append(Program(name, command, 60, name))
     return result
 
 

@@ -8,7 +8,15 @@ redelivers it; idempotency keys make the redelivery harmless.
 
 It holds one persistent MQTT 5 session (fixed client id, clean start off, session expiry), so
 QoS 1 messages published while it is down are delivered when it returns. Run it with
-`python manage.py mqtt_subscriber` (what `make run` and `mqtt-subscriber.service` do).
+`python manage.py mqtt_subscriber`.
+
+Alerts must never wait behind telemetry: not in the broker's queue for a session, not behind a
+receive-maximum window full of unacknowledged telemetry, not behind telemetry in this loop. So
+`make run` and the systemd units run two of these processes, each with a session of its own
+(`--lane`, Lane below): `urgent` reads the immediate kinds of the topic table (alert/) as
+`<MQTT_CLIENT_ID>-urgent`, `routine` reads the rest as MQTT_CLIENT_ID. `all` (the default) reads
+everything on one session. A lane decides only what its session subscribes to; whatever kind a
+session is delivered (a message queued before the lanes were split, say), it is processed alike.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import signal
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from types import FrameType
 from typing import Any
 
@@ -40,7 +49,7 @@ from apps.core.tasks.base import enqueue
 from apps.core.tasks.celery_settings import TASK_QUEUES, broker_list_keys
 from apps.mqtt.client import app_client
 from apps.mqtt.intake import Intake, Reason, Rejection
-from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS
+from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS, TopicKind
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +59,22 @@ ALLOWED_TOPIC_PREFIXES: dict[str, int] = {kind.prefix: 1 for kind in TOPIC_KINDS
 PAUSE_CHECK_SECONDS = 1.0
 # While its queue is backed up, a batch keeps gathering (see Subscriber._due); this long at most.
 BACKLOG_MAX_WAIT_SECONDS = 1.0
+
+
+class Lane(StrEnum):
+    """Which topic kinds a subscriber's session reads (`manage.py mqtt_subscriber --lane`)."""
+
+    ALL = "all"
+    URGENT = "urgent"  # the immediate kinds (alerts), on a session of their own
+    ROUTINE = "routine"  # the others (telemetry, GPS, sensors, health)
+
+    def reads(self, kind: TopicKind) -> bool:
+        return self is Lane.ALL or kind.immediate == (self is Lane.URGENT)
+
+    def client_id(self, base: str) -> str:
+        """The lane's session: the urgent one is named after MQTT_CLIENT_ID (`base`), with a
+        suffix settings reserves for it (DEVICE_RESERVED_IDS), so no device can take it."""
+        return base + settings.MQTT_URGENT_CLIENT_ID_SUFFIX if self is Lane.URGENT else base
 
 
 @dataclass(frozen=True)
@@ -67,13 +92,15 @@ class SubscriberConfig:
     batch_interval: float
     hold_max_messages: int
     hold_max_bytes: int
+    lane: Lane = Lane.ALL
 
     @classmethod
-    def from_settings(cls) -> SubscriberConfig:
+    def from_settings(cls, lane: Lane = Lane.ALL) -> SubscriberConfig:
         return cls(
+            lane=lane,
             host=settings.MQTT_HOST,
             port=settings.MQTT_PORT,
-            client_id=settings.MQTT_CLIENT_ID,
+            client_id=lane.client_id(settings.MQTT_CLIENT_ID),
             session_expiry=settings.MQTT_SESSION_EXPIRY,
             keepalive=settings.MQTT_KEEPALIVE,
             shared_group=settings.MQTT_SHARED_GROUP,
@@ -86,17 +113,38 @@ class SubscriberConfig:
             hold_max_bytes=settings.MQTT_HOLD_MAX_BYTES,
         )
 
-    def subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
-        """Each prefix's filter and options. Retained messages are not sent on subscribing:
-        they were delivered live when published, and every reconnect would replay them."""
+    @property
+    def kinds(self) -> list[str]:
+        return [kind.name for kind in TOPIC_KINDS if self.lane.reads(kind)]
+
+    def _filter(self, prefix: str) -> str:
         share = f"$share/{self.shared_group}/" if self.shared_group else ""
+        return f"{share}{prefix}#"
+
+    def subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        """Each of the lane's prefixes' filter and options. Retained messages are not sent on
+        subscribing: they were delivered live when published, and every reconnect would replay
+        them."""
         return [
             (
-                f"{share}{prefix}#",
-                SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND),
+                self._filter(kind.prefix),
+                SubscribeOptions(
+                    qos=ALLOWED_TOPIC_PREFIXES[kind.prefix],
+                    retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
+                ),
             )
-            for prefix, qos in ALLOWED_TOPIC_PREFIXES.items()
+            for kind in TOPIC_KINDS
+            if self.lane.reads(kind)
         ]
+
+    def stale_filters(self) -> list[str]:
+        """Filters a kept session may hold from an earlier configuration and this one does not
+        use: plain ones from before MQTT_SHARED_GROUP was set (they would keep delivering every
+        message to this member alone), the other lane's (from before the lanes were split)."""
+        wanted = {topic for topic, _options in self.subscriptions()}
+        every = {f"{prefix}#" for prefix in ALLOWED_TOPIC_PREFIXES}
+        every |= {self._filter(prefix) for prefix in ALLOWED_TOPIC_PREFIXES}
+        return sorted(every - wanted)
 
 
 @dataclass(frozen=True)
@@ -219,10 +267,10 @@ class Subscriber:
             client_id=self.config.client_id,
             session_present=flags.session_present,
         )
-        if flags.session_present and self.config.shared_group:
-            # A session kept from before MQTT_SHARED_GROUP was set still holds plain filters,
-            # which would keep delivering every message to this member alone.
-            client.unsubscribe([f"{prefix}#" for prefix in ALLOWED_TOPIC_PREFIXES])
+        stale = self.config.stale_filters()
+        if flags.session_present and stale:
+            # What the session has queued for them still arrives, and is processed alike.
+            client.unsubscribe(stale)
         client.subscribe(self.config.subscriptions())
         self._report()
 
@@ -564,6 +612,7 @@ class Subscriber:
             intake_status.write_status(
                 state_redis(),
                 self.config.client_id,
+                kinds=self.config.kinds,
                 connected=connected,
                 last_message_at=self.last_message_at,
                 paused=self.paused,
@@ -641,6 +690,8 @@ class Subscriber:
     def run(self) -> None:
         log.info(
             "MQTT subscriber starting",
+            lane=self.config.lane.value,
+            kinds=self.config.kinds,
             host=self.config.host,
             port=self.config.port,
             client_id=self.config.client_id,
@@ -679,8 +730,9 @@ class Subscriber:
         self.stopping = True
 
 
-def main() -> None:
-    subscriber = Subscriber(SubscriberConfig.from_settings())
+def main(lane: Lane = Lane.ALL) -> None:
+    structlog.contextvars.bind_contextvars(lane=lane.value)  # on every line it logs
+    subscriber = Subscriber(SubscriberConfig.from_settings(lane))
     signal.signal(signal.SIGTERM, subscriber.request_stop)
     signal.signal(signal.SIGINT, subscriber.request_stop)
     subscriber.run()

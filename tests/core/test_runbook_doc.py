@@ -73,7 +73,8 @@ def test_every_deploy_and_scripts_path_exists():
 
 
 def stack_programs() -> set[str]:
-    names = {"redis", "mosquitto", "daphne", "celerybeat", "mqtt_subscriber", "celery:*"}
+    names = {"redis", "mosquitto", "daphne", "celerybeat", "celery:*"}
+    names |= {"mqtt_subscriber", "mqtt_subscriber_urgent"}
     return names | {f"celery:{queue}" for queue in QUEUE_NAMES}
 
 

@@ -100,11 +100,19 @@ def test_the_worker_template_waits_for_the_longest_task_before_killing_it():
     assert seconds(timeout) > max(queue.time_limit for queue in QUEUES)
 
 
-def test_the_subscriber_unit_runs_the_mqtt_subscriber_management_command():
-    assert exec_start("mqtt-subscriber.service") == [
+@pytest.mark.parametrize(
+    ("unit", "lane"),
+    [("mqtt-subscriber.service", "routine"), ("mqtt-subscriber-urgent.service", "urgent")],
+)
+def test_the_subscriber_units_run_the_mqtt_subscriber_management_command_one_lane_each(
+    unit: str, lane: str
+):
+    assert exec_start(unit) == [
         PYTHON,
         f"{INSTALL_DIR}/manage.py",
         "mqtt_subscriber",
+        "--lane",
+        lane,
     ]
     assert "mqtt_subscriber" in get_commands()
 

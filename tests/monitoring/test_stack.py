@@ -57,6 +57,9 @@ def test_the_stack_comes_up_healthy_and_sigterm_leaves_no_process_behind(stack: 
     commands = " ".join(" ".join(command_line(process)) for process in family)
     for expected in ("supervisord", "redis-server", "mosquitto", "daphne", "mqtt_subscriber"):
         assert expected in commands
+    # Alerts on a session of their own, telemetry on the other (apps/mqtt/subscriber.py, Lane).
+    assert "mqtt_subscriber --lane urgent" in commands
+    assert "mqtt_subscriber --lane routine" in commands
     for queue in ("critical", "high_priority", "general", "ml_training", "external_api"):
         assert f"apps.core.worker {queue}" in commands or f"--queues {queue}" in commands
     # Started with 1,024 open files, the broker and Daphne still may hold a fleet's sockets.

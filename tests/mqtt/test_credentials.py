@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import getpass
+import os
+import subprocess
+import sys
 from io import StringIO
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from django.core.management import CommandError, call_command
 from tests.deploy.test_broker_configs import connack
 from tests.environment import free_port
 from tests.factories import create_tenant_with_devices
-from tests.services import Service, executable, port_open, wait_for
+from tests.services import ROOT, Service, executable, port_open, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -149,6 +152,46 @@ def test_the_subscribers_own_ids_are_reserved_by_default():
     from django.conf import settings as loaded
 
     assert {loaded.MQTT_CLIENT_ID} <= loaded.DEVICE_RESERVED_IDS
+
+
+def test_the_urgent_sessions_of_every_subscriber_are_reserved_and_refused_to_devices(settings):
+    """`mqtt_subscriber --lane urgent` is `<client id>-urgent`: a device under that name would
+    take over the alerts' session, on this host or on a shared group's other member."""
+    environment = {
+        **os.environ,
+        "MQTT_CLIENT_ID": "bus-subscriber",
+        "MQTT_RESERVED_CLIENT_IDS": "bus-subscriber-b",
+        "MQTT_USERNAME": "bus-account",
+    }
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from intelliwiz_config import settings as s; "
+            "print(','.join(sorted(s.DEVICE_RESERVED_IDS)))",
+        ],
+        env=environment,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    reserved = frozenset(loaded.stdout.strip().split(","))
+    assert reserved == {
+        "bus-account",
+        "bus-subscriber",
+        "bus-subscriber-urgent",
+        "bus-subscriber-b",
+        "bus-subscriber-b-urgent",
+    }
+    from apps.devices.services import register_device
+
+    settings.DEVICE_RESERVED_IDS = reserved
+    tenant = create_tenant_with_devices("acme")
+    for device_id in ("bus-subscriber-urgent", "bus-subscriber-b-urgent"):
+        with pytest.raises(ValueError, match="reserved for the application"):
+            register_device(tenant, device_id, "panic_button")
 
 
 def test_auto_registration_does_not_register_a_device_under_an_application_name(settings):
