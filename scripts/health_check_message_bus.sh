@@ -113,30 +113,21 @@ else
 fi
 
 # The subscribers of *this* stack: each refreshes mqtt_subscriber:status:<client id> in Redis
-# (DB 0) every 5 s, and the key expires 15 s after the last refresh (apps/core/intake_status.py).
-connected=()
-paused=()
-keys=$(timeout "$CHECK_TIMEOUT" "${redis_cli[@]}" --scan --pattern 'mqtt_subscriber:status:*' 2>&1)
-keys_read=$?
-[ $keys_read -eq 0 ] || keys=""
-for key in $keys; do
-  state=$(timeout "$CHECK_TIMEOUT" "${redis_cli[@]}" HMGET "$key" connected paused 2>/dev/null \
-    | one_line)
-  case $state in
-    "1 "*) connected+=("${key#mqtt_subscriber:status:}") ;;
-    *" 1") paused+=("${key#mqtt_subscriber:status:}") ;;
-  esac
-done
-if [ ${#connected[@]} -gt 0 ]; then
-  report "mqtt subscriber connected" OK "${connected[*]}"
-elif [ ${#paused[@]} -gt 0 ]; then
-  report "mqtt subscriber connected" FAIL \
-    "intake paused by an operator (${paused[*]}); resume: manage.py drain --resume"
-elif [ $keys_read -ne 0 ]; then
-  report "mqtt subscriber connected" FAIL "cannot read the subscribers' status from $REDIS_URL_SHOWN"
+# (DB 0) every 5 s, with the topic kinds its session reads, and the key expires 15 s after the
+# last refresh (apps/core/intake_status.py). Judged as /monitoring/health/ judges them: every kind
+# must be read by a connected subscriber (the urgent lane's alerts and the routine lane's rest).
+if subscribers=$(cd "$ROOT" && timeout $((CHECK_TIMEOUT + 10)) "$PYTHON" - 2>&1 <<'EOF'
+import django
+
+django.setup()
+from apps.monitoring.health import check_mqtt_subscriber
+
+print(" ".join(check_mqtt_subscriber()["subscribers"]))
+EOF
+); then
+  report "mqtt subscriber connected" OK "$(tail -n 1 <<<"$subscribers")"
 else
-  report "mqtt subscriber connected" FAIL \
-    "no subscriber connected to the broker has reported to $REDIS_URL_SHOWN in the last 15 s"
+  report "mqtt subscriber connected" FAIL "$(tail -n 1 <<<"$subscribers" | sed 's/^.*CheckFailed: //')"
 fi
 
 # Channel layer: a message sent to a fresh channel comes back, through Redis DB 2.

@@ -21,6 +21,7 @@ session is delivered (a message queued before the lanes were split, say), it is 
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections import defaultdict, deque
@@ -57,6 +58,10 @@ log = structlog.get_logger(__name__)
 # table (apps/mqtt/topics.py), which also says each kind's task and whether it is batched.
 ALLOWED_TOPIC_PREFIXES: dict[str, int] = {kind.prefix: 1 for kind in TOPIC_KINDS}
 PAUSE_CHECK_SECONDS = 1.0
+IDLE_LOOP_SECONDS = 0.1
+# The routine lane's CPU priority, the general worker's (QueueSpec.nice): on a busy machine,
+# telemetry intake makes way for the alert path (urgent lane, critical worker, Daphne).
+ROUTINE_NICE = 5
 # While its queue is backed up, a batch keeps gathering (see Subscriber._due); this long at most.
 BACKLOG_MAX_WAIT_SECONDS = 1.0
 
@@ -394,12 +399,15 @@ class Subscriber:
         size, waited = len(pending.envelopes), now - pending.opened_at
         if force or KINDS_BY_NAME[kind].immediate:
             return True
-        if size >= self.config.batch_max_size or waited >= BACKLOG_MAX_WAIT_SECONDS:
-            return True
         if self.held_messages >= self.config.receive_maximum * 3 // 4:
             return True  # the broker would soon stop sending until we acknowledge
         if size < self.config.batch_size and waited < self.config.batch_interval:
             return False
+        # Due by size or age; held back only while its queue is backed up, and only so long.
+        if size >= self.config.batch_max_size:
+            return True
+        if waited >= max(BACKLOG_MAX_WAIT_SECONDS, self.config.batch_interval):
+            return True
         return not self._backed_up(TASK_QUEUES[KINDS_BY_NAME[kind].task].name, now)
 
     def _backed_up(self, queue: str, now: float) -> bool:
@@ -657,7 +665,7 @@ class Subscriber:
         if self.client.socket() is None and now >= self.next_connect_at and not away:
             self._connect()
         if self.client.socket() is not None:
-            rc = self.client.loop(timeout=min(0.01, self.config.batch_interval))
+            rc = self.client.loop(timeout=self._loop_timeout())
             if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
                 self.next_connect_at = now + self.connect_backoff.next_delay()
         else:
@@ -666,6 +674,13 @@ class Subscriber:
         if now >= self.next_report_at:
             self._report()
             self.next_report_at = now + intake_status.HEARTBEAT_INTERVAL_SECONDS
+
+    def _loop_timeout(self) -> float:
+        """How long to wait for the broker: briefly while holding messages (their batches fall
+        due), longer when holding none. A message arriving ends the wait either way, so this
+        only saves the wake-ups of an idle subscriber (the urgent lane's, nearly always)."""
+        holding = self.pending or self.rejections or self.recheck or self.send_again
+        return min(0.01, self.config.batch_interval) if holding else IDLE_LOOP_SECONDS
 
     def _follow_pause_flag(self) -> None:
         """`manage.py drain` pauses intake: hand on what we hold, then leave the broker."""
@@ -732,6 +747,8 @@ class Subscriber:
 
 def main(lane: Lane = Lane.ALL) -> None:
     structlog.contextvars.bind_contextvars(lane=lane.value)  # on every line it logs
+    if lane is Lane.ROUTINE:
+        os.nice(ROUTINE_NICE)
     subscriber = Subscriber(SubscriberConfig.from_settings(lane))
     signal.signal(signal.SIGTERM, subscriber.request_stop)
     signal.signal(signal.SIGINT, subscriber.request_stop)

@@ -54,7 +54,11 @@ def test_it_exits_0_with_a_line_per_component_on_a_healthy_stack(running_stack: 
     [
         ("mqtt_subscriber", "/monitoring/health/", "mqtt_subscriber"),
         # The process line matches any subscriber on the host; this one reads this stack's Redis.
-        ("mqtt_subscriber", "mqtt subscriber connected", "no subscriber connected"),
+        (
+            "mqtt_subscriber",
+            "mqtt subscriber connected",
+            "no connected subscriber reads guard/, device/",
+        ),
         ("daphne", "/monitoring/health/", "no answer from"),
         ("celery:critical", "celery critical", "critical@"),
         ("mosquitto", "mqtt broker", "$SYS/broker/uptime"),

@@ -117,3 +117,15 @@ def test_health_fails_naming_alerts_when_no_connected_subscriber_reads_them(
     assert check["ok"] is False
     assert "no connected subscriber reads alert/" in check["error"]
     assert "--lane urgent" in check["error"]
+
+
+def test_the_routine_lane_yields_the_cpu_to_the_urgent_lane(start_subscriber, transactional_db):
+    import psutil
+
+    from apps.mqtt.subscriber import ROUTINE_NICE
+
+    routine = start_subscriber("routine")
+    urgent = start_subscriber("urgent")
+    assert ROUTINE_NICE > 0
+    assert psutil.Process(routine.pid).nice() == psutil.Process().nice() + ROUTINE_NICE
+    assert psutil.Process(urgent.pid).nice() == psutil.Process().nice()
