@@ -59,6 +59,7 @@ log = structlog.get_logger(__name__)
 ALLOWED_TOPIC_PREFIXES: dict[str, int] = {kind.prefix: 1 for kind in TOPIC_KINDS}
 PAUSE_CHECK_SECONDS = 1.0
 IDLE_LOOP_SECONDS = 0.1
+HEARD_NOTE_SECONDS = 1.0
 # The routine lane's CPU priority, the general worker's (QueueSpec.nice): on a busy machine,
 # telemetry intake makes way for the alert path (urgent lane, critical worker, Daphne).
 ROUTINE_NICE = 5
@@ -232,7 +233,10 @@ class Subscriber:
         self.redis_run_id: str | None = None
         # Queue name -> (when looked at, whether tasks wait in it): see _backed_up.
         self.backlog: dict[str, tuple[float, bool]] = {}
-        self.queue_redis: redis.Redis[str] | None = None
+        self.kept_redis: redis.Redis[str] | None = None  # see _redis
+        # Devices heard from since the last note to Redis, and when the next note is due.
+        self.heard: dict[str, float] = {}
+        self.next_heard_note_at = 0.0
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -388,10 +392,10 @@ class Subscriber:
     # --- flushing: enqueue, then acknowledge -------------------------------------------------
 
     def _due(self, pending: PendingTask, kind: str, now: float, force: bool) -> bool:
-        """Whether a kind's pending task goes now: at MQTT_BATCH_SIZE messages or after
-        MQTT_BATCH_INTERVAL_MS, unless its queue is backed up. Then the workers are behind,
+        """Whether a kind's pending task goes now: after MQTT_BATCH_INTERVAL_MS, or at
+        MQTT_BATCH_SIZE messages unless its queue is backed up. Then the workers are behind,
         the messages would only wait in the queue, and one larger batch costs a worker far less
-        than several small ones (docs/performance.md): it keeps gathering, up to
+        than several small ones (docs/performance.md): a full batch keeps gathering, up to
         MQTT_BATCH_MAX_SIZE messages or BACKLOG_MAX_WAIT_SECONDS, and never beyond what the
         broker's window (MQTT_RECEIVE_MAXIMUM unacknowledged) lets in."""
         if not pending.envelopes:
@@ -401,9 +405,11 @@ class Subscriber:
             return True
         if self.held_messages >= self.config.receive_maximum * 3 // 4:
             return True  # the broker would soon stop sending until we acknowledge
-        if size < self.config.batch_size and waited < self.config.batch_interval:
-            return False
-        # Due by size or age; held back only while its queue is backed up, and only so long.
+        if size < self.config.batch_size:
+            # Due by age, not even full: the messages come slower than a batch fills, so there
+            # is nothing to gain from holding them (and no round trip spent asking).
+            return waited >= self.config.batch_interval
+        # Full; held back only while its queue is backed up, and only so long.
         if size >= self.config.batch_max_size:
             return True
         if waited >= max(BACKLOG_MAX_WAIT_SECONDS, self.config.batch_interval):
@@ -411,22 +417,21 @@ class Subscriber:
         return not self._backed_up(TASK_QUEUES[KINDS_BY_NAME[kind].task].name, now)
 
     def _backed_up(self, queue: str, now: float) -> bool:
-        """Whether tasks wait in `queue` beyond what its workers have taken (looked at once per
-        batch interval, in one round trip). Unknown (Redis down) counts as not: batches then go
-        as they would without this, and the hand-off reports the outage."""
+        """Whether tasks wait in `queue` beyond what its workers have taken: one round trip, when
+        a batch is full, again after a hand-off to a queue that was not behind, else at most
+        once per batch interval. Unknown (Redis down) counts as not: batches then go as they
+        would without this, and the hand-off reports the outage."""
         if self.config.batch_max_size <= self.config.batch_size:
             return False
         checked = self.backlog.get(queue)
         if checked is None or now - checked[0] >= self.config.batch_interval:
             try:
-                if self.queue_redis is None:
-                    self.queue_redis = state_redis()
-                with self.queue_redis.pipeline(transaction=False) as pipe:
+                with self._redis().pipeline(transaction=False) as pipe:
                     for key in broker_list_keys(queue):
                         pipe.llen(key)
                     waiting = sum(int(length) for length in pipe.execute())
             except redis.RedisError:
-                self.queue_redis = None
+                self.kept_redis = None
                 waiting = 0
             checked = (now, waiting > 0)
             self.backlog[queue] = checked
@@ -549,7 +554,8 @@ class Subscriber:
     def _enqueue(self, kind: str, pending: PendingTask) -> None:
         task = KINDS_BY_NAME[kind].task
         queue = enqueue(task, pending.envelopes).name
-        self.backlog.pop(queue, None)  # it holds one more task: look again before the next
+        if not self.backlog.get(queue, (0.0, True))[1]:
+            del self.backlog[queue]  # it was not behind; with one more task it may be: look again
         self._remember(HandedOff(task, pending.envelopes))
         self._record_received(pending.envelopes)
         metrics.MQTT_MESSAGES_ENQUEUED.labels(queue=queue).inc(len(pending.envelopes))
@@ -590,17 +596,31 @@ class Subscriber:
             self.send_again = True
         self.redis_run_id = run_id
 
-    def _record_received(self, envelopes: list[Envelope]) -> None:
-        """For offline detection: these devices spoke, even if their messages wait in a queue."""
-        latest: dict[str, float] = {}
+    def _redis(self) -> redis.Redis[str]:
+        """One client kept for the round trips made per batch (a new one would connect and
+        authenticate each time); dropped after an error, so the next call connects afresh."""
+        if self.kept_redis is None:
+            self.kept_redis = state_redis()
+        return self.kept_redis
+
+    def _record_received(self, envelopes: list[Envelope], *, now: bool = False) -> None:
+        """For offline detection: these devices spoke, even if their messages wait in a queue.
+        Noted in Redis at most every HEARD_NOTE_SECONDS (or `now`): offline takes far longer
+        to decide (DEVICE_OFFLINE_AFTER), and a note per batch cost a round trip per batch."""
+        heard = self.heard
         for envelope in envelopes:
-            latest[envelope.source_id] = max(
-                envelope.received_at, latest.get(envelope.source_id, 0)
-            )
+            if envelope.received_at > heard.get(envelope.source_id, 0.0):
+                heard[envelope.source_id] = envelope.received_at
+        if not heard or (time.monotonic() < self.next_heard_note_at and not now):
+            return
         try:
-            intake_status.record_received(state_redis(), latest)
+            intake_status.record_received(self._redis(), heard)
         except redis.RedisError as exc:  # the messages are queued; only this note is missing
+            self.kept_redis = None
             log.warning("could not record when devices were last heard", error=str(exc))
+            return
+        self.heard = {}
+        self.next_heard_note_at = time.monotonic() + HEARD_NOTE_SECONDS
 
     def _ack(self, delivery: Delivery) -> None:
         # An ack on a later connection could acknowledge a different message with the same
@@ -733,6 +753,7 @@ class Subscriber:
 
     def _shutdown(self) -> None:
         self._leave_broker()
+        self._record_received([], now=True)
         try:
             intake_status.clear_status(state_redis(), self.config.client_id)
         except Exception as exc:  # the key expires by itself
