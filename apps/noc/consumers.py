@@ -4,8 +4,8 @@ Authentication happens before anything is sent or any group joined: a JWT in the
 `Authorization: Bearer` header, or the session of a logged-in dashboard user whose browser
 sent an allowed Origin. Refusals close with 4401 (who are you?) or 4403 (not for you); the
 handshake completes only to carry that code. There is one handler per apps.core.events.EventType,
-named after it; the tenant's events come from this process's feed of the tenant (feeds.py), which
-calls `deliver`, not through a group membership of each connection.
+named after it. A connection has no channel-layer channel of its own: the process's feed of its
+tenant's group and of its user's (feeds.py) call its `deliver`.
 
 Access is not granted for the life of the connection: it closes when its token expires (4401),
 when a re-check every NOC_REAUTH_SECONDS would refuse it now (4401/4403: the session ended, the
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -40,7 +41,7 @@ from pydantic import ValidationError
 from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
 from apps.alerts.services import TransitionError, serialize_alert, transition
 from apps.core import metrics
-from apps.core.events import EventType
+from apps.core.events import EventType, tenant_group
 from apps.core.outbox import broadcast_on_commit
 from apps.devices.models import Device
 from apps.devices.services import device_state
@@ -55,7 +56,7 @@ from apps.noc.messages import (
     Unsubscribe,
     client_message,
 )
-from apps.noc.revocation import user_group
+from apps.noc.revocation import REVOKED, user_group
 from apps.tenants.models import User
 
 log = structlog.get_logger(__name__)
@@ -150,7 +151,14 @@ def _frame(message_type: str, seq: int, data_json: str) -> str:
     return f"{head}}}" if data_json == "{}" else f"{head}, {data_json[1:]}"
 
 
+# What the feeds bring: the tenant's events, the user's revocation.
+FEED_MESSAGES = frozenset({*EventType, REVOKED})
+
+
 class NocDashboardConsumer(AsyncWebsocketConsumer):
+    # No channel of its own: its channel-layer messages come through the feeds of this process
+    # (apps/noc/feeds.py), one per group for all the clients in it.
+    channel_layer_alias = None
     user: User
     tenant_id: int
 
@@ -164,17 +172,19 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def deliver(self, message: dict[str, Any]) -> None:
-        """One of the tenant's events, from this process's feed (feeds.py)."""
+        """A message of the user's or the tenant's group, from this process's feed of it."""
         if self.backlog is not None:  # the snapshot is not sent yet
             self.backlog.append(message)
         else:
             await self._handle(message)
 
     async def _handle(self, message: dict[str, Any]) -> None:
-        await getattr(self, EventType(message["type"]).value)(message)
+        if message["type"] not in FEED_MESSAGES:
+            raise ValueError(f"not a NOC message: {message['type']!r}")
+        await getattr(self, get_handler_name(message))(message)
 
     async def feed_lost(self) -> None:
-        """The tenant's feed went deaf: better a reconnect (and a fresh snapshot)."""
+        """A feed of this client went deaf: better a reconnect (and a fresh snapshot)."""
         await self.close(code=CLOSE_SERVER_ERROR)
 
     async def connect(self) -> None:
@@ -190,6 +200,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         self.joined = False
         self.admitted = False
         self.backlog: list[dict[str, Any]] | None = []  # events that came before the snapshot
+        self.socket_id = uuid.uuid4().hex  # this connection, in the per-user limits
         try:
             self.user, expires_at = await _authenticate(self.scope)
         except auth.TokenRefusedError as refusal:
@@ -198,7 +209,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             await self.close(code=refusal.close_code)
             return
         assert self.user.tenant_id is not None
-        over = await asyncio.to_thread(limits.admit, self.user.pk, self.channel_name)
+        over = await asyncio.to_thread(limits.admit, self.user.pk, self.socket_id)
         if over is not None:
             code = CLOSE_TOO_MANY_SOCKETS if over == "sockets_per_user" else CLOSE_TOO_MANY_MESSAGES
             log.warning(
@@ -213,17 +224,14 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             return
         self.admitted = True
         self.tenant_id = self.user.tenant_id
-        # The user's group carries revocations (apps/noc/revocation.py); the tenant's events
-        # come through this process's feed of the tenant (apps/noc/feeds.py).
-        self.memberships = [user_group(self.user.pk)]
+        # The user's group carries revocations (apps/noc/revocation.py), the tenant's the events.
+        self.feed_groups = [user_group(self.user.pk), tenant_group(self.tenant_id)]
         await self.accept()
         metrics.WEBSOCKET_CONNECTIONS.inc()
         self.joined = True
         await self.send(text_data=json.dumps({"type": "connected", "tenant_id": self.tenant_id}))
-        for group in self.memberships:
-            await self.channel_layer.group_add(group, self.channel_name)
-        await feeds.join(self.channel_layer, self.tenant_id, self)
-        self.tasks.append(asyncio.create_task(self._renew_membership()))
+        for group in self.feed_groups:
+            await feeds.join(group, self)
         self.tasks.append(asyncio.create_task(self._renew_socket()))
         self.tasks.append(asyncio.create_task(self._recheck_access()))
         if expires_at is not None:
@@ -239,15 +247,14 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             task.cancel()
         if self.admitted:
             self.admitted = False
-            await asyncio.to_thread(limits.release, self.user.pk, self.channel_name)
+            await asyncio.to_thread(limits.release, self.user.pk, self.socket_id)
         if self.telemetry_flush:
             self.telemetry_flush.cancel()
         if self.joined:
             self.joined = False
             metrics.WEBSOCKET_CONNECTIONS.dec()
-            await feeds.leave(self.tenant_id, self)
-            for group in self.memberships:
-                await self.channel_layer.group_discard(group, self.channel_name)
+            for group in self.feed_groups:
+                await feeds.leave(group, self)
 
     # --- background duties ------------------------------------------------------------------
 
@@ -255,26 +262,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         """Keep this connection counted against its user's limit while it is open."""
         while True:
             await asyncio.sleep(limits.SOCKET_RENEW_SECONDS)
-            await asyncio.to_thread(limits.renew, self.user.pk, self.channel_name)
-
-    async def _renew_membership(self) -> None:
-        """Re-join before the channel layer's group expiry, so a long session never goes deaf."""
-        interval = max(1.0, settings.CHANNELS_GROUP_EXPIRY / 4)
-        failures = 0
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                for group in self.memberships:
-                    await self.channel_layer.group_add(group, self.channel_name)
-            except Exception as exc:
-                failures += 1
-                log.error("could not renew NOC group membership", error=str(exc), failures=failures)
-                if failures >= 3:
-                    # Better a reconnect (and a fresh snapshot) than a silently deaf screen.
-                    await self.close(code=CLOSE_SERVER_ERROR)
-                    return
-            else:
-                failures = 0
+            await asyncio.to_thread(limits.renew, self.user.pk, self.socket_id)
 
     async def _close_at(self, expires_at: float) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))

@@ -1,15 +1,16 @@
-"""One member of each tenant's channel-layer group per Daphne process, fanning out in process.
+"""One member of each NOC group per Daphne process, fanning out in process.
 
 channels_redis brings a group message to a process once, but then through each member
 channel: per message and per client a receive (two tasks, a lock, a queue) and a dispatch,
 about 0.2 ms. A thousand clients on one Daphne took 0.2 s of its CPU per event, and a NOC
-stream of a few dozen events a second put it minutes behind. Here the process joins each
-tenant's group once, with a channel of its own (`TenantFeed`), receives each event once, shows
-an outbox event once (shown_once.py), and hands it to its clients of that tenant by a call.
+stream of a few dozen events a second put it minutes behind. Here the process joins each group
+(a tenant's events, a user's revocations) once, with a channel of its own (`Feed`), receives
+each message once, shows an outbox event once (shown_once.py), and hands it to its clients in
+that group by a call.
 
 The channel layer's contract is kept: its capacity bounds what waits for the process (drops
 counted as `channel_full`), the membership is renewed before CHANNELS_GROUP_EXPIRY, and the
-tenant is the feed's, never read from the message. When the feed cannot receive or renew,
+group is the feed's, never read from the message. When the feed cannot receive or renew,
 its clients are closed (4500) to reconnect for a fresh snapshot rather than stay silently deaf.
 """
 
@@ -20,11 +21,10 @@ import contextlib
 from typing import Any, Protocol
 
 import structlog
-from channels.layers import BaseChannelLayer
+from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from apps.core import metrics
-from apps.core.events import tenant_group
 from apps.noc.shown_once import ShownOnce
 
 log = structlog.get_logger(__name__)
@@ -38,12 +38,12 @@ class FeedClient(Protocol):
     async def feed_lost(self) -> None: ...
 
 
-class TenantFeed:
-    """This process's member of one tenant's group and the clients it serves."""
+class Feed:
+    """This process's member of one group and the clients it serves."""
 
-    def __init__(self, layer: BaseChannelLayer, tenant_id: int) -> None:
+    def __init__(self, layer: BaseChannelLayer, group: str) -> None:
         self.layer = layer
-        self.group = tenant_group(tenant_id)
+        self.group = group
         self.clients: set[FeedClient] = set()
         self.channel = ""
         self.joined = asyncio.ensure_future(self._join())
@@ -115,7 +115,7 @@ class TenantFeed:
                 await self.layer.group_discard(self.group, self.channel)
 
 
-_feeds: dict[str, TenantFeed] = {}
+_feeds: dict[str, Feed] = {}
 _shown_once: ShownOnce | None = None
 
 
@@ -128,22 +128,23 @@ def shown_once() -> ShownOnce:
     return _shown_once
 
 
-async def join(layer: BaseChannelLayer, tenant_id: int, client: FeedClient) -> None:
-    """Deliver the tenant's events to `client` from now on; returns once they flow."""
-    group = tenant_group(tenant_id)
+async def join(group: str, client: FeedClient) -> None:
+    """Deliver the group's messages to `client` from now on; returns once they flow."""
     feed = _feeds.get(group)
     if feed is None:
-        feed = _feeds[group] = TenantFeed(layer, tenant_id)
+        layer = get_channel_layer()
+        if layer is None:
+            raise RuntimeError("CHANNEL_LAYERS is not configured")
+        feed = _feeds[group] = Feed(layer, group)
     feed.clients.add(client)
     try:
         await asyncio.shield(feed.joined)
     except BaseException:
-        await leave(tenant_id, client)
+        await leave(group, client)
         raise
 
 
-async def leave(tenant_id: int, client: FeedClient) -> None:
-    group = tenant_group(tenant_id)
+async def leave(group: str, client: FeedClient) -> None:
     feed = _feeds.get(group)
     if feed is None or client not in feed.clients:
         return
