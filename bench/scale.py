@@ -2,9 +2,11 @@
 
 1. NOC WebSocket clients on the one Daphne process: Daphne's RSS before and after connecting
    them (spread over tenants, authenticated as the NOC does it: a JWT in the Authorization
-   header, several users so no per-user limit is bent), each checked to receive exactly its own
-   tenant's critical alerts; then a client that stops reading while a colleague takes a flood:
-   the colleague gets every event, the stalled one is closed (4408) and counted.
+   header, several users so no per-user limit is bent); its RSS again after each tenant's clients
+   were shown --stream events (steady state), with Daphne's CPU per event; each client checked
+   to receive exactly its own tenant's critical alerts (publish → client, and broadcast → client
+   for Daphne's part); then a client that stops reading while a colleague takes a flood: the
+   colleague gets every event, the stalled one is closed (4408) and counted.
 2. A fleet of simulated devices, each its own MQTT connection, reporting every --interval
    seconds, held for a soak: the RSS of every stack process sampled every 10 s, the pipeline's
    backlog, and at the end every acknowledged message stored exactly once.
