@@ -2,9 +2,11 @@
 
 1. NOC WebSocket clients on the one Daphne process: Daphne's RSS before and after connecting
    them (spread over tenants, authenticated as the NOC does it: a JWT in the Authorization
-   header, several users so no per-user limit is bent), each checked to receive exactly its own
-   tenant's critical alerts; then a client that stops reading while a colleague takes a flood:
-   the colleague gets every event, the stalled one is closed (4408) and counted.
+   header, several users so no per-user limit is bent); its RSS again after each tenant's clients
+   were shown --stream events (steady state), with Daphne's CPU per event; each client checked
+   to receive exactly its own tenant's critical alerts (publish → client, and broadcast → client
+   for Daphne's part); then a client that stops reading while a colleague takes a flood: the
+   colleague gets every event, the stalled one is closed (4408) and counted.
 2. A fleet of simulated devices, each its own MQTT connection, reporting every --interval
    seconds, held for a soak: the RSS of every stack process sampled every 10 s, the pipeline's
    backlog, and at the end every acknowledged message stored exactly once.
@@ -257,6 +259,15 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
 
 
+def spread(seconds: list[float]) -> dict[str, int]:
+    """p50, p99 and max in milliseconds."""
+    return {
+        "p50": round(statistics.median(seconds) * 1000),
+        "p99": round(percentile(seconds, 0.99) * 1000),
+        "max": round(max(seconds) * 1000),
+    }
+
+
 # --- part 1: NOC WebSocket clients ---------------------------------------------------------------
 
 
@@ -331,6 +342,55 @@ def create_operators(tenant: Any, clients: int, prefix: str) -> list[str]:
         grant_operator_permissions(user)
         tokens.append(issue_access_token(user))
     return [tokens[n // SOCKETS_PER_USER] for n in range(clients)]
+
+
+STREAM_CHUNK = 20  # events per tenant between two markers
+STREAM_ROW_BASE = 10**9  # outbox-style ids far above the stack's own PendingBroadcast rows
+
+
+def stream_events(
+    watchers: list[Watcher], devices: dict[int, list[str]], per_tenant: int
+) -> dict[str, float]:
+    """Each tenant's clients get `per_tenant` events with outbox ids, as a busy NOC does:
+    mostly conflated telemetry_update events, an alert_updated closing each chunk. The next
+    chunk goes once every client has shown the last marker, so the slowest client sets the
+    pace and the channel layer's capacity is never what is measured."""
+    from apps.core.events import Event, EventType, broadcast_events
+    from tests.services import wait_for
+
+    row = STREAM_ROW_BASE
+    sent = 0
+    started = time.monotonic()
+    for chunk in range(math.ceil(per_tenant / STREAM_CHUNK)):
+        events: list[Event] = []
+        for tenant, ids in devices.items():
+            for number in range(STREAM_CHUNK - 1):
+                states = [
+                    {
+                        "device_id": device,
+                        "kind": "panic_button",
+                        "site": "",
+                        "status": "online",
+                        "battery": 50 + (chunk + number) % 50,
+                        "signal": -65,
+                        "last_seen": datetime.now(tz=UTC).isoformat(),
+                    }
+                    for device in ids
+                ]
+                data = {"devices": states, "messages": len(states)}
+                events.append(Event(tenant, EventType.TELEMETRY_UPDATE, data))
+            marker = {"id": -1 - chunk, "source_id": ids[0], "severity": "LOW", "site": ""}
+            events.append(Event(tenant, EventType.ALERT_UPDATED, {**marker, "status": "NEW"}))
+        broadcast_events(events, ids=[f"{row}:{i}" for i in range(len(events))])
+        row += 1
+        sent += len(events)
+        wait_for(
+            lambda c=chunk: all(w.updates and w.updates[-1] == -1 - c for w in watchers),
+            timeout=300,
+            interval=0.02,
+            what=f"every client's stream marker {chunk}",
+        )
+    return {"events": sent, "seconds": time.monotonic() - started}
 
 
 def measure_websockets(stack: Any, args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -433,6 +493,33 @@ def measure_websockets(stack: Any, args: argparse.Namespace, result: dict[str, A
             f"{before / 2**20:.0f} → {after / 2**20:.0f} MB (+{result['kib_per_client']} KiB each)"
         )
 
+        # Steady state: each client is shown a long stream, then Daphne's RSS again.
+        if args.stream:
+            cpu_before = sum(daphne.cpu_times()[:2])
+            stream = await asyncio.to_thread(
+                stream_events,
+                watchers,
+                {t: [i for r in ids for i in r] for t, ids in panics.items()},
+                args.stream,
+            )
+            cpu = sum(daphne.cpu_times()[:2]) - cpu_before
+            streamed = await asyncio.to_thread(settled_rss, daphne)
+            result["stream"] = {
+                "events_per_tenant": args.stream,
+                "events": stream["events"],
+                "seconds": round(stream["seconds"], 1),
+                "events_per_s": round(stream["events"] / stream["seconds"]),
+                "daphne_cpu_ms_per_event": round(cpu * 1000 / stream["events"], 3),
+                "daphne_rss_after_mb": round(streamed / 2**20, 1),
+                "daphne_rss_added_mb": round((streamed - before) / 2**20, 1),
+                "kib_per_client": round((streamed - before) / 1024 / len(watchers), 1),
+            }
+            print(
+                f"  after {args.stream} events to each tenant ({stream['seconds']:.0f} s): "
+                f"Daphne RSS {streamed / 2**20:.0f} MB "
+                f"(+{result['stream']['kib_per_client']} KiB each)"
+            )
+
         # Round 1: each tenant's alerts, through the whole pipeline, to each of its clients.
         sent = await asyncio.to_thread(publish_round, 0)
         await asyncio.to_thread(
@@ -442,12 +529,27 @@ def measure_websockets(stack: Any, args: argparse.Namespace, result: dict[str, A
             interval=0.2,
             what="every client's round-1 critical alerts",
         )
-        delays = [at - sent for w in watchers for _, at in w.critical]
-        result["alert_fanout_ms"] = {
-            "p50": round(statistics.median(delays) * 1000),
-            "p99": round(percentile(delays, 0.99) * 1000),
-            "max": round(max(delays) * 1000),
-        }
+        result["alert_fanout_ms"] = spread([at - sent for w in watchers for _, at in w.critical])
+
+        # Daphne's part alone: one critical_alert per tenant broadcast from here (as a worker
+        # does after its commit) → each client.
+        probes = {t: f"probe-{t}" for t in panics}
+        probe = [
+            Event(t, EventType.CRITICAL_ALERT, {"id": -1, "source_id": source, "site": ""})
+            for t, source in probes.items()
+        ]
+        sent = time.monotonic()
+        await asyncio.to_thread(broadcast_events, probe)
+        await asyncio.to_thread(
+            wait_for,
+            lambda: all(any(s == probes[w.tenant_id] for s, _ in w.critical) for w in watchers),
+            timeout=60,
+            interval=0.05,
+            what="every client's broadcast probe",
+        )
+        result["broadcast_fanout_ms"] = spread(
+            [at - sent for w in watchers for s, at in w.critical if s.startswith("probe-")]
+        )
 
         # A client that stops reading, in its own tenant, while its colleagues take a flood
         # (twice NOC_MAX_UNACKED_BYTES) and every other tenant its round-2 alerts.
@@ -500,7 +602,9 @@ def measure_websockets(stack: Any, args: argparse.Namespace, result: dict[str, A
         # Isolation: each client got its own tenant's alerts, each exactly once, and no other.
         wrong = 0
         for w in watchers:
-            own = sorted(source for ids in panics[w.tenant_id] for source in ids)
+            own = sorted(
+                [probes[w.tenant_id], *(source for ids in panics[w.tenant_id] for source in ids)]
+            )
             got = sorted(source for source, _ in w.critical)
             wrong += got != own or w.connected_tenant != w.tenant_id
         result["clients_with_wrong_alerts"] = wrong
@@ -666,6 +770,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1000, help="NOC WebSocket clients")
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--alerts", type=int, default=3, help="critical alerts per tenant a round")
+    parser.add_argument(
+        "--stream", type=int, default=2000, help="events to each tenant's clients (0: none)"
+    )
     parser.add_argument("--devices", type=int, default=10000, help="MQTT connections, one each")
     parser.add_argument("--interval", type=float, default=10, help="seconds between readings")
     parser.add_argument("--warmup", type=int, default=60, help="seconds before the soak")
@@ -749,10 +856,21 @@ def print_table(results: dict[str, Any]) -> None:
         print(
             f"\nWebSocket clients  {ws['clients']} over {ws['tenants']} tenants "
             f"({ws['users']} users)"
-            f"\n  Daphne RSS       +{ws['daphne_rss_added_mb']} MB "
+            f"\n  Daphne RSS       +{ws['daphne_rss_added_mb']} MB at connect "
             f"({ws['kib_per_client']} KiB a client; target ≤ 60 MB)"
-            f"\n  alert fan-out    p50 {ws['alert_fanout_ms']['p50']} ms, "
+            + (
+                f"\n                   +{ws['stream']['daphne_rss_added_mb']} MB after "
+                f"{ws['stream']['events_per_tenant']} events to each tenant "
+                f"({ws['stream']['kib_per_client']} KiB a client; "
+                f"{ws['stream']['events_per_s']} events/s, "
+                f"{ws['stream']['daphne_cpu_ms_per_event']} ms of Daphne CPU each)"
+                if "stream" in ws
+                else ""
+            )
+            + f"\n  alert fan-out    p50 {ws['alert_fanout_ms']['p50']} ms, "
             f"p99 {ws['alert_fanout_ms']['p99']} ms (publish → each client)"
+            f"\n                   p50 {ws['broadcast_fanout_ms']['p50']} ms, "
+            f"p99 {ws['broadcast_fanout_ms']['p99']} ms (broadcast → each client: Daphne's part)"
             f"\n  isolation        {ws['clients_with_wrong_alerts']} clients with a wrong alert set"
             f"\n  slow client      closed, counted {ws['slow_client']['counted']:.0f}, colleagues "
             f"got every event: {ws['slow_client']['colleagues_got_every_event']}"

@@ -11,9 +11,9 @@ limit) and those the channel layer failed (Redis down at that moment).
 
 So every committed effect is broadcast at least once. Twice when a send's outcome is unknown
 (Redis died while answering it, a process died between the send and its mark): each event
-carries its id (`<row id>:<index>`), the same at every sending, and the NOC consumer shows an
-id once. A dashboard that missed anything (it was offline, too slow) is brought level by the
-snapshot it gets on (re)connect.
+carries its id (`<row id>:<index>`), the same at every sending, and each Daphne process shows
+an id once (apps/noc/shown_once.py). A dashboard that missed anything (it was offline, too
+slow) is brought level by the snapshot it gets on (re)connect.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Authentication happens before anything is sent or any group joined: a JWT in the
 `Authorization: Bearer` header, or the session of a logged-in dashboard user whose browser
 sent an allowed Origin. Refusals close with 4401 (who are you?) or 4403 (not for you); the
 handshake completes only to carry that code. There is one handler per apps.core.events.EventType,
-named after it.
+named after it. A connection has no channel-layer channel of its own: the process's feed of its
+tenant's group and of its user's (feeds.py) call its `deliver`.
 
 Access is not granted for the life of the connection: it closes when its token expires (4401),
 when a re-check every NOC_REAUTH_SECONDS would refuse it now (4401/4403: the session ended, the
@@ -25,10 +26,12 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections import deque
 from typing import Any
 
 import structlog
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -38,11 +41,11 @@ from pydantic import ValidationError
 from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
 from apps.alerts.services import TransitionError, serialize_alert, transition
 from apps.core import metrics
-from apps.core.events import tenant_group
+from apps.core.events import EventType, tenant_group
 from apps.core.outbox import broadcast_on_commit
 from apps.devices.models import Device
 from apps.devices.services import device_state
-from apps.noc import auth, limits
+from apps.noc import auth, feeds, limits
 from apps.noc.messages import (
     Ack,
     AcknowledgeAlert,
@@ -53,7 +56,7 @@ from apps.noc.messages import (
     Unsubscribe,
     client_message,
 )
-from apps.noc.revocation import user_group
+from apps.noc.revocation import REVOKED, user_group
 from apps.tenants.models import User
 
 log = structlog.get_logger(__name__)
@@ -125,39 +128,64 @@ def _authenticate(scope: dict[str, Any]) -> tuple[User, float | None]:
     return user, expires_at
 
 
-class RecentIds:
-    """The ids of the last events handled, so an event sent twice (core/outbox.py) shows once."""
+def _event_json(event: dict[str, Any]) -> str:
+    """The event's data as JSON, encoded once for all the clients of this process (the feed
+    hands each the same message)."""
+    encoded = event.get("_json")
+    if encoded is None:
+        encoded = event["_json"] = json.dumps(event["data"])
+    return str(encoded)
 
-    def __init__(self, size: int = 4096) -> None:
-        self.order: deque[str] = deque()
-        self.ids: set[str] = set()
-        self.size = size
 
-    def first_time(self, event_id: str) -> bool:
-        if event_id in self.ids:
-            return False
-        self.ids.add(event_id)
-        self.order.append(event_id)
-        if len(self.order) > self.size:
-            self.ids.discard(self.order.popleft())
-        return True
+def _devices_json(event: dict[str, Any]) -> list[str]:
+    """Each device of a telemetry_update as JSON, encoded once for all the clients."""
+    encoded = event.get("_devices_json")
+    if encoded is None:
+        encoded = event["_devices_json"] = [json.dumps(d) for d in event["data"]["devices"]]
+    return list(encoded)
+
+
+def _frame(message_type: str, seq: int, data_json: str) -> str:
+    """`{"type": …, "seq": …, **data}` from data already encoded."""
+    head = f'{{"type": "{message_type}", "seq": {seq}'
+    return f"{head}}}" if data_json == "{}" else f"{head}, {data_json[1:]}"
+
+
+# What the feeds bring: the tenant's events, the user's revocation.
+FEED_MESSAGES = frozenset({*EventType, REVOKED})
 
 
 class NocDashboardConsumer(AsyncWebsocketConsumer):
+    # No channel of its own: its channel-layer messages come through the feeds of this process
+    # (apps/noc/feeds.py), one per group for all the clients in it.
+    channel_layer_alias = None
     user: User
     tenant_id: int
-    group: str
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        event_id = message.get("id")
-        if isinstance(event_id, str) and not self.recent_ids.first_time(event_id):
-            metrics.NOC_EVENTS_DROPPED.labels(reason="duplicate").inc()
-            return
-        await super().dispatch(message)
+        """channels' dispatch, less its close_old_connections before every message (a thread
+        hop per message): every database access here goes through database_sync_to_async,
+        which does it itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
-    async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.recent_ids = RecentIds()
-        await super().websocket_connect(message)
+    async def deliver(self, message: dict[str, Any]) -> None:
+        """A message of the user's or the tenant's group, from this process's feed of it."""
+        if self.backlog is not None:  # the snapshot is not sent yet
+            self.backlog.append(message)
+        else:
+            await self._handle(message)
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        if message["type"] not in FEED_MESSAGES:
+            raise ValueError(f"not a NOC message: {message['type']!r}")
+        await getattr(self, get_handler_name(message))(message)
+
+    async def feed_lost(self) -> None:
+        """A feed of this client went deaf: better a reconnect (and a fresh snapshot)."""
+        await self.close(code=CLOSE_SERVER_ERROR)
 
     async def connect(self) -> None:
         self.seq = 0
@@ -166,11 +194,13 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         self.filters: Filters | None = Filters()
         self.recent: deque[float] = deque()
         self.tasks: list[asyncio.Task[None]] = []
-        self.pending_telemetry: dict[str, dict[str, Any]] = {}
+        self.pending_telemetry: dict[str, str] = {}  # device id -> its latest state, as JSON
         self.pending_messages = 0
         self.telemetry_flush: asyncio.Task[None] | None = None
         self.joined = False
         self.admitted = False
+        self.backlog: list[dict[str, Any]] | None = []  # events that came before the snapshot
+        self.socket_id = uuid.uuid4().hex  # this connection, in the per-user limits
         try:
             self.user, expires_at = await _authenticate(self.scope)
         except auth.TokenRefusedError as refusal:
@@ -179,7 +209,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             await self.close(code=refusal.close_code)
             return
         assert self.user.tenant_id is not None
-        over = await asyncio.to_thread(limits.admit, self.user.pk, self.channel_name)
+        over = await asyncio.to_thread(limits.admit, self.user.pk, self.socket_id)
         if over is not None:
             code = CLOSE_TOO_MANY_SOCKETS if over == "sockets_per_user" else CLOSE_TOO_MANY_MESSAGES
             log.warning(
@@ -194,21 +224,22 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             return
         self.admitted = True
         self.tenant_id = self.user.tenant_id
-        self.group = tenant_group(self.tenant_id)
         # The user's group carries revocations (apps/noc/revocation.py), the tenant's the events.
-        self.memberships = [user_group(self.user.pk), self.group]
+        self.feed_groups = [user_group(self.user.pk), tenant_group(self.tenant_id)]
         await self.accept()
         metrics.WEBSOCKET_CONNECTIONS.inc()
         self.joined = True
         await self.send(text_data=json.dumps({"type": "connected", "tenant_id": self.tenant_id}))
-        for group in self.memberships:
-            await self.channel_layer.group_add(group, self.channel_name)
-        self.tasks.append(asyncio.create_task(self._renew_membership()))
+        for group in self.feed_groups:
+            await feeds.join(group, self)
         self.tasks.append(asyncio.create_task(self._renew_socket()))
         self.tasks.append(asyncio.create_task(self._recheck_access()))
         if expires_at is not None:
             self.tasks.append(asyncio.create_task(self._close_at(expires_at)))
         await self._send_event("snapshot", await self._snapshot(), flow_controlled=False)
+        while self.backlog:  # what came meanwhile, in order; None only once it is empty
+            await self._handle(self.backlog.pop(0))
+        self.backlog = None
         log.info("NOC client connected", user=self.user.username, tenant_id=self.tenant_id)
 
     async def disconnect(self, code: int) -> None:
@@ -216,14 +247,14 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             task.cancel()
         if self.admitted:
             self.admitted = False
-            await asyncio.to_thread(limits.release, self.user.pk, self.channel_name)
+            await asyncio.to_thread(limits.release, self.user.pk, self.socket_id)
         if self.telemetry_flush:
             self.telemetry_flush.cancel()
         if self.joined:
             self.joined = False
             metrics.WEBSOCKET_CONNECTIONS.dec()
-            for group in self.memberships:
-                await self.channel_layer.group_discard(group, self.channel_name)
+            for group in self.feed_groups:
+                await feeds.leave(group, self)
 
     # --- background duties ------------------------------------------------------------------
 
@@ -231,26 +262,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         """Keep this connection counted against its user's limit while it is open."""
         while True:
             await asyncio.sleep(limits.SOCKET_RENEW_SECONDS)
-            await asyncio.to_thread(limits.renew, self.user.pk, self.channel_name)
-
-    async def _renew_membership(self) -> None:
-        """Re-join before the channel layer's group expiry, so a long session never goes deaf."""
-        interval = max(1.0, settings.CHANNELS_GROUP_EXPIRY / 4)
-        failures = 0
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                for group in self.memberships:
-                    await self.channel_layer.group_add(group, self.channel_name)
-            except Exception as exc:
-                failures += 1
-                log.error("could not renew NOC group membership", error=str(exc), failures=failures)
-                if failures >= 3:
-                    # Better a reconnect (and a fresh snapshot) than a silently deaf screen.
-                    await self.close(code=CLOSE_SERVER_ERROR)
-                    return
-            else:
-                failures = 0
+            await asyncio.to_thread(limits.renew, self.user.pk, self.socket_id)
 
     async def _close_at(self, expires_at: float) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))
@@ -363,27 +375,30 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
 
     async def critical_alert(self, event: dict[str, Any]) -> None:
         if self._alert_wanted(event["data"]):
-            await self._send_event("critical_alert", event["data"])
+            await self._send_frame("critical_alert", _event_json(event))
 
     async def alert_updated(self, event: dict[str, Any]) -> None:
         if self._alert_wanted(event["data"]):
-            await self._send_event("alert_updated", event["data"])
+            await self._send_frame("alert_updated", _event_json(event))
 
     async def device_status(self, event: dict[str, Any]) -> None:
         if self._device_wanted(event["data"]):
-            await self._send_event("device_status", event["data"])
+            await self._send_frame("device_status", _event_json(event))
 
     async def task_progress(self, event: dict[str, Any]) -> None:
         if self.filters is not None:
-            await self._send_event("task_progress", event["data"])
+            await self._send_frame("task_progress", _event_json(event))
 
     async def telemetry_update(self, event: dict[str, Any]) -> None:
         """Conflated per device: a client gets the latest values at most every N ms."""
-        wanted = [d for d in event["data"].get("devices", []) if self._device_wanted(d)]
-        for device in wanted:
-            self.pending_telemetry[device["device_id"]] = device
+        devices = event["data"].get("devices", [])
+        wanted = 0
+        for device, device_json in zip(devices, _devices_json(event), strict=True):
+            if self._device_wanted(device):
+                self.pending_telemetry[device["device_id"]] = device_json
+                wanted += 1
         if wanted:
-            self.pending_messages += int(event["data"].get("messages", len(wanted)))
+            self.pending_messages += int(event["data"].get("messages", wanted))
         if self.pending_telemetry and self.telemetry_flush is None:
             self.telemetry_flush = asyncio.create_task(self._flush_telemetry())
 
@@ -393,7 +408,8 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         messages, self.pending_messages = self.pending_messages, 0
         self.telemetry_flush = None
         if devices:
-            await self._send_event("telemetry_update", {"devices": devices, "messages": messages})
+            data_json = f'{{"devices": [{", ".join(devices)}], "messages": {messages}}}'
+            await self._send_frame("telemetry_update", data_json)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -418,6 +434,11 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
     async def _send_event(
         self, message_type: str, data: dict[str, Any], *, flow_controlled: bool = True
     ) -> None:
+        await self._send_frame(message_type, json.dumps(data), flow_controlled=flow_controlled)
+
+    async def _send_frame(
+        self, message_type: str, data_json: str, *, flow_controlled: bool = True
+    ) -> None:
         """Number and send one message; the snapshot alone is exempt from the flow control."""
         if not self.cut_off and self.unacknowledged.bytes > settings.NOC_MAX_UNACKED_BYTES:
             await self._cut_off()
@@ -425,7 +446,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             metrics.NOC_EVENTS_DROPPED.labels(reason="client_behind").inc()
             return
         self.seq += 1
-        frame = json.dumps({"type": message_type, "seq": self.seq, **data})
+        frame = _frame(message_type, self.seq, data_json)
         if flow_controlled:
             self.unacknowledged.add(self.seq, len(frame))  # ASCII: json.dumps escapes the rest
         with contextlib.suppress(Exception):  # the client may be gone already

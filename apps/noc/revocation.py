@@ -1,8 +1,9 @@
 """Closing a user's NOC WebSockets as soon as their access may have changed.
 
-Every NOC connection joins its user's group (`user_group`). When the user logs out, is
-deactivated or deleted, changes password, moves to another tenant, stops being a superuser, or
-loses a permission or a group (or a group of theirs loses a permission or is deleted), the
+Every NOC connection is in its user's group (`user_group`, through its process's feed of it,
+apps/noc/feeds.py). When the user logs out, is deactivated or deleted, changes password, moves
+to another tenant, stops being a superuser, or loses a permission or a group (or a group of
+theirs loses a permission or is deleted), the
 change sends that group an `access.revoked` message once it is committed, and each of the
 user's connections closes with 4410: a client reconnects and is checked afresh. Additions never
 close anything. A password change also blacklists the user's refresh tokens.

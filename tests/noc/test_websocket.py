@@ -505,35 +505,79 @@ def test_a_client_that_stops_reading_is_cut_off_and_counted_while_a_colleague_ge
     assert metric("noc_events_dropped_total", reason="client_behind") > dropped_before
 
 
-def test_an_event_sent_twice_with_one_id_is_shown_once(daphne_server, alice):
+def test_an_event_resent_with_its_id_is_shown_once_to_each_client(daphne_server, alice):
     """The outbox may send an event again when its first send's outcome was unknown; the same
-    id marks it, and a dashboard sees it once."""
+    id marks it, and each dashboard sees it once: the Daphne process drops it for all its
+    clients, and the first sending still reaches every one of them."""
     from apps.core.events import Event, EventType, broadcast_events
     from tests.services import metric
 
     token = issue_access_token(alice)
+    colleague_token = issue_access_token(operator(alice.tenant, "carol"))
     data = {"id": 7, "source_id": "panic-1", "severity": "CRITICAL", "site": "", "status": "NEW"}
     event = Event(alice.tenant_id, EventType.ALERT_UPDATED, data)
     dropped_before = metric("noc_events_dropped_total", reason="duplicate")
 
-    async def watch() -> list[dict[str, Any]]:
-        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+    async def until_shown(ws: ClientConnection) -> list[dict[str, Any]]:
+        shown = [await until_type(ws, "alert_updated"), await until_type(ws, "alert_updated")]
+        await ws.send('{"type": "heartbeat"}')
+        return [*shown, await next_message(ws)]
+
+    async def watch() -> list[list[dict[str, Any]]]:
+        async with (
+            connect(url(daphne_server), additional_headers=bearer(token)) as ws,
+            connect(url(daphne_server), additional_headers=bearer(colleague_token)) as colleague,
+        ):
             await until_type(ws, "snapshot")
-            await asyncio.to_thread(broadcast_events, [event], None, ["41:0"])
-            first = await until_type(ws, "alert_updated")
-            await asyncio.to_thread(broadcast_events, [event], None, ["41:0"])  # the resend
+            await until_type(colleague, "snapshot")
+            for _ in range(3):  # sent, then resent twice
+                await asyncio.to_thread(broadcast_events, [event], None, ["41:0"])
             later = Event(alice.tenant_id, EventType.ALERT_UPDATED, {**data, "id": 8})
             await asyncio.to_thread(broadcast_events, [later], None, ["42:0"])  # another event
-            second = await until_type(ws, "alert_updated")
-            await ws.send('{"type": "heartbeat"}')
-            return [first, second, await next_message(ws)]
+            return list(await asyncio.gather(until_shown(ws), until_shown(colleague)))
 
-    first, second, after = asyncio.run(watch())
-    assert first["id"] == 7
-    assert second["id"] == 8  # the resend of 7 was not shown
-    assert second["seq"] == first["seq"] + 1
-    assert after["type"] == "heartbeat_ack"
-    assert metric("noc_events_dropped_total", reason="duplicate") - dropped_before == 1
+    for first, second, after in asyncio.run(watch()):
+        assert first["id"] == 7
+        assert second["id"] == 8  # the resends of 7 were not shown
+        assert second["seq"] == first["seq"] + 1
+        assert after["type"] == "heartbeat_ack"
+    assert metric("noc_events_dropped_total", reason="duplicate") - dropped_before == 2
+
+
+def test_events_sent_while_a_client_connects_come_after_its_snapshot_in_order(daphne_server, alice):
+    """The tenant's feed hands a connecting client events from the moment it joins; those that
+    come while its snapshot is read wait for it, so none goes before the snapshot or is lost."""
+    import threading
+
+    from apps.core.events import Event, EventType, broadcast_events
+
+    token = issue_access_token(alice)
+    stop = threading.Event()
+
+    def stream() -> None:
+        number = 0
+        while not stop.is_set():
+            data = {"id": number, "source_id": "panic-1", "site": "", "severity": "LOW"}
+            broadcast_events([Event(alice.tenant_id, EventType.ALERT_UPDATED, data)])
+            number += 1
+
+    async def frames_of_one_connection() -> list[dict[str, Any]]:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            frames = [await next_message(ws) for _ in range(30)]
+        return frames
+
+    sender = threading.Thread(target=stream, daemon=True)
+    sender.start()
+    try:
+        connections = [asyncio.run(frames_of_one_connection()) for _ in range(5)]
+    finally:
+        stop.set()
+        sender.join(10)
+    for frames in connections:
+        assert [f["type"] for f in frames[:2]] == ["connected", "snapshot"]
+        ids = [f["id"] for f in frames[2:]]
+        assert all(f["type"] == "alert_updated" for f in frames[2:])
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # none lost, none reordered
 
 
 def test_a_user_is_held_to_ten_open_sockets_and_thirty_connects_a_minute(daphne_server, alice):
