@@ -394,6 +394,7 @@ def test_a_task_taken_from_its_queue_as_redis_died_is_sent_again_when_redis_rest
     assert ProcessedMessage.objects.count() == 150
 
 
+@pytest.mark.faults  # a frozen Redis under load, ~35 s: in `make test-faults`
 def test_a_frozen_redis_stalls_nothing_and_loses_nothing(
     start_subscriber: Callable[..., Service],
     transactional_db: None,
