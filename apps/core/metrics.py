@@ -199,6 +199,11 @@ MQTT_SUBSCRIBERS_CONNECTED = ScrapeGauge(
     "celery_mqtt_subscriber_connected_total",
     "MQTT subscribers currently connected to the broker (the runbook's alert name)",
 )
+MQTT_PREFIX_SUBSCRIBERS = ScrapeGauge(
+    "celery_mqtt_prefix_subscribers",
+    "Connected MQTT subscribers reading each topic prefix (0: its messages wait in the broker)",
+    ("prefix",),
+)
 CIRCUIT_BREAKER_STATE = ScrapeGauge(
     "circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", ("service",)
 )

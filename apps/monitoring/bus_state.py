@@ -22,6 +22,7 @@ import redis
 from kombu.transport.redis import Channel as RedisChannel
 
 from apps.core import circuit_breaker
+from apps.core.intake_status import SubscriberStatus
 from apps.core.tasks.celery_settings import QUEUES, broker_list_keys
 from apps.monitoring.celery_hooks import (
     HEARTBEAT_KEY_PREFIX,
@@ -29,6 +30,7 @@ from apps.monitoring.celery_hooks import (
     PUBLISHED_AT_HEADER,
 )
 from apps.monitoring.tasks import canary_key
+from apps.mqtt.topics import TOPIC_KINDS
 
 # Where kombu's Redis transport keeps delivered-but-unacknowledged messages.
 UNACKED_KEY: str = RedisChannel.unacked_key
@@ -141,3 +143,20 @@ def read_canaries(client: redis.Redis[str]) -> dict[str, float | None]:
         queue.name: None if value is None else float(value)
         for queue, value in zip(QUEUES, values, strict=True)
     }
+
+
+# --- Subscribers ---------------------------------------------------------------------------
+
+
+def readers_by_prefix(statuses: list[SubscriberStatus]) -> dict[str, int]:
+    """How many connected subscribers read each topic prefix. With lanes (`mqtt_subscriber
+    --lane urgent|routine`) a prefix can go unread while another lane is connected: alerts wait
+    in the broker though "a subscriber is connected"."""
+    readers = {kind.prefix: 0 for kind in TOPIC_KINDS}
+    for status in statuses:
+        if not status.connected:
+            continue
+        for kind in TOPIC_KINDS:
+            if status.kinds is None or kind.name in status.kinds:
+                readers[kind.prefix] += 1
+    return readers

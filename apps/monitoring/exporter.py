@@ -42,7 +42,7 @@ class BusStateCollector(Collector):
                 *self._queue_families(),
                 self._canaries(),
                 self._workers(),
-                self._subscribers(),
+                *self._subscribers(),
                 self._circuit_breakers(),
             ]
         except redis.RedisError as exc:
@@ -76,11 +76,15 @@ class BusStateCollector(Collector):
             family.add_metric([heartbeat.queue, heartbeat.hostname], int(heartbeat.up))
         return family
 
-    def _subscribers(self) -> GaugeMetricFamily:
+    def _subscribers(self) -> Iterator[GaugeMetricFamily]:
+        statuses = read_statuses(self.client)
         family = metrics.MQTT_SUBSCRIBERS_CONNECTED.family()
-        connected = [status for status in read_statuses(self.client) if status.connected]
-        family.add_metric([], len(connected))
-        return family
+        family.add_metric([], sum(1 for status in statuses if status.connected))
+        yield family
+        per_prefix = metrics.MQTT_PREFIX_SUBSCRIBERS.family()
+        for prefix, readers in bus_state.readers_by_prefix(statuses).items():
+            per_prefix.add_metric([prefix], readers)
+        yield per_prefix
 
     def _circuit_breakers(self) -> GaugeMetricFamily:
         family = metrics.CIRCUIT_BREAKER_STATE.family()

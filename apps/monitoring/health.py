@@ -24,9 +24,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from apps.core import intake_status
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import CANARY_INTERVAL_SECONDS, QUEUES, QueueSpec
-from apps.monitoring.bus_state import read_canaries
+from apps.monitoring.bus_state import read_canaries, readers_by_prefix
 from apps.mqtt.client import app_client
-from apps.mqtt.topics import TOPIC_KINDS
 
 Details = dict[str, Any]
 
@@ -137,13 +136,10 @@ def check_mqtt_subscriber() -> Details:
         raise CheckFailed("intake paused by an operator; resume with manage.py drain --resume")
     if not connected:
         raise CheckFailed("subscriber is running but not connected to the broker")
-    unread = {kind.name: kind.prefix for kind in TOPIC_KINDS}
-    for status in connected:
-        for name in unread.keys() & (unread.keys() if status.kinds is None else status.kinds):
-            del unread[name]
+    unread = [prefix for prefix, readers in readers_by_prefix(statuses).items() if not readers]
     if unread:
         raise CheckFailed(
-            f"no connected subscriber reads {', '.join(unread.values())}: check the subscriber "
+            f"no connected subscriber reads {', '.join(unread)}: check the subscriber "
             "of that lane (`manage.py mqtt_subscriber --lane urgent` for alert/, `--lane "
             "routine` for the rest; under make run, programs mqtt_subscriber_urgent and "
             "mqtt_subscriber) and its log"

@@ -123,6 +123,23 @@ def test_breakers_and_connected_subscribers_are_read_from_redis_at_scrape_time(
     assert value(samples, "circuit_breaker_state", service="email") == 0
     assert value(samples, "circuit_breaker_state", service="garbled") is None
     assert value(samples, "celery_mqtt_subscriber_connected_total") == 2
+    # Both connected ones read every kind.
+    assert value(samples, "celery_mqtt_prefix_subscribers", prefix="alert/") == 2
+
+
+def test_a_prefix_only_a_stopped_lane_reads_is_exported_as_unread_while_another_lane_is_connected(
+    client: Client, redis_client: redis.Redis[str]
+):
+    write_status(redis_client, "bus-urgent", connected=False, last_message_at=None, kinds=["alert"])
+    routine = ["gps", "telemetry", "sensor", "system_health"]
+    write_status(redis_client, "bus", connected=True, last_message_at=time.time(), kinds=routine)
+
+    samples = scrape(client)
+
+    assert value(samples, "celery_mqtt_subscriber_connected_total") == 1
+    assert value(samples, "celery_mqtt_prefix_subscribers", prefix="alert/") == 0
+    assert value(samples, "celery_mqtt_prefix_subscribers", prefix="device/") == 1
+    assert value(samples, "celery_mqtt_prefix_subscribers", prefix="guard/") == 1
 
 
 def test_a_process_that_died_without_notice_loses_its_live_gauges_and_its_files_at_a_scrape(
