@@ -1,0 +1,69 @@
+"""What a task message the subscriber hands on carries in its headers, read from a real Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.environment import free_port, redis_url
+from tests.services import ROOT, start_redis
+
+ENQUEUE = """
+import django
+django.setup()
+from apps.core.envelope import Envelope
+from apps.core.tasks.base import enqueue
+from apps.core.tasks.celery_settings import PROCESS_DEVICE_TELEMETRY
+envelopes = [
+    Envelope(
+        kind="telemetry",
+        topic="device/cam-7/telemetry",
+        source_id="cam-7",
+        payload={"battery": 50, "note": "door code 4711", "msg_id": f"m-{n}"},
+        key=f"cam-7:m-{n}",
+        received_at=1.0,
+    )
+    for n in range(3)
+]
+print(enqueue(PROCESS_DEVICE_TELEMETRY, envelopes).name)
+"""
+
+
+def test_a_handed_on_batch_shows_its_count_in_the_task_headers_never_the_device_payloads(
+    tmp_path: Path,
+):
+    # A Redis of its own: no worker of the session takes the message before it is read here.
+    port = free_port()
+    redis_server = start_redis(port, tmp_path / "redis")
+    try:
+        env = {**os.environ, "REDIS_URL": redis_url(port)}
+        queue = subprocess.run(
+            [sys.executable, "-c", ENQUEUE],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.split()[-1]
+        import redis
+
+        client = redis.Redis.from_url(redis_url(port))
+        waiting = [m for key in client.keys(f"{queue}*") for m in client.lrange(key, 0, -1)]
+        client.close()
+    finally:
+        redis_server.stop()
+
+    assert len(waiting) == 1
+    message = json.loads(waiting[0])
+    headers = message["headers"]
+    assert headers["argsrepr"] == "[<3 messages>]"
+    assert headers["kwargsrepr"] == "{}"
+    assert "4711" not in json.dumps(headers)
+    # The body still carries every message, whole.
+    (batch,), _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert [m["payload"]["note"] for m in batch] == ["door code 4711"] * 3
