@@ -101,6 +101,10 @@ def table(r: dict[str, Any]) -> str:
         ("Alert p99", f"{alert['p99']:.1f} ms", "target <= 50 ms"),
         ("  under background telemetry", _rate(alert["background_msgs_per_s"]),
          f"{alert['background_rate_source']}; {alert['samples']} samples"),
+        *(
+            (f"  {stage.split(' (')[0]}, p50", f"{figures['p50']:.1f} ms", "")
+            for stage, figures in alert.get("stages", {}).items()
+        ),
         ("Lost / duplicate effects", f"{r['lost']} / {r['duplicate_effects']}", "must be 0 / 0"),
     ]  # fmt: skip
     width = max(len(name) for name, _, _ in rows)

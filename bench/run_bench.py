@@ -10,7 +10,7 @@ One run, on free ports in a scratch directory, measures:
    held to exactly one effect (tests/ledger.py);
 4. alert latency: panic published -> `critical_alert` on the tenant's WebSocket, p50/p95/p99,
    under background telemetry at 2,000 msg/s (--background-rate) or, if lower, the rate the
-   pipeline sustained in 3;
+   pipeline sustained in 3, and where the time went (ALERT_STAGES);
 5. the baseline: the same fleet with one Celery task per MQTT message (MQTT_BATCH_SIZE=1);
 
 with CPU seconds and peak RSS per process kind. Prints a table and writes
@@ -94,6 +94,13 @@ CLOSE_HINTS = (
     "or NOC_MAX_CONNECTS_PER_MINUTE; 4430: NOC_MAX_SOCKETS_PER_USER; 4401/4403: refused"
 )
 ALERT_WARMUP_SECONDS = 2.0  # background telemetry alone before the first panic
+# An alert's latency in three parts, between publish, the subscriber's receipt, the worker's
+# creation of its row (in its transaction) and the critical_alert frame at the NOC client.
+ALERT_STAGES = (
+    "publish -> subscriber",
+    "subscriber -> alert row (hand-off, queue, writer, lookups)",
+    "alert row -> NOC (commit, broadcast, Daphne)",
+)
 
 
 @dataclass(frozen=True)
@@ -447,6 +454,7 @@ class Bench:
             missing = sorted(d for d in sent_at if noc.alert_arrival(d) is None)
             duplicates = noc.duplicate_alerts()
             self._check_clients(noc, "alerts")
+        stages = self._alert_stages(sent_at, noc)
         rows = dict(Alert.objects.filter(source_id__in=sent_at).values_list("source_id", "count"))
         stored_twice = sorted(d for d, n in rows.items() if n != 1)
         not_stored = sorted(set(sent_at) - set(rows))
@@ -459,6 +467,7 @@ class Bench:
             )
         return {
             "latencies": latencies,
+            "stages": stages,
             "samples": len(sent_at),
             "lost": max(len(missing), len(not_stored)),
             "duplicates": duplicates + len(stored_twice),
@@ -468,6 +477,33 @@ class Bench:
             "background_kept_up": kept_up and lag < 2.0,
             "usage": usage,
         }
+
+    def _alert_stages(self, sent_at: dict[str, float], noc: NocClients) -> dict[str, list[float]]:
+        """Where each alert's time went, in seconds, from what the stack records anyway: when the
+        subscriber received it (`mqtt_subscriber:last_received`, one message per panic button)
+        and when the worker created its row (`Alert.created_at`, inside its transaction). One
+        host, one wall clock; the bench's monotonic times are put on it."""
+        from apps.alerts.models import Alert
+        from apps.core.intake_status import last_received
+        from apps.core.redis_client import state_redis
+
+        to_wall = time.time() - time.monotonic()
+        received = last_received(state_redis(), list(sent_at))
+        created = {
+            source: at.timestamp()
+            for source, at in Alert.objects.filter(source_id__in=sent_at).values_list(
+                "source_id", "created_at"
+            )
+        }
+        stages: dict[str, list[float]] = {stage: [] for stage in ALERT_STAGES}
+        for device, sent in sent_at.items():
+            arrival = noc.alert_arrival(device)
+            if arrival is None or device not in received or device not in created:
+                continue
+            marks = [sent + to_wall, received[device], created[device], arrival + to_wall]
+            for stage, start, end in zip(ALERT_STAGES, marks, marks[1:], strict=False):
+                stages[stage].append(max(0.0, end - start))
+        return stages
 
     def baseline_subscriber(self) -> Service:
         """The stack's subscriber, its own program's command line, with MQTT_BATCH_SIZE=1 (and
@@ -504,6 +540,13 @@ def _cpu_per_message(usage: PhaseUsage, messages: int) -> dict[str, float]:
     return {kind: round(1000 * s / max(messages, 1), 3) for kind, s in usage.cpu_seconds.items()}
 
 
+def _print_stages(stages: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    summary = {stage: report.latency_summary(times) for stage, times in stages.items()}
+    for stage, figures in summary.items():
+        print(f"        {stage}: p50 {figures['p50']} / p95 {figures['p95']} ms", flush=True)
+    return summary
+
+
 def run_alerts_only(bench: Bench, started: float) -> bool:
     """`--only-alerts`: the stack, the fleet and the alert step at --background-rate; nothing
     written to latest.json (its other figures would be missing)."""
@@ -527,6 +570,7 @@ def run_alerts_only(bench: Bench, started: float) -> bool:
         f"{alerts['duplicates'] + background.duplicate_count}",
         flush=True,
     )
+    _print_stages(alerts["stages"])
     if background.lost_count or background.duplicate_count or background.dead_letters:
         bench.failures.append(
             f"background: {background.lost_count} lost, {background.duplicate_count} duplicate "
@@ -573,6 +617,7 @@ def measure_all(
     alerts = bench.alerts(background_rate)
     latency = report.latency_summary(alerts["latencies"])
     print(f"      p50 {latency['p50']} ms, p99 {latency['p99']} ms", flush=True)
+    stages = _print_stages(alerts["stages"])
 
     step(7, f"baseline: {plan.baseline_messages:,} messages, a task per message")
     subscriber = bench.baseline_subscriber()
@@ -628,6 +673,7 @@ def measure_all(
             "background_generated_msgs_per_s": round(alerts["background_generated_rate"]),
             "background_kept_up": alerts["background_kept_up"],
             "background_lag_s": alerts["background_lag_s"],
+            "stages": stages,
         },
         "lost": lost,
         "duplicate_effects": duplicates,
