@@ -99,11 +99,38 @@ def measure(tree: Path, fleet: object, count: int, ids: itertools.count[int]) ->
         subscriber.wait(30)
 
 
+def measure_raw(fleet: object, count: int, ids: itertools.count[int]) -> float:
+    """The same for bench's limit, bench/raw_subscriber.py (paho, json.loads, auto-ack)."""
+    from bench.load import publish, read_line
+
+    name = f"raw-{next(ids)}"
+    messages = [
+        ("rawcpu/" + topic, body)
+        for topic, body in fleet.telemetry(count, prefix=name)  # type: ignore[attr-defined]
+    ]
+    raw = subprocess.Popen(
+        [sys.executable, "-m", "bench.raw_subscriber", "--port", str(environment.MQTT_PORT),
+         "--topic", "rawcpu/#", "--expect", str(count)],
+        cwd=ROOT, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    if read_line(raw, 60, "subscribing") != "ready":
+        raise RuntimeError("the raw subscriber could not subscribe")
+    before = psutil.Process(raw.pid).cpu_times()
+    publish(environment.MQTT_PORT, messages, environment.SCRATCH / "load" / name, name=name)
+    read_line(raw, 300, "counting")
+    _pid, _status, usage = os.wait4(raw.pid, 0)  # its whole life; less what it spent starting
+    seconds = usage.ru_utime + usage.ru_stime - before.user - before.system
+    return seconds * 1000 / count
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trees", nargs="*", type=Path, default=[ROOT])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--raw", action="store_true", help="measure bench/raw_subscriber.py (the limit) too"
+    )
     args = parser.parse_args()
 
     from tests.ledger import Fleet
@@ -115,8 +142,12 @@ def main() -> int:
         _setup_django()
         fleet = Fleet.create(tenants=10, devices=1000)
         ids = itertools.count(1)
-        results: dict[Path, list[float]] = {tree: [] for tree in args.trees}
+        results: dict[Path | str, list[float]] = {tree: [] for tree in args.trees}
         for round_ in range(args.rounds):
+            if args.raw:
+                ms = measure_raw(fleet, args.messages, ids)
+                results.setdefault("raw_subscriber (the limit)", []).append(ms)
+                print(f"round {round_ + 1} raw_subscriber: {ms:.3f} ms CPU per message", flush=True)
             for tree in args.trees:
                 ms = measure(tree, fleet, args.messages, ids)
                 results[tree].append(ms)
