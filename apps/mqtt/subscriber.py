@@ -713,13 +713,15 @@ class Subscriber:
         sock = client.socket()
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
+        pending = getattr(sock, "pending", None)  # TLS: bytes decrypted already, unseen by select
+        decrypted = pending() if pending is not None else 0
         try:
             readable, writable, _ = select.select(
-                [sock], [sock] if client.want_write() else [], [], timeout
+                [sock], [sock] if client.want_write() else [], [], 0.0 if decrypted else timeout
             )
         except (OSError, TypeError, ValueError):
             readable, writable = [sock], []  # a closed socket: loop_read reports the loss
-        if readable:
+        if readable or decrypted:
             for _ in range(READ_BURST_MESSAGES):
                 read_before = self.messages_read
                 rc = client.loop_read()
