@@ -22,6 +22,7 @@ session is delivered (a message queued before the lanes were split, say), it is 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 from collections import defaultdict, deque
@@ -65,6 +66,9 @@ HEARD_NOTE_SECONDS = 1.0
 ROUTINE_NICE = 5
 # While its queue is backed up, a batch keeps gathering (see Subscriber._due); this long at most.
 BACKLOG_MAX_WAIT_SECONDS = 1.0
+# Messages read from the socket in one turn of the loop before the due batches are looked at
+# (see Subscriber._network): the turn's fixed costs are paid once per burst, not per message.
+READ_BURST_MESSAGES = 100
 
 
 class Lane(StrEnum):
@@ -237,6 +241,11 @@ class Subscriber:
         # Devices heard from since the last note to Redis, and when the next note is due.
         self.heard: dict[str, float] = {}
         self.next_heard_note_at = 0.0
+        self.messages_read = 0  # by _on_message: a burst goes on while each read brings one
+        self.received_counters = {
+            prefix: metrics.MQTT_MESSAGES_RECEIVED.labels(prefix=prefix)
+            for prefix in [*ALLOWED_TOPIC_PREFIXES, "other"]
+        }
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -247,7 +256,7 @@ class Subscriber:
         client.on_message = self._on_message
         return client
 
-    # --- paho callbacks (called from client.loop() in this thread) ------------------------
+    # --- paho callbacks (called from _network() in this thread) ---------------------------
 
     def _on_connect(
         self,
@@ -325,6 +334,7 @@ class Subscriber:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         received_at = time.time()
         self.last_message_at = received_at
+        self.messages_read += 1
         delivery = Delivery(message.mid, message.qos, self.connection)
         topic = message.topic
         if message.retain:
@@ -334,9 +344,7 @@ class Subscriber:
             self._ack(delivery)
             return
         prefix = topic.split("/", 1)[0] + "/"
-        metrics.MQTT_MESSAGES_RECEIVED.labels(
-            prefix=prefix if prefix in ALLOWED_TOPIC_PREFIXES else "other"
-        ).inc()
+        self.received_counters.get(prefix, self.received_counters["other"]).inc()
         unchecked = Unchecked(topic, bytes(message.payload), received_at, delivery)
         try:
             self._admit(unchecked)
@@ -685,7 +693,7 @@ class Subscriber:
         if self.client.socket() is None and now >= self.next_connect_at and not away:
             self._connect()
         if self.client.socket() is not None:
-            rc = self.client.loop(timeout=self._loop_timeout())
+            rc = self._network(self._loop_timeout())
             if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
                 self.next_connect_at = now + self.connect_backoff.next_delay()
         else:
@@ -694,6 +702,41 @@ class Subscriber:
         if now >= self.next_report_at:
             self._report()
             self.next_report_at = now + intake_status.HEARTBEAT_INTERVAL_SECONDS
+
+    def _network(self, timeout: float) -> MQTTErrorCode:
+        """paho's `loop()` through its API for an outside loop (socket, loop_read, loop_write,
+        loop_misc), reading a burst of messages per wait rather than one: up to
+        READ_BURST_MESSAGES, while the socket holds whole messages and none is immediate. And no
+        socket pair: `loop()` makes one, then writes a byte to it for every packet queued (every
+        acknowledgement) to wake a select that this single thread is never blocked in."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        pending = getattr(sock, "pending", None)  # TLS: bytes decrypted already, unseen by select
+        decrypted = pending() if pending is not None else 0
+        try:
+            readable, writable, _ = select.select(
+                [sock], [sock] if client.want_write() else [], [], 0.0 if decrypted else timeout
+            )
+        except (OSError, TypeError, ValueError):
+            readable, writable = [sock], []  # a closed socket: loop_read reports the loss
+        if readable or decrypted:
+            for _ in range(READ_BURST_MESSAGES):
+                read_before = self.messages_read
+                rc = client.loop_read()
+                if rc or client.socket() is None:
+                    return rc
+                if self.messages_read == read_before or self._immediate_pending():
+                    break  # nothing more to read yet (or not a message), or an alert to send
+        if writable:
+            rc = client.loop_write()
+            if rc or client.socket() is None:
+                return rc
+        return client.loop_misc()
+
+    def _immediate_pending(self) -> bool:
+        return any(KINDS_BY_NAME[kind].immediate for kind in self.pending)
 
     def _loop_timeout(self) -> float:
         """How long to wait for the broker: briefly while holding messages (their batches fall
@@ -744,11 +787,11 @@ class Subscriber:
         """Hand on what we hold and acknowledge it, then disconnect; the session stays."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not self.flush(force=True):
-            self.client.loop(timeout=0.1)
+            self._network(0.1)
         for _ in range(20):  # let the acknowledgements reach the broker
             if not self.client.want_write():
                 break
-            self.client.loop(timeout=0.05)
+            self._network(0.05)
         self.client.disconnect()
 
     def _shutdown(self) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from apps.core.envelope import Envelope
 from apps.devices.models import Device
@@ -100,6 +104,19 @@ def test_the_idempotency_key_is_the_msg_id_and_device_time_when_present_else_a_h
     assert first == idempotency_key("device/dev/telemetry", None, at, b'{"a": 1}')
     assert first != idempotency_key("device/dev/telemetry", None, at, b'{"a": 2}')
     assert first != idempotency_key("device/other/telemetry", None, at, b'{"a": 1}')
+
+
+@given(
+    at=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+    )
+)
+def test_the_device_time_in_a_key_is_written_as_strftime_writes_it_for_every_year(at):
+    # Keys already in the ledger must stay the keys of their redeliveries, whatever the year.
+    expected = f"device/dev/telemetry#7@{at.astimezone(UTC):%Y%m%dT%H%M%S.%fZ}"
+    assert idempotency_key("device/dev/telemetry", "7", at, b"{}") == expected
 
 
 def test_a_redelivered_message_keeps_its_key_and_a_rebooted_counter_does_not_collide(intake):
