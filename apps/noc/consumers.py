@@ -27,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 import uuid
-from collections import deque
+from array import array
+from bisect import bisect_right
 from typing import Any
 
 import structlog
@@ -38,6 +40,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import transaction
+from django.http.cookie import parse_cookie
 from pydantic import ValidationError
 
 from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
@@ -85,24 +88,59 @@ def _has_origin(scope: dict[str, Any]) -> bool:
 
 
 class Unacknowledged:
-    """The messages sent to a client that it has not acknowledged yet: their seq and size."""
+    """The messages sent to a client that it has not acknowledged yet: their seq and size.
+
+    Kept in arrays of 8-byte integers: every client holds one, and an empty deque alone is
+    760 bytes.
+    """
+
+    __slots__ = ("bytes", "seqs", "sizes")
 
     def __init__(self) -> None:
-        self.sent: deque[tuple[int, int]] = deque()
+        self.seqs = array("q")  # ascending
+        self.sizes = array("q")
         self.bytes = 0
 
     def add(self, seq: int, size: int) -> None:
-        self.sent.append((seq, size))
+        self.seqs.append(seq)
+        self.sizes.append(size)
         self.bytes += size
 
     def acknowledge(self, seq: int) -> None:
-        while self.sent and self.sent[0][0] <= seq:
-            self.bytes -= self.sent.popleft()[1]
+        done = bisect_right(self.seqs, seq)
+        if done:
+            self.bytes -= sum(self.sizes[:done])
+            del self.seqs[:done], self.sizes[:done]
+
+
+class MessageRate:
+    """Whether a client sent more than `limit` messages in the last `window` seconds.
+
+    A ring of the times of its last limit + 1 messages, made at its first message: over the
+    limit when the oldest of them is within the window.
+    """
+
+    __slots__ = ("count", "times")
+
+    def __init__(self) -> None:
+        self.times: array[float] | None = None
+        self.count = 0
+
+    def over(self, now: float, limit: int, window: float = 60.0) -> bool:
+        if self.times is None or len(self.times) != limit + 1:
+            self.times = array("d", [-math.inf]) * (limit + 1)
+        self.times[self.count % len(self.times)] = now
+        self.count += 1
+        return now - self.times[self.count % len(self.times)] <= window
 
 
 def _session_key(scope: dict[str, Any]) -> str | None:
-    session = scope.get("session")
-    return None if session is None else session.session_key
+    """The dashboard's session cookie, read from the handshake as channels' CookieMiddleware
+    does; the session itself is read with the user (auth.admit_to_noc), not kept per socket."""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"cookie":
+            return parse_cookie(value.decode("latin-1")).get(settings.SESSION_COOKIE_NAME) or None
+    return None
 
 
 def _credentials(scope: dict[str, Any]) -> auth.Credentials:
@@ -150,6 +188,7 @@ def _frame(message_type: str, seq: int, data_json: str) -> str:
     return f"{head}}}" if data_json == "{}" else f"{head}, {data_json[1:]}"
 
 
+EVERYTHING = Filters()  # frozen: one for every client that has not narrowed its stream
 # What the feeds bring: the tenant's events, the user's revocation.
 FEED_MESSAGES = frozenset({*EventType, REVOKED})
 
@@ -236,8 +275,8 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         self.seq = 0
         self.unacknowledged = Unacknowledged()
         self.cut_off = False
-        self.filters: Filters | None = Filters()
-        self.recent: deque[float] = deque()
+        self.filters: Filters | None = EVERYTHING
+        self.rate = MessageRate()
         self.expiry: asyncio.TimerHandle | None = None
         self.closing: asyncio.Task[None] | None = None
         self.pending_telemetry: dict[str, str] = {}  # device id -> its latest state, as JSON
@@ -338,10 +377,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_MESSAGE_TOO_BIG)
             return
         now = time.monotonic()
-        self.recent.append(now)
-        while self.recent and now - self.recent[0] > 60:
-            self.recent.popleft()
-        if len(self.recent) > settings.NOC_MAX_MESSAGES_PER_MINUTE:
+        if self.rate.over(now, settings.NOC_MAX_MESSAGES_PER_MINUTE):
             log.warning("NOC client over its message rate; closing", user=self.user.username)
             await self.close(code=CLOSE_TOO_MANY_MESSAGES)
             return
