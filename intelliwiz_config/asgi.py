@@ -13,8 +13,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "intelliwiz_config.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry)
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs the app registry)
 
 from apps.core.client_address import ClientAddressMiddleware  # noqa: E402
 from apps.noc.routing import websocket_urlpatterns  # noqa: E402
@@ -24,7 +23,9 @@ application = ClientAddressMiddleware(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            # No session or auth middleware: the consumer reads its credentials from the
+            # handshake itself and checks them with the user (a layer less per connection).
+            "websocket": origin_checked(URLRouter(websocket_urlpatterns)),
         }
     )
 )

@@ -5,6 +5,11 @@ in a URL, but a client that sends one anyway would leave it in the journal for a
 logs. This runs Daphne's own command line (same arguments) with an access log that masks the
 value of every query parameter whose name suggests a secret, and anything shaped like a JWT,
 wherever it stands in the request line.
+
+And a WebSocket lets go of the HTTP request it was upgraded from. Daphne hands the connection to
+the WebSocket protocol but leaves Twisted's HTTP channel registered on it, with its idle timer
+(12 hours) running: the channel and its request (headers, buffers: a few KiB) lived as long as
+the socket, and when the timer fired it closed the socket under the WebSocket.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import daphne.cli
+import daphne.http_protocol
 from daphne.access import AccessLogGenerator
 
 MASK = "***"
@@ -40,8 +46,21 @@ class RedactingAccessLog(AccessLogGenerator):  # type: ignore[misc]
         super().write_entry(host, date, redact(request), *args, **kwargs)
 
 
+class UpgradeReleasingRequest(daphne.http_protocol.WebRequest):  # type: ignore[misc]
+    def process(self) -> None:
+        channel = self.channel
+        super().process()
+        if self.transport is None and channel is not None and channel.transport is not None:
+            # Upgraded: the WebSocket protocol owns the connection now (Daphne took the
+            # transport from this request). Stop the channel's idle timer and its hold on the
+            # connection as its producer, so both it and this request are freed.
+            channel.setTimeout(None)
+            channel.transport.unregisterProducer()
+
+
 def main() -> None:
     daphne.cli.AccessLogGenerator = RedactingAccessLog  # what CommandLineInterface.run builds
+    daphne.http_protocol.WebRequest = UpgradeReleasingRequest  # what HTTPFactory builds
     daphne.cli.CommandLineInterface.entrypoint()
 
 

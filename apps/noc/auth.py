@@ -9,11 +9,19 @@ a new pair, and only for a user still active and of the token's tenant.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, cast
 
 from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
+from django.contrib.auth import (
+    BACKEND_SESSION_KEY,
+    HASH_SESSION_KEY,
+    SESSION_KEY,
+    get_backends,
+    load_backend,
+)
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from rest_framework import serializers
@@ -121,17 +129,33 @@ def user_from_token(raw: str) -> tuple[User, dict[str, Any]]:
 
 def _checked_user(token: Token) -> tuple[User, dict[str, Any]]:
     """The active user a verified token names, if still of the token's tenant; with its claims."""
+    claims = _required_claims(token)
+    user = User.objects.select_related("tenant").filter(pk=_user_id(claims), is_active=True).first()
+    return _of_token_tenant(user, claims), claims
+
+
+def _required_claims(token: Token) -> dict[str, Any]:
     claims = dict(token.payload)
     missing = [claim for claim in REQUIRED_CLAIMS if claims.get(claim) is None]
     if missing:
         raise TokenRefusedError(f"token lacks {', '.join(missing)}")
+    return claims
+
+
+def _user_id(claims: dict[str, Any]) -> int:
     try:
-        user = User.objects.select_related("tenant").get(pk=claims["user_id"], is_active=True)
-    except (User.DoesNotExist, KeyError, ValueError):
+        return int(claims["user_id"])
+    except (KeyError, TypeError, ValueError):
         raise TokenRefusedError("token names no active user") from None
+
+
+def _of_token_tenant(user: User | None, claims: dict[str, Any]) -> User:
+    """`user` (the token's, if active) if still of the token's tenant."""
+    if user is None:
+        raise TokenRefusedError("token names no active user")
     if user.tenant_id is None or user.tenant_id != claims["tenant_id"]:
         raise TokenRefusedError("token's tenant does not match the user's")
-    return user, claims
+    return user
 
 
 def user_from_session(session_key: str) -> User:
@@ -155,8 +179,81 @@ def user_from_session(session_key: str) -> User:
     return user
 
 
-def require_noc_access(user: User) -> None:
-    if user.tenant_id is None:
-        raise TokenRefusedError("user belongs to no tenant")
-    if not user.has_perm(NOC_PERMISSION):
-        raise TokenRefusedError(f"user lacks {NOC_PERMISSION}", CLOSE_FORBIDDEN)
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a NOC WebSocket presented: an access token, or a logged-in dashboard's session."""
+
+    token: str | None = None
+    session_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    user: User
+    expires_at: float | None  # a token's `exp`; a session has none of its own
+
+
+def admit_to_noc(
+    credentials: Collection[Credentials],
+) -> dict[Credentials, Admission | TokenRefusedError]:
+    """What a connect with each of these credentials would be told now, all asked at once.
+
+    The same verdicts, whether one connection connects or a Daphne process re-checks all of its
+    connections: each token is verified and each session read once, then the users are read in
+    one query and the NOC permission in one more (not a query per connection).
+    """
+    named: dict[Credentials, tuple[int, dict[str, Any] | None] | TokenRefusedError] = {}
+    for presented in set(credentials):
+        try:
+            if presented.token is not None:
+                try:
+                    token = AccessToken(presented.token.encode())  # type: ignore[arg-type]
+                except TokenError as exc:
+                    raise TokenRefusedError(f"invalid token: {exc}") from None
+                claims = _required_claims(token)
+                named[presented] = (_user_id(claims), claims)
+            elif presented.session_key is not None:
+                named[presented] = (user_from_session(presented.session_key).pk, None)
+            else:
+                raise TokenRefusedError("no credentials: send Authorization: Bearer <token>")
+        except TokenRefusedError as refusal:
+            named[presented] = refusal
+    user_ids = {who[0] for who in named.values() if isinstance(who, tuple)}
+    users = User.objects.filter(is_active=True).in_bulk(user_ids)
+    permitted = _with_noc_permission(users)
+    verdicts: dict[Credentials, Admission | TokenRefusedError] = {}
+    for presented, who in named.items():
+        if isinstance(who, TokenRefusedError):
+            verdicts[presented] = who
+            continue
+        user_id, token_claims = who
+        try:
+            active = users.get(user_id)
+            if token_claims is not None:
+                user = _of_token_tenant(active, token_claims)
+            elif active is None:  # deactivated since the session was read
+                raise TokenRefusedError("the session names no active user")
+            else:
+                user = active
+            if user.tenant_id is None:
+                raise TokenRefusedError("user belongs to no tenant")
+            if user.pk not in permitted:
+                raise TokenRefusedError(f"user lacks {NOC_PERMISSION}", CLOSE_FORBIDDEN)
+            expires_at = None if token_claims is None else float(token_claims["exp"])
+            verdicts[presented] = Admission(user, expires_at)
+        except TokenRefusedError as refusal:
+            verdicts[presented] = refusal
+    return verdicts
+
+
+def _with_noc_permission(users: dict[int, User]) -> set[int]:
+    """Those of `users` whose `has_perm(NOC_PERMISSION)` is true, from each permission backend in
+    one query (`with_perm`: active superusers, the user's and their groups' permissions)."""
+    backends: list[Any] = [backend for backend in get_backends() if hasattr(backend, "has_perm")]
+    if not all(hasattr(backend, "with_perm") for backend in backends):
+        return {pk for pk, user in users.items() if user.has_perm(NOC_PERMISSION)}
+    permitted: set[int] = set()
+    for backend in backends:
+        holders = backend.with_perm(NOC_PERMISSION).filter(pk__in=list(users))
+        permitted.update(holders.values_list("pk", flat=True))
+    return permitted

@@ -10,7 +10,9 @@ tenant's group and of its user's (feeds.py) call its `deliver`.
 Access is not granted for the life of the connection: it closes when its token expires (4401),
 when a re-check every NOC_REAUTH_SECONDS would refuse it now (4401/4403: the session ended, the
 user was deactivated, moved tenant or lost the permission), and at once when its user's access
-changes (4410, apps/noc/revocation.py, through the user's group).
+changes (4410, apps/noc/revocation.py, through the user's group). The re-check, like the renewal
+of the connection's count in Redis and the telemetry flush, is done for all of a process's
+connections at once (rounds.py): one task and one database call, not one per connection.
 
 Flow control: Daphne's send never blocks, so a client that stops reading (asleep, a dead link)
 would have it buffer every event in memory. The client acknowledges what it has handled
@@ -25,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 import uuid
-from collections import deque
+from array import array
+from bisect import bisect_right
 from typing import Any
 
 import structlog
@@ -36,6 +40,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import transaction
+from django.http.cookie import parse_cookie
 from pydantic import ValidationError
 
 from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
@@ -45,7 +50,7 @@ from apps.core.events import EventType, tenant_group
 from apps.core.outbox import broadcast_on_commit
 from apps.devices.models import Device
 from apps.devices.services import device_state
-from apps.noc import auth, feeds, limits
+from apps.noc import auth, feeds, limits, rounds
 from apps.noc.messages import (
     Ack,
     AcknowledgeAlert,
@@ -83,49 +88,81 @@ def _has_origin(scope: dict[str, Any]) -> bool:
 
 
 class Unacknowledged:
-    """The messages sent to a client that it has not acknowledged yet: their seq and size."""
+    """The messages sent to a client that it has not acknowledged yet: their seq and size.
+
+    Kept in arrays of 8-byte integers: every client holds one, and an empty deque alone is
+    760 bytes.
+    """
+
+    __slots__ = ("bytes", "seqs", "sizes")
 
     def __init__(self) -> None:
-        self.sent: deque[tuple[int, int]] = deque()
+        self.seqs = array("q")  # ascending
+        self.sizes = array("q")
         self.bytes = 0
 
     def add(self, seq: int, size: int) -> None:
-        self.sent.append((seq, size))
+        self.seqs.append(seq)
+        self.sizes.append(size)
         self.bytes += size
 
     def acknowledge(self, seq: int) -> None:
-        while self.sent and self.sent[0][0] <= seq:
-            self.bytes -= self.sent.popleft()[1]
+        done = bisect_right(self.seqs, seq)
+        if done:
+            self.bytes -= sum(self.sizes[:done])
+            del self.seqs[:done], self.sizes[:done]
+
+
+class MessageRate:
+    """Whether a client sent more than `limit` messages in the last `window` seconds.
+
+    A ring of the times of its last limit + 1 messages, made at its first message: over the
+    limit when the oldest of them is within the window.
+    """
+
+    __slots__ = ("count", "times")
+
+    def __init__(self) -> None:
+        self.times: array[float] | None = None
+        self.count = 0
+
+    def over(self, now: float, limit: int, window: float = 60.0) -> bool:
+        if self.times is None or len(self.times) != limit + 1:
+            self.times = array("d", [-math.inf]) * (limit + 1)
+        self.times[self.count % len(self.times)] = now
+        self.count += 1
+        return now - self.times[self.count % len(self.times)] <= window
 
 
 def _session_key(scope: dict[str, Any]) -> str | None:
-    session = scope.get("session")
-    return None if session is None else session.session_key
+    """The dashboard's session cookie, read from the handshake as channels' CookieMiddleware
+    does; the session itself is read with the user (auth.admit_to_noc), not kept per socket."""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"cookie":
+            return parse_cookie(value.decode("latin-1")).get(settings.SESSION_COOKIE_NAME) or None
+    return None
 
 
-@database_sync_to_async
-def _authenticate(scope: dict[str, Any]) -> tuple[User, float | None]:
-    """The user and, for a token, when it expires; raises auth.TokenRefusedError.
-
-    Read afresh from the database each time (at connect and at each re-check), never from what
-    the connection cached: the user, their permissions, the session.
-    """
+def _credentials(scope: dict[str, Any]) -> auth.Credentials:
+    """What the client presented; raises auth.TokenRefusedError for what is never accepted."""
     if b"token=" in scope.get("query_string", b"") or b"jwt=" in scope.get("query_string", b""):
         raise auth.TokenRefusedError("tokens are not accepted in the URL; use the header")
     raw = _bearer_token(scope)
-    expires_at: float | None = None
-    session_key = _session_key(scope)
     if raw is not None:
-        user, claims = auth.user_from_token(raw)
-        expires_at = float(claims["exp"])
-    elif session_key is not None:
-        if not _has_origin(scope):
-            raise auth.TokenRefusedError("a session needs the browser's Origin header")
-        user = auth.user_from_session(session_key)
-    else:
-        raise auth.TokenRefusedError("no credentials: send Authorization: Bearer <token>")
-    auth.require_noc_access(user)
-    return user, expires_at
+        return auth.Credentials(token=raw)
+    session_key = _session_key(scope)
+    if session_key is not None and not _has_origin(scope):
+        raise auth.TokenRefusedError("a session needs the browser's Origin header")
+    return auth.Credentials(session_key=session_key)
+
+
+@database_sync_to_async
+def _admit(
+    credentials: list[auth.Credentials],
+) -> dict[auth.Credentials, auth.Admission | auth.TokenRefusedError]:
+    """Read afresh from the database each time (at connect and at each re-check), never from what
+    the connection cached: the user, their permissions, the session."""
+    return auth.admit_to_noc(credentials)
 
 
 def _event_json(event: dict[str, Any]) -> str:
@@ -151,8 +188,54 @@ def _frame(message_type: str, seq: int, data_json: str) -> str:
     return f"{head}}}" if data_json == "{}" else f"{head}, {data_json[1:]}"
 
 
+EVERYTHING = Filters()  # frozen: one for every client that has not narrowed its stream
 # What the feeds bring: the tenant's events, the user's revocation.
 FEED_MESSAGES = frozenset({*EventType, REVOKED})
+
+
+async def _recheck_access(clients: list[NocDashboardConsumer]) -> None:
+    """Close each client a connect with its credentials would now refuse (NOC_REAUTH_SECONDS).
+
+    Catches what no revocation message reported: a change made past Django's signals, or one
+    whose message was lost (Redis down, another host).
+    """
+    try:
+        verdicts = await _admit([client.credentials for client in clients])
+    except Exception as exc:  # the database is unreachable: keep serving, ask again
+        log.warning("NOC access not re-checked", connections=len(clients), error=str(exc))
+        return
+    for client in clients:
+        verdict = verdicts[client.credentials]
+        if isinstance(verdict, auth.Admission) and (
+            verdict.user.pk != client.user.pk or verdict.user.tenant_id != client.tenant_id
+        ):
+            verdict = auth.TokenRefusedError("the user's tenant changed", auth.CLOSE_FORBIDDEN)
+        if isinstance(verdict, auth.TokenRefusedError) and client.joined:
+            await client.close_revoked(str(verdict), verdict.close_code)
+
+
+async def _renew_sockets(clients: list[NocDashboardConsumer]) -> None:
+    """Keep these connections counted against their users' limits while they are open."""
+    await asyncio.to_thread(limits.renew, [(c.user.pk, c.socket_id) for c in clients])
+
+
+async def _flush_telemetry(clients: list[NocDashboardConsumer]) -> None:
+    for client in clients:
+        try:
+            await client.flush_telemetry()
+        except Exception:
+            log.exception("a NOC client's telemetry flush failed")
+
+
+access_checks: rounds.Round[NocDashboardConsumer] = rounds.Round(
+    "access re-check", lambda: settings.NOC_REAUTH_SECONDS, _recheck_access
+)
+socket_renewals: rounds.Round[NocDashboardConsumer] = rounds.Round(
+    "socket renewal", lambda: limits.SOCKET_RENEW_SECONDS, _renew_sockets
+)
+telemetry_flushes: rounds.Batch[NocDashboardConsumer] = rounds.Batch(
+    "telemetry flush", lambda: settings.NOC_TELEMETRY_MIN_INTERVAL_MS / 1000, _flush_telemetry
+)
 
 
 class NocDashboardConsumer(AsyncWebsocketConsumer):
@@ -161,6 +244,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = None
     user: User
     tenant_id: int
+    credentials: auth.Credentials
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """channels' dispatch, less its close_old_connections before every message (a thread
@@ -191,18 +275,22 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         self.seq = 0
         self.unacknowledged = Unacknowledged()
         self.cut_off = False
-        self.filters: Filters | None = Filters()
-        self.recent: deque[float] = deque()
-        self.tasks: list[asyncio.Task[None]] = []
+        self.filters: Filters | None = EVERYTHING
+        self.rate = MessageRate()
+        self.expiry: asyncio.TimerHandle | None = None
+        self.closing: asyncio.Task[None] | None = None
         self.pending_telemetry: dict[str, str] = {}  # device id -> its latest state, as JSON
         self.pending_messages = 0
-        self.telemetry_flush: asyncio.Task[None] | None = None
         self.joined = False
         self.admitted = False
         self.backlog: list[dict[str, Any]] | None = []  # events that came before the snapshot
         self.socket_id = uuid.uuid4().hex  # this connection, in the per-user limits
         try:
-            self.user, expires_at = await _authenticate(self.scope)
+            self.credentials = _credentials(self.scope)
+            admission = (await _admit([self.credentials]))[self.credentials]
+            if isinstance(admission, auth.TokenRefusedError):
+                raise admission
+            self.user, expires_at = admission.user, admission.expires_at
         except auth.TokenRefusedError as refusal:
             log.info("NOC connection refused", reason=str(refusal), code=refusal.close_code)
             await self.accept()
@@ -232,10 +320,12 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps({"type": "connected", "tenant_id": self.tenant_id}))
         for group in self.feed_groups:
             await feeds.join(group, self)
-        self.tasks.append(asyncio.create_task(self._renew_socket()))
-        self.tasks.append(asyncio.create_task(self._recheck_access()))
+        socket_renewals.add(self)
+        access_checks.add(self)
         if expires_at is not None:
-            self.tasks.append(asyncio.create_task(self._close_at(expires_at)))
+            self.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires_at - time.time()), self._expired
+            )
         await self._send_event("snapshot", await self._snapshot(), flow_controlled=False)
         while self.backlog:  # what came meanwhile, in order; None only once it is empty
             await self._handle(self.backlog.pop(0))
@@ -243,56 +333,38 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         log.info("NOC client connected", user=self.user.username, tenant_id=self.tenant_id)
 
     async def disconnect(self, code: int) -> None:
-        for task in self.tasks:
-            task.cancel()
+        socket_renewals.discard(self)
+        access_checks.discard(self)
+        telemetry_flushes.discard(self)
+        if self.expiry is not None:
+            self.expiry.cancel()
+        if self.closing is not None:
+            self.closing.cancel()
         if self.admitted:
             self.admitted = False
             await asyncio.to_thread(limits.release, self.user.pk, self.socket_id)
-        if self.telemetry_flush:
-            self.telemetry_flush.cancel()
         if self.joined:
             self.joined = False
             metrics.WEBSOCKET_CONNECTIONS.dec()
             for group in self.feed_groups:
                 await feeds.leave(group, self)
 
-    # --- background duties ------------------------------------------------------------------
+    # --- access -----------------------------------------------------------------------------
 
-    async def _renew_socket(self) -> None:
-        """Keep this connection counted against its user's limit while it is open."""
-        while True:
-            await asyncio.sleep(limits.SOCKET_RENEW_SECONDS)
-            await asyncio.to_thread(limits.renew, self.user.pk, self.socket_id)
+    def _expired(self) -> None:
+        self.closing = asyncio.create_task(self._close_expired())
 
-    async def _close_at(self, expires_at: float) -> None:
-        await asyncio.sleep(max(0.0, expires_at - time.time()))
+    async def _close_expired(self) -> None:
         log.info("NOC token expired; closing", user=self.user.username)
         await self._send_event("error", {"error": "token expired; reconnect with a new one"})
         await self.close(code=auth.CLOSE_UNAUTHENTICATED)
 
-    async def _recheck_access(self) -> None:
-        """Close once a connect with these credentials would be refused (NOC_REAUTH_SECONDS).
-
-        Catches what no revocation message reported: a change made past Django's signals, or
-        one whose message was lost (Redis down, another host).
-        """
-        while True:
-            await asyncio.sleep(settings.NOC_REAUTH_SECONDS)
-            try:
-                user, _ = await _authenticate(self.scope)
-                if user.pk != self.user.pk or user.tenant_id != self.tenant_id:
-                    raise auth.TokenRefusedError("the user's tenant changed", auth.CLOSE_FORBIDDEN)
-            except auth.TokenRefusedError as refusal:
-                await self._close_revoked(str(refusal), refusal.close_code)
-                return
-            except Exception as exc:  # the database is unreachable: keep serving, ask again
-                log.warning("NOC access not re-checked", user=self.user.username, error=str(exc))
-
     async def access_revoked(self, event: dict[str, Any]) -> None:
         """The user's access changed (apps/noc/revocation.py): reconnect to be checked again."""
-        await self._close_revoked(event["reason"], auth.CLOSE_REVOKED)
+        await self.close_revoked(event["reason"], auth.CLOSE_REVOKED)
 
-    async def _close_revoked(self, reason: str, code: int) -> None:
+    async def close_revoked(self, reason: str, code: int) -> None:
+        access_checks.discard(self)
         log.info("NOC access withdrawn; closing", user=self.user.username, reason=reason, code=code)
         await self._send_event("error", {"error": f"access withdrawn: {reason}"})
         await self.close(code=code)
@@ -305,10 +377,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_MESSAGE_TOO_BIG)
             return
         now = time.monotonic()
-        self.recent.append(now)
-        while self.recent and now - self.recent[0] > 60:
-            self.recent.popleft()
-        if len(self.recent) > settings.NOC_MAX_MESSAGES_PER_MINUTE:
+        if self.rate.over(now, settings.NOC_MAX_MESSAGES_PER_MINUTE):
             log.warning("NOC client over its message rate; closing", user=self.user.username)
             await self.close(code=CLOSE_TOO_MANY_MESSAGES)
             return
@@ -399,15 +468,13 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
                 wanted += 1
         if wanted:
             self.pending_messages += int(event["data"].get("messages", wanted))
-        if self.pending_telemetry and self.telemetry_flush is None:
-            self.telemetry_flush = asyncio.create_task(self._flush_telemetry())
+        if self.pending_telemetry:
+            telemetry_flushes.add(self)  # this process's one timer sends it (rounds.Batch)
 
-    async def _flush_telemetry(self) -> None:
-        await asyncio.sleep(settings.NOC_TELEMETRY_MIN_INTERVAL_MS / 1000)
+    async def flush_telemetry(self) -> None:
         devices, self.pending_telemetry = list(self.pending_telemetry.values()), {}
         messages, self.pending_messages = self.pending_messages, 0
-        self.telemetry_flush = None
-        if devices:
+        if devices and self.joined:
             data_json = f'{{"devices": [{", ".join(devices)}], "messages": {messages}}}'
             await self._send_frame("telemetry_update", data_json)
 

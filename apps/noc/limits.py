@@ -14,6 +14,8 @@ When Redis cannot be asked, a connection is let in: operators must see their ale
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Iterable
 
 import redis
 import structlog
@@ -59,16 +61,21 @@ def admit(user_id: int, channel_name: str) -> str | None:
     return None
 
 
-def renew(user_id: int, channel_name: str) -> None:
-    """This connection is still open (every SOCKET_RENEW_SECONDS)."""
-    sockets_key = _sockets_key(user_id)
+def renew(sockets: Iterable[tuple[int, str]]) -> None:
+    """These connections (user id, channel name) are still open: every SOCKET_RENEW_SECONDS, all
+    of a Daphne process's in one round trip."""
+    now = time.time()
+    by_user: dict[int, dict[str, float]] = defaultdict(dict)
+    for user_id, channel_name in sockets:
+        by_user[user_id][channel_name] = now
     try:
-        with state_redis().pipeline() as pipe:
-            pipe.zadd(sockets_key, {channel_name: time.time()})
-            pipe.expire(sockets_key, SOCKET_STALE_SECONDS)
+        with state_redis().pipeline(transaction=False) as pipe:
+            for user_id, members in by_user.items():
+                pipe.zadd(_sockets_key(user_id), members)  # type: ignore[arg-type]
+                pipe.expire(_sockets_key(user_id), SOCKET_STALE_SECONDS)
             pipe.execute()
     except redis.RedisError as exc:
-        log.warning("NOC connection not renewed in Redis", error=str(exc))
+        log.warning("NOC connections not renewed in Redis", error=str(exc))
 
 
 def release(user_id: int, channel_name: str) -> None:
