@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from apps.core.bulk import update_rows
+from apps.core.bulk import fetch_instances, one_of, update_rows
 from apps.core.envelope import Envelope
 from apps.core.events import Event, EventType
 from apps.core.tasks.base import Outcome, Refusal
@@ -55,13 +55,13 @@ def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
     def handle(envelopes: list[Envelope]) -> Outcome:
         # Locked for the transaction: workers of several queues update the same devices
         # (PostgreSQL; SQLite serialises writers anyway). Ordered to avoid deadlocks.
-        devices = {
-            device.device_id: device
-            for device in Device.objects.select_for_update(of=("self",))
-            .filter(device_id__in={envelope.source_id for envelope in envelopes})
-            .only(*BATCH_FIELDS)
+        ids = {envelope.source_id for envelope in envelopes}
+        locked = (
+            Device.objects.select_for_update(of=("self",))
+            .filter(device_id__in=one_of(Device, ids))
             .order_by("pk")
-        }
+        )
+        devices = {device.device_id: device for device in fetch_instances(locked, BATCH_FIELDS)}
         before = {device_id: _state(device) for device_id, device in devices.items()}
         known = [envelope for envelope in envelopes if envelope.source_id in devices]
         orphans = [envelope for envelope in envelopes if envelope.source_id not in devices]
