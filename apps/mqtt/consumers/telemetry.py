@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
-from apps.alerts.services import AlertSignal, clear_alerts, raise_alerts
+from apps.alerts.services import AlertSignal, settle_alerts
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
 from apps.devices.models import Device, TelemetryReading
@@ -72,7 +72,6 @@ def process(batch: DeviceBatch) -> list[Event]:
             "connectivity": payload.connectivity,
             "recorded_at": recorded_at.isoformat(),
         }
-    events.extend(raise_alerts(low))
-    events.extend(clear_alerts(AlertType.LOW_BATTERY, recovered))
+    events.extend(settle_alerts(AlertType.LOW_BATTERY, low, recovered))
     events.extend(telemetry_updates(updates, batch))
     return events
