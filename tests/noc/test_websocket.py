@@ -335,7 +335,7 @@ def test_a_long_lived_connection_outlives_the_channel_layers_group_expiry(
             await asyncio.to_thread(
                 broadcast_to_noc_dashboard,
                 "device_status",
-                {"device_id": "panic-007", "site": "", "status": "OFFLINE"},
+                {"devices": [{"device_id": "panic-007", "site": "", "status": "OFFLINE"}]},
                 tenant_id=alice.tenant_id,
             )
             return await until_type(ws, "device_status")
@@ -347,7 +347,7 @@ def test_a_long_lived_connection_outlives_the_channel_layers_group_expiry(
     layers["default"]["CONFIG"]["group_expiry"] = expiry
     try:
         with override_settings(CHANNEL_LAYERS=layers):
-            assert asyncio.run(listen())["status"] == "OFFLINE"
+            assert asyncio.run(listen())["devices"][0]["status"] == "OFFLINE"
     finally:
         service.stop()
 
@@ -418,6 +418,54 @@ def test_filters_narrow_the_stream_and_unsubscribe_silences_it(daphne_server, al
     first, after = asyncio.run(watch())
     assert first["source_id"] == "loud-1"
     assert after["type"] == "heartbeat_ack"
+
+
+def test_a_tenants_status_changes_come_in_one_event_narrowed_to_the_clients_site(
+    daphne_server, alice
+):
+    from apps.core.events import broadcast_to_noc_dashboard
+
+    token = issue_access_token(alice)
+
+    def device(device_id: str, site: str) -> dict[str, Any]:
+        return {"device_id": device_id, "site": site, "status": "ONLINE"}
+
+    def batch() -> None:
+        devices = [device("north-1", "north"), device("south-1", "south")]
+        devices.append(device("north-2", "north"))
+        broadcast_to_noc_dashboard("device_status", {"devices": devices}, tenant_id=alice.tenant_id)
+        # As a release before this one sent it (an outbox resend across the upgrade).
+        broadcast_to_noc_dashboard(
+            "device_status", device("north-3", "north"), tenant_id=alice.tenant_id
+        )
+        broadcast_to_noc_dashboard(
+            "device_status", device("south-2", "south"), tenant_id=alice.tenant_id
+        )
+        end = {"devices": [device("last", "north")]}  # every client sees it, after the rest
+        broadcast_to_noc_dashboard("device_status", end, tenant_id=alice.tenant_id)
+
+    async def watch(filters: dict[str, Any] | None) -> list[dict[str, Any]]:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            if filters is not None:
+                await ws.send(json.dumps({"type": "subscribe", "filters": filters}))
+                await until_type(ws, "subscribed")
+            await asyncio.to_thread(batch)
+            received = [await next_message(ws)]
+            while received[-1].get("devices") != [device("last", "north")]:
+                received.append(await next_message(ws))
+            return received[:-1]
+
+    def shown(messages: list[dict[str, Any]]) -> list[list[str]]:
+        assert {m["type"] for m in messages} == {"device_status"}
+        return [[d["device_id"] for d in m["devices"]] for m in messages]
+
+    assert shown(asyncio.run(watch(None))) == [
+        ["north-1", "south-1", "north-2"],
+        ["north-3"],
+        ["south-2"],
+    ]
+    assert shown(asyncio.run(watch({"site": "north"}))) == [["north-1", "north-2"], ["north-3"]]
 
 
 def test_telemetry_is_conflated_to_the_latest_values_per_device(daphne_server, alice):

@@ -3,7 +3,8 @@
 The batch runner (apps/core/tasks/base.py) hands `with_devices(consumer)` the fresh messages of
 one batch inside its transaction. This module locks their devices, sets aside messages whose
 device is gone, calls the consumer with a `DeviceBatch`, records that the devices were heard
-from (apps/mqtt/presence.py), and writes what changed on the devices in one statement. A
+from (apps/mqtt/presence.py), writes what changed on the devices in one statement and tells the
+NOC whose status changed, in one event per tenant. A
 consumer holds only domain logic: it bulk-creates rows, changes its devices' state fields in
 memory, evaluates its rules over the whole batch and returns the events for the NOC.
 """
@@ -21,7 +22,7 @@ from apps.core.envelope import Envelope
 from apps.core.events import Event, EventType
 from apps.core.tasks.base import Outcome, Refusal
 from apps.devices.models import Device
-from apps.devices.services import device_state
+from apps.devices.services import device_state, status_events
 from apps.mqtt import presence
 
 
@@ -38,7 +39,8 @@ class DeviceBatch:
 
 Consumer = Callable[[DeviceBatch], list[Event]]
 
-# What consumers and presence change on a device; written back once per batch.
+# What consumers and presence change on a device; written back once per batch, and a change of
+# status told to the NOC in one `device_status` event per tenant. Status first (`_state`).
 STATE_FIELDS = ("status", "last_seen", "battery", "signal")
 # What a batch reads of its devices: the rest (created_at, names, credentials) would only cost
 # its conversion, for each of up to MQTT_BATCH_MAX_SIZE devices.
@@ -70,6 +72,7 @@ def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
         events.extend(presence.mark_seen(_last_heard(batch)))
         changed = [d for device_id, d in devices.items() if _state(d) != before[device_id]]
         update_rows(changed, STATE_FIELDS)
+        events.extend(status_events(d for d in changed if d.status != before[d.device_id][0]))
         gone = Refusal("unknown_device", "device was removed from the registry")
         return Outcome(events, refused=[(envelope, gone) for envelope in orphans])
 
