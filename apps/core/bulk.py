@@ -134,6 +134,8 @@ def column_adapter(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> A
 def aware_datetime_for_sqlite(value: datetime) -> str:
     """What Django's SQLite backend stores for an aware datetime when its connection is in UTC
     (always, with USE_TZ on and no database TIME_ZONE): `str()` of it made naive in UTC."""
+    if value.tzinfo is UTC:  # most are: the same text less its "+00:00", in half the time
+        return value.isoformat(" ")[:-6]
     return str(value.astimezone(UTC).replace(tzinfo=None))
 
 

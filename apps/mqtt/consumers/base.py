@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from apps.core.bulk import fetch_instances, one_of, update_rows
@@ -47,8 +48,7 @@ STATE_FIELDS = ("status", "last_seen", "battery", "signal")
 BATCH_FIELDS = ("tenant_id", "device_id", "kind", "site", *STATE_FIELDS)
 
 
-def _state(device: Device) -> tuple[Any, ...]:
-    return tuple(getattr(device, name) for name in STATE_FIELDS)
+_state: Callable[[Device], tuple[Any, ...]] = attrgetter(*STATE_FIELDS)
 
 
 def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
