@@ -592,6 +592,68 @@ def test_an_event_resent_with_its_id_is_shown_once_to_each_client(daphne_server,
     assert metric("noc_events_dropped_total", reason="duplicate") - dropped_before == 2
 
 
+def test_a_batchs_events_go_in_one_message_per_tenant_and_reach_the_client_one_by_one(
+    daphne_server, alice
+):
+    """A worker sends a batch's events to each tenant's group in one channel-layer message (a
+    bundle); the Daphne process hands each on as if sent alone, in order, a resent one once."""
+    from channels.layers import get_channel_layer
+
+    from apps.core.events import EVENT_BUNDLE, Event, EventType, broadcast_events, tenant_group
+
+    token = issue_access_token(alice)
+    other = alice.tenant_id + 1000  # a tenant with no client here
+
+    def alert(alert_id: int) -> dict[str, Any]:
+        return {
+            "id": alert_id,
+            "source_id": "panic-1",
+            "severity": "LOW",
+            "site": "",
+            "status": "NEW",
+        }
+
+    batch = [
+        Event(alice.tenant_id, EventType.ALERT_UPDATED, alert(1)),
+        Event(other, EventType.ALERT_UPDATED, alert(2)),
+        Event(
+            alice.tenant_id,
+            EventType.DEVICE_STATUS,
+            {"devices": [{"device_id": "panic-1", "site": "", "status": "ONLINE"}]},
+        ),
+        Event(alice.tenant_id, EventType.ALERT_UPDATED, alert(3)),
+    ]
+    ids = ["60:0", "60:1", "60:2", "60:3"]
+
+    async def watch() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        layer = get_channel_layer()
+        raw = await layer.new_channel()
+        await layer.group_add(tenant_group(alice.tenant_id), raw)
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            for _ in range(2):  # sent, then resent whole: each event is shown once
+                assert await asyncio.to_thread(broadcast_events, batch, None, ids) == 4
+            end = Event(alice.tenant_id, EventType.ALERT_UPDATED, alert(4))
+            await asyncio.to_thread(broadcast_events, [end], None, ["61:0"])
+            shown = [await next_message(ws)]
+            while shown[-1].get("id") != 4:
+                shown.append(await next_message(ws))
+        sent = [await layer.receive(raw) for _ in range(3)]
+        await layer.group_discard(tenant_group(alice.tenant_id), raw)
+        return sent, shown
+
+    sent, shown = asyncio.run(watch())
+    assert [m["type"] for m in sent] == [EVENT_BUNDLE, EVENT_BUNDLE, "alert_updated"]
+    assert [e["id"] for e in sent[0]["events"]] == ["60:0", "60:2", "60:3"]
+    assert [(m["type"], m.get("id")) for m in shown] == [
+        ("alert_updated", 1),
+        ("device_status", None),
+        ("alert_updated", 3),
+        ("alert_updated", 4),
+    ]
+    assert [m["seq"] for m in shown] == list(range(shown[0]["seq"], shown[0]["seq"] + 4))
+
+
 def test_events_sent_while_a_client_connects_come_after_its_snapshot_in_order(daphne_server, alice):
     """The tenant's feed hands a connecting client events from the moment it joins; those that
     come while its snapshot is read wait for it, so none goes before the snapshot or is lost."""
