@@ -40,8 +40,7 @@ class DeviceBatch:
 
 Consumer = Callable[[DeviceBatch], list[Event]]
 
-# What consumers and presence change on a device; written back once per batch, and a change of
-# status told to the NOC in one `device_status` event per tenant. Status first (`_state`).
+# What consumers and presence change on a device; written back once per batch.
 STATE_FIELDS = ("status", "last_seen", "battery", "signal")
 # What a batch reads of its devices: the rest (created_at, names, credentials) would only cost
 # its conversion, for each of up to MQTT_BATCH_MAX_SIZE devices.
@@ -49,6 +48,7 @@ BATCH_FIELDS = ("tenant_id", "device_id", "kind", "site", *STATE_FIELDS)
 
 
 _state: Callable[[Device], tuple[Any, ...]] = attrgetter(*STATE_FIELDS)
+STATUS = STATE_FIELDS.index("status")  # its place in a `_state`
 
 
 def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
@@ -72,7 +72,8 @@ def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
         events.extend(presence.mark_seen(_last_heard(batch)))
         changed = [d for device_id, d in devices.items() if _state(d) != before[device_id]]
         update_rows(changed, STATE_FIELDS)
-        events.extend(status_events(d for d in changed if d.status != before[d.device_id][0]))
+        moved = [d for d in changed if d.status != before[d.device_id][STATUS]]
+        events.extend(status_events(moved))  # one event per tenant, not one per device
         gone = Refusal("unknown_device", "device was removed from the registry")
         return Outcome(events, refused=[(envelope, gone) for envelope in orphans])
 
