@@ -135,6 +135,8 @@ class Broadcasts:
         await self._listening
 
     async def _drain(self, tenant: int, channel: str) -> None:
+        from apps.core.events import unbundle
+
         while True:
             try:
                 message = await self._layer.receive(channel)
@@ -143,13 +145,14 @@ class Broadcasts:
                 await asyncio.sleep(0.2)
                 continue
             with self._lock:
-                # As the NOC consumer does: an event sent again (same id) is shown once.
-                if message.get("id") in self._seen:
-                    self.resends_absorbed += 1
-                    continue
-                if message.get("id"):
-                    self._seen.add(message["id"])
-                self.received.append((tenant, message))
+                for event in unbundle(message):  # as the NOC's feed does
+                    # As the NOC consumer does: an event sent again (same id) is shown once.
+                    if event.get("id") in self._seen:
+                        self.resends_absorbed += 1
+                        continue
+                    if event.get("id"):
+                        self._seen.add(event["id"])
+                    self.received.append((tenant, event))
 
     def telemetry_messages(self) -> Counter[int]:
         """Messages counted by the `telemetry_update` events so far, by tenant."""

@@ -24,7 +24,7 @@ from apps.alerts.models import (
     AlertType,
     Severity,
 )
-from apps.core.bulk import update_rows
+from apps.core.bulk import one_of, update_rows
 from apps.core.events import Event, EventType
 from apps.devices.models import Device
 from apps.tenants.models import User
@@ -78,25 +78,38 @@ def _event(alert: Alert, *, new: bool) -> Event:
 
 def active_alerts(devices: Iterable[Device], alert_types: Iterable[str]) -> dict[AlertKey, Alert]:
     """The active alerts of these types of these devices, by (device id, type): one query,
-    however many devices."""
-    tenants = {device.device_id: device.tenant_id for device in devices}
-    if not tenants:
+    however many devices. Each alert holds its device as given (its event shows the site)."""
+    by_id = {device.device_id: device for device in devices}
+    if not by_id:
         return {}
-    alerts = (
-        Alert.objects.filter(
-            source_id__in=list(tenants),
-            alert_type__in=set(alert_types),
-            status__in=ACTIVE_STATUSES,
-        )
-        .select_related("device")
-        .order_by()
-    )  # by the index on (source_id, alert_type, status)
-    # Device ids are unique system-wide, but an alert is its tenant's: never match another's.
-    return {
-        (alert.source_id, alert.alert_type): alert
-        for alert in alerts
-        if tenants[alert.source_id] == alert.tenant_id
-    }
+    alerts = Alert.objects.filter(
+        source_id__in=one_of(Alert, by_id),
+        alert_type__in=set(alert_types),
+        status__in=ACTIVE_STATUSES,
+    ).order_by()  # by the index on (source_id, alert_type, status)
+    found: dict[AlertKey, Alert] = {}
+    for alert in alerts:
+        device = by_id[alert.source_id]
+        # Device ids are unique system-wide, but an alert is its tenant's: never match another's.
+        if alert.tenant_id != device.tenant_id:
+            continue
+        if alert.device_id == device.pk:
+            Alert.device.field.set_cached_value(alert, device)
+        found[(alert.source_id, alert.alert_type)] = alert
+    return found
+
+
+def settle_alerts(
+    alert_type: AlertType, raised: Sequence[AlertSignal], cleared: Sequence[tuple[Device, str]]
+) -> list[Event]:
+    """A rule's verdict over a batch: `raise_alerts(raised)` (all of `alert_type`) and
+    `clear_alerts(alert_type, cleared)`, with one query for the active alerts of both."""
+    if any(signal.alert_type != alert_type for signal in raised):
+        raise ValueError(f"settle_alerts({alert_type}) was given a signal of another type")
+    active = active_alerts(
+        [signal.device for signal in raised] + [device for device, _ in cleared], [alert_type]
+    )
+    return _raise(raised, active) + _clear(alert_type, cleared, active)
 
 
 def raise_alert(signal: AlertSignal) -> Event:
@@ -112,14 +125,16 @@ def raise_alerts(signals: Sequence[AlertSignal]) -> list[Event]:
     The caller holds the signals' device rows (consumers.base.with_devices locks them), the
     lock every writer of an alert's count takes; so counts read here are written back exact.
     """
+    devices = {signal.device.device_id: signal.device for signal in signals}
+    return _raise(signals, active_alerts(devices.values(), {s.alert_type for s in signals}))
+
+
+def _raise(signals: Sequence[AlertSignal], active: dict[AlertKey, Alert]) -> list[Event]:
     grouped: dict[AlertKey, list[AlertSignal]] = {}
     for signal in signals:
         grouped.setdefault((signal.device.device_id, signal.alert_type), []).append(signal)
     if not grouped:
         return []
-    active = active_alerts(
-        [group[0].device for group in grouped.values()], {key[1] for key in grouped}
-    )
     repeated: list[tuple[Alert, bool]] = []
     created: list[Alert] = []
     now = timezone.now()
@@ -177,13 +192,23 @@ def clear_alert(device: Device, alert_type: str, note: str) -> Event | None:
 def clear_alerts(alert_type: str, clearings: Sequence[tuple[Device, str]]) -> list[Event]:
     """Resolve the active alert of this type of each device that has one, with its note, on the
     system's behalf: one query to find them, then one insert and one update for all found."""
+    return _clear(alert_type, clearings, active_alerts([d for d, _ in clearings], [alert_type]))
+
+
+def _clear(
+    alert_type: str, clearings: Sequence[tuple[Device, str]], active: dict[AlertKey, Alert]
+) -> list[Event]:
     notes = {device.device_id: note for device, note in clearings}
-    active = active_alerts([device for device, _ in clearings], [alert_type])
-    if not active:
+    found = {
+        source_id: alert
+        for source_id in notes
+        if (alert := active.get((source_id, alert_type))) is not None
+    }
+    if not found:
         return []
     now = timezone.now()
     steps = []
-    for (source_id, _), alert in active.items():
+    for source_id, alert in found.items():
         steps.append(
             AlertTransition(
                 alert=alert,
@@ -194,8 +219,8 @@ def clear_alerts(alert_type: str, clearings: Sequence[tuple[Device, str]]) -> li
         )
         alert.status, alert.resolved_at, alert.updated_at = AlertStatus.RESOLVED, now, now
     AlertTransition.objects.bulk_create(steps)
-    update_rows(list(active.values()), ["status", "resolved_at", "updated_at"])
-    return [_event(alert, new=False) for alert in active.values()]
+    update_rows(list(found.values()), ["status", "resolved_at", "updated_at"])
+    return [_event(alert, new=False) for alert in found.values()]
 
 
 def transition(alert: Alert, to_status: str, *, by: User | None, note: str = "") -> Event:

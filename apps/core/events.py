@@ -42,6 +42,20 @@ class Event:
         object.__setattr__(self, "message_type", EventType(self.message_type))
 
 
+# A channel-layer message holding several events of one tenant, in order: a batch's events go
+# to each tenant's group in one send (each send is four Redis round trips and about 0.5 ms of a
+# worker's CPU). The NOC's feed (apps/noc/feeds.py) hands each event on as if sent alone.
+EVENT_BUNDLE = "event_bundle"
+
+
+def unbundle(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events a channel-layer message carries: a bundle's, or the message itself."""
+    if message.get("type") == EVENT_BUNDLE:
+        events: list[dict[str, Any]] = message["events"]
+        return events
+    return [message]
+
+
 def tenant_group(tenant_id: int) -> str:
     """The channel-layer group of one tenant's dashboards, from the tenant's id only."""
     return f"noc.tenant.{int(tenant_id)}"
@@ -98,27 +112,41 @@ def broadcast_to_noc_dashboard(message_type: str, data: dict[str, Any], *, tenan
 async def _send_all(
     events: list[Event], on_sent: Callable[[int], object] | None, ids: list[str] | None
 ) -> int:
+    """One send per tenant: its event alone, or its events in order in a bundle."""
     layer = get_channel_layer()
-    sent = 0
+    per_tenant: dict[int, list[int]] = {}
     for index, event in enumerate(events):
-        message_type = event.message_type.value  # the consumer's handler of the same name
+        per_tenant.setdefault(event.tenant_id, []).append(index)
+    sent = 0
+    for tenant_id, indexes in per_tenant.items():
+        messages: list[dict[str, Any]] = []
+        for index in indexes:
+            # "type" names the consumer's handler of the same name.
+            message = {"type": events[index].message_type.value, "data": events[index].data}
+            if ids is not None:
+                message["id"] = ids[index]
+            messages.append(message)
+        types = [str(message["type"]) for message in messages]
+        bundle = {"type": EVENT_BUNDLE, "events": messages}
         try:
             if layer is None:
                 raise RuntimeError("CHANNEL_LAYERS is not configured")
-            message: dict[str, Any] = {"type": message_type, "data": event.data}
-            if ids is not None:
-                message["id"] = ids[index]
-            await layer.group_send(tenant_group(event.tenant_id), message)
+            await layer.group_send(
+                tenant_group(tenant_id), messages[0] if len(messages) == 1 else bundle
+            )
         except Exception as exc:  # counted and logged; the data is already stored
-            metrics.WEBSOCKET_BROADCAST_FAILURE.labels(message_type=message_type).inc()
+            for message_type in types:
+                metrics.WEBSOCKET_BROADCAST_FAILURE.labels(message_type=message_type).inc()
             log.error(
                 "NOC broadcast failed",
-                message_type=message_type,
-                tenant_id=event.tenant_id,
+                message_types=sorted(set(types)),
+                events=len(types),
+                tenant_id=tenant_id,
                 error=f"{type(exc).__name__}: {exc}",
                 hint="check the channel layer (Redis DB 2, CHANNELS_ENCRYPTION_KEY)",
             )
-        else:
+            continue
+        for index, message_type in zip(indexes, types, strict=True):
             metrics.WEBSOCKET_BROADCAST_SUCCESS.labels(message_type=message_type).inc()
             sent += 1
             if on_sent is not None:

@@ -8,6 +8,9 @@ Dashboards and alert rules in deploy/ must only use names declared here; a test 
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -112,6 +115,21 @@ END_TO_END_LATENCY = Histogram(
     ["kind"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """`histogram.observe(amount)` for each amount, with the same totals: one write to the sum
+    and one per bucket touched, instead of two per amount (in multiprocess mode each is a locked
+    write to a memory-mapped file; per message, 4 % of a worker's batch).
+    tests/monitoring/test_metrics.py holds it equal to `observe`, as prometheus_client changes."""
+    if not amounts:
+        return
+    histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
+    histogram._sum.inc(sum(amounts))
+    # `observe` counts an amount in the first bucket whose upper bound is >= it.
+    for index, count in Tally(bisect_left(histogram._upper_bounds, a) for a in amounts).items():
+        histogram._buckets[index].inc(count)
+
 
 # --- NOC fan-out --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -81,5 +82,13 @@ def device_state(device: Device) -> dict[str, Any]:
     }
 
 
-def status_event(device: Device) -> Event:
-    return Event(device.tenant_id, EventType.DEVICE_STATUS, device_state(device))
+def status_events(devices: Iterable[Device]) -> list[Event]:
+    """One `device_status` event per tenant: `{"devices": [device_state, …]}`, the devices
+    whose status changed (a fleet's first batch brings hundreds online at once)."""
+    per_tenant: dict[int, list[dict[str, Any]]] = {}
+    for device in devices:
+        per_tenant.setdefault(device.tenant_id, []).append(device_state(device))
+    return [
+        Event(tenant_id, EventType.DEVICE_STATUS, {"devices": states})
+        for tenant_id, states in per_tenant.items()
+    ]

@@ -22,15 +22,15 @@ from apps.core.outbox import broadcast_on_commit
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import DETECT_OFFLINE_DEVICES
 from apps.devices.models import Device
-from apps.devices.services import status_event
+from apps.devices.services import status_events
 
 log = structlog.get_logger(__name__)
 
 
 def mark_seen(seen: list[tuple[Device, datetime]]) -> list[Event]:
     """Record that devices were heard from: a new device is ONLINE, an OFFLINE one is back
-    and its alert cleared. The caller writes the devices' changed fields."""
-    events: list[Event] = []
+    and its alert cleared. The caller writes the devices' changed fields and announces their
+    new status (consumers/base.py)."""
     back: list[tuple[Device, str]] = []
     for device, at in seen:
         if device.last_seen is not None and at <= device.last_seen:
@@ -38,16 +38,14 @@ def mark_seen(seen: list[tuple[Device, datetime]]) -> list[Event]:
         device.last_seen = at
         if device.status == Device.Status.UNKNOWN:
             device.status = Device.Status.ONLINE
-            events.append(status_event(device))
         elif device.status == Device.Status.OFFLINE:
             device.status = Device.Status.ONLINE
             back.append((device, "device reported again"))
-            events.append(status_event(device))
-    events.extend(clear_alerts(AlertType.OFFLINE, back))
-    return events
+    return clear_alerts(AlertType.OFFLINE, back)
 
 
-def mark_offline(device: Device, now: datetime) -> list[Event]:
+def mark_offline(device: Device, now: datetime) -> Event:
+    """Make the device OFFLINE and raise its alert; the caller announces the new status."""
     device.status = Device.Status.OFFLINE
     device.save(update_fields=["status"])
     signal = AlertSignal(
@@ -61,7 +59,7 @@ def mark_offline(device: Device, now: datetime) -> list[Event]:
             else "never heard from"
         ),
     )
-    return [raise_alert(signal), status_event(device)]
+    return raise_alert(signal)
 
 
 @shared_task(name=DETECT_OFFLINE_DEVICES, acks_late=True)
@@ -90,7 +88,7 @@ def detect_offline_devices() -> int:
         )
         return 0
     events: list[Event] = []
-    gone = 0
+    gone: list[Device] = []
     with transaction.atomic():
         candidates = list(
             Device.objects.filter(last_seen__lt=cutoff)
@@ -101,8 +99,8 @@ def detect_offline_devices() -> int:
         for device in candidates:
             if heard.get(device.device_id, 0.0) >= cutoff.timestamp():
                 continue  # received recently; its message is still on its way to the database
-            events.extend(mark_offline(device, now))
-            gone += 1
+            events.append(mark_offline(device, now))
+            gone.append(device)
             log.info("device offline", device_id=device.device_id, last_seen=str(device.last_seen))
-        broadcast_on_commit(events)
-    return gone
+        broadcast_on_commit(events + status_events(gone))
+    return len(gone)

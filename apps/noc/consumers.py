@@ -174,11 +174,19 @@ def _event_json(event: dict[str, Any]) -> str:
     return str(encoded)
 
 
-def _devices_json(event: dict[str, Any]) -> list[str]:
-    """Each device of a telemetry_update as JSON, encoded once for all the clients."""
+def _status_devices(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The devices of a device_status event; one, if a release before they were grouped per
+    tenant sent it (an outbox resend across an upgrade)."""
+    data = event["data"]
+    devices: list[dict[str, Any]] = data.get("devices", [data])
+    return devices
+
+
+def _devices_json(event: dict[str, Any], devices: list[dict[str, Any]]) -> list[str]:
+    """Each of the event's `devices` as JSON, encoded once for all the clients."""
     encoded = event.get("_devices_json")
     if encoded is None:
-        encoded = event["_devices_json"] = [json.dumps(d) for d in event["data"]["devices"]]
+        encoded = event["_devices_json"] = [json.dumps(d) for d in devices]
     return list(encoded)
 
 
@@ -451,8 +459,15 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             await self._send_frame("alert_updated", _event_json(event))
 
     async def device_status(self, event: dict[str, Any]) -> None:
-        if self._device_wanted(event["data"]):
-            await self._send_frame("device_status", _event_json(event))
+        """The devices of a tenant whose status changed in one batch, those the client wants."""
+        devices = _status_devices(event)
+        wanted = [
+            device_json
+            for device, device_json in zip(devices, _devices_json(event, devices), strict=True)
+            if self._device_wanted(device)
+        ]
+        if wanted:
+            await self._send_frame("device_status", f'{{"devices": [{", ".join(wanted)}]}}')
 
     async def task_progress(self, event: dict[str, Any]) -> None:
         if self.filters is not None:
@@ -462,7 +477,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         """Conflated per device: a client gets the latest values at most every N ms."""
         devices = event["data"].get("devices", [])
         wanted = 0
-        for device, device_json in zip(devices, _devices_json(event), strict=True):
+        for device, device_json in zip(devices, _devices_json(event, devices), strict=True):
             if self._device_wanted(device):
                 self.pending_telemetry[device["device_id"]] = device_json
                 wanted += 1

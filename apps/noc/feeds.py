@@ -25,6 +25,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from apps.core import metrics
+from apps.core.events import unbundle
 from apps.noc.shown_once import ShownOnce
 
 log = structlog.get_logger(__name__)
@@ -58,16 +59,8 @@ class Feed:
     async def _receive(self) -> None:
         try:
             while True:
-                message = await self.layer.receive(self.channel)
-                event_id = message.get("id")
-                if isinstance(event_id, str) and not shown_once().first_time(event_id):
-                    metrics.NOC_EVENTS_DROPPED.labels(reason="duplicate").inc()
-                    continue
-                for client in list(self.clients):
-                    try:
-                        await client.deliver(message)
-                    except Exception:
-                        log.exception("a NOC client failed an event", group=self.group)
+                for message in unbundle(await self.layer.receive(self.channel)):
+                    await self._deliver(message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -78,6 +71,17 @@ class Feed:
                 hint="check the channel layer (Redis DB 2)",
             )
             await self._lost()
+
+    async def _deliver(self, message: dict[str, Any]) -> None:
+        event_id = message.get("id")
+        if isinstance(event_id, str) and not shown_once().first_time(event_id):
+            metrics.NOC_EVENTS_DROPPED.labels(reason="duplicate").inc()
+            return
+        for client in list(self.clients):
+            try:
+                await client.deliver(message)
+            except Exception:
+                log.exception("a NOC client failed an event", group=self.group)
 
     async def _renew(self) -> None:
         """Re-join before the channel layer's group expiry, so a long session never goes deaf."""

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from apps.core.bulk import column_adapter, insert_rows, update_rows
+from apps.core.bulk import column_adapter, fetch_instances, insert_rows, one_of, update_rows
 from apps.devices.models import Device, TelemetryReading
 from tests.factories import create_tenant_with_devices
 
@@ -92,3 +92,32 @@ def test_updated_rows_are_stored_exactly_as_bulk_update_stores_them() -> None:
     assert first == second
     ours.refresh_from_db()
     assert ours.last_seen == MOMENTS[2]
+
+
+def test_a_batch_filter_finds_exactly_the_rows_a_list_finds() -> None:
+    create_tenant_with_devices("acme", "sensor-001", "sensor-002", "sensor-003")
+    wanted = {"sensor-001", "sensor-003", "not-registered", 'it\'s "quoted"'}
+    found = Device.objects.filter(device_id__in=one_of(Device, wanted))
+    assert sorted(found.values_list("device_id", flat=True)) == ["sensor-001", "sensor-003"]
+    assert not Device.objects.filter(device_id__in=one_of(Device, set())).exists()
+
+
+def test_fetched_instances_hold_what_the_orm_reads_and_load_other_fields_when_asked() -> None:
+    create_tenant_with_devices("acme", "sensor-001", "sensor-002")
+    Device.objects.filter(device_id="sensor-001").update(
+        last_seen=MOMENTS[0], battery=12.5, name="north gate"
+    )
+    fields = ("tenant_id", "device_id", "status", "last_seen", "battery")
+    ours = fetch_instances(Device.objects.order_by("pk"), fields)
+    theirs = list(Device.objects.order_by("pk").only(*fields))
+    assert [d.pk for d in ours] == [d.pk for d in theirs]
+    for mine, django in zip(ours, theirs, strict=True):
+        assert [getattr(mine, f) for f in fields] == [getattr(django, f) for f in fields]
+        assert not mine._state.adding
+        assert mine._state.db == django._state.db
+        assert mine.get_deferred_fields() == django.get_deferred_fields()
+    assert ours[0].last_seen == MOMENTS[0]
+    assert ours[0].name == "north gate"  # not fetched: loaded on access, as a deferred field is
+    ours[0].battery = 80.0
+    ours[0].save(update_fields=["battery"])
+    assert Device.objects.get(pk=ours[0].pk).battery == 80.0

@@ -439,3 +439,35 @@ def test_processes_folding_the_same_dead_files_at_once_fold_each_file_once(tmp_p
     assert not [path for pid in dead for path in directory.glob(f"*_{pid}.db")]
     assert totals(recorded(directory)) == totals(before)
     assert value(recorded(merger_metrics), "metrics_processes_archived_total") == len(dead)
+
+
+def test_observing_a_batch_at_once_counts_exactly_what_observing_each_counts() -> None:
+    from prometheus_client import Histogram
+
+    from apps.core.metrics import observe_many
+
+    buckets = (0.01, 0.1, 1, 10)
+    amounts = [0.0, 0.01, 0.010001, 0.05, 0.1, 0.1, 3.0, 10.0, 11.5, 1e9, 0.5]
+    each = Histogram("test_observe_each_seconds", "", ["kind"], buckets=buckets, registry=None)
+    batch = Histogram("test_observe_batch_seconds", "", ["kind"], buckets=buckets, registry=None)
+    for amount in amounts:
+        each.labels(kind="telemetry").observe(amount)
+    observe_many(batch.labels(kind="telemetry"), amounts[:4])
+    observe_many(batch.labels(kind="telemetry"), amounts[4:])
+    observe_many(batch.labels(kind="telemetry"), [])
+
+    def samples(histogram: Histogram, name: str) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name.replace(name, "h"), s.labels, s.value)
+            for metric in histogram.collect()
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        ]
+
+    expected, got = (
+        samples(each, "test_observe_each_seconds"),
+        samples(batch, "test_observe_batch_seconds"),
+    )
+    assert [s[:2] for s in got] == [s[:2] for s in expected]
+    assert [s[2] for s in got] == pytest.approx([s[2] for s in expected])
+    assert ("h_count", {"kind": "telemetry"}, len(amounts)) in expected

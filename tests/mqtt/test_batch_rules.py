@@ -96,14 +96,18 @@ def test_a_batch_from_many_devices_raises_repeats_and_clears_exactly_the_right_a
     assert {d for d, s in statuses.items() if s == Device.Status.LOW_BATTERY} == low
     assert {d for d, s in statuses.items() if s == Device.Status.ONLINE} == set(statuses) - low
 
-    updates = Counter(
-        (e.message_type.value, e.data.get("source_id") or e.data.get("device_id"))
-        for e in outcome.events
-        if e.message_type.value in ("alert_updated", "device_status")
+    alert_updates = Counter(
+        e.data["source_id"] for e in outcome.events if e.message_type.value == "alert_updated"
     )
     changed = groups["stay_low"] + groups["recover"] + groups["go_low"]
-    assert updates == Counter(("alert_updated", d) for d in changed) + Counter(
-        ("device_status", d) for d in groups["recover"] + groups["go_low"]
+    assert alert_updates == Counter(changed)
+    status_updates = [e for e in outcome.events if e.message_type.value == "device_status"]
+    assert len(status_updates) == 3  # one per tenant
+    assert sorted(
+        (d["device_id"], d["status"]) for e in status_updates for d in e.data["devices"]
+    ) == sorted(
+        [(d, Device.Status.ONLINE) for d in groups["recover"]]
+        + [(d, Device.Status.LOW_BATTERY) for d in groups["go_low"]]
     )
     per_tenant = [e for e in outcome.events if e.message_type.value == "telemetry_update"]
     assert len(per_tenant) == 3
@@ -114,6 +118,25 @@ def test_the_queries_of_a_batch_do_not_grow_with_its_devices():
     _, few = first_and_second_batch(fleet(per_tenant=4))
     _, many = first_and_second_batch(fleet(per_tenant=32))
     assert few == many, f"{few} queries for 12 devices, {many} for 96"
-    # Lock the devices, insert the readings, write the devices; for raising and for clearing:
-    # find the active alerts, insert (alerts, transitions), update them.
-    assert many == 9
+    # Lock the devices, insert the readings, write the devices; find the active alerts once
+    # for raising and clearing; for each: insert (alerts, transitions), update them.
+    assert many == 8
+
+
+def test_a_fleets_first_batch_announces_its_devices_online_in_one_event_per_tenant():
+    groups = fleet(per_tenant=40)
+    devices = [d for group in groups.values() for d in group]
+    outcome = run(send(dict.fromkeys(devices, 80.0)))
+
+    status_updates = [e for e in outcome.events if e.message_type.value == "device_status"]
+    assert len(status_updates) == 3
+    tenants = dict(Device.objects.values_list("device_id", "tenant_id"))
+    for event in status_updates:
+        assert {tenants[d["device_id"]] for d in event.data["devices"]} == {event.tenant_id}
+        assert {d["status"] for d in event.data["devices"]} == {Device.Status.ONLINE}
+    announced = [d["device_id"] for e in status_updates for d in e.data["devices"]]
+    assert sorted(announced) == sorted(devices)
+
+    # Heard again, nothing changes status: nothing is announced.
+    outcome = run(send(dict.fromkeys(devices, 80.0)))
+    assert not [e for e in outcome.events if e.message_type.value == "device_status"]

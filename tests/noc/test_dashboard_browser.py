@@ -107,7 +107,8 @@ def stream_device_updates(page: Any, tenant_id: int, *, stop_when: str = "false"
         # 2 KB of padding per update; the page shows only the fields it knows.
         data = {"device_id": "panic-007", "status": "ONLINE", "site": "", "padding": "x" * 2000}
         events = [
-            Event(tenant_id, EventType.DEVICE_STATUS, {**data, "battery": n}) for n in batteries
+            Event(tenant_id, EventType.DEVICE_STATUS, {"devices": [{**data, "battery": n}]})
+            for n in batteries
         ]
         broadcast_events(events)
 

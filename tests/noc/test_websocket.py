@@ -335,7 +335,7 @@ def test_a_long_lived_connection_outlives_the_channel_layers_group_expiry(
             await asyncio.to_thread(
                 broadcast_to_noc_dashboard,
                 "device_status",
-                {"device_id": "panic-007", "site": "", "status": "OFFLINE"},
+                {"devices": [{"device_id": "panic-007", "site": "", "status": "OFFLINE"}]},
                 tenant_id=alice.tenant_id,
             )
             return await until_type(ws, "device_status")
@@ -347,7 +347,7 @@ def test_a_long_lived_connection_outlives_the_channel_layers_group_expiry(
     layers["default"]["CONFIG"]["group_expiry"] = expiry
     try:
         with override_settings(CHANNEL_LAYERS=layers):
-            assert asyncio.run(listen())["status"] == "OFFLINE"
+            assert asyncio.run(listen())["devices"][0]["status"] == "OFFLINE"
     finally:
         service.stop()
 
@@ -418,6 +418,54 @@ def test_filters_narrow_the_stream_and_unsubscribe_silences_it(daphne_server, al
     first, after = asyncio.run(watch())
     assert first["source_id"] == "loud-1"
     assert after["type"] == "heartbeat_ack"
+
+
+def test_a_tenants_status_changes_come_in_one_event_narrowed_to_the_clients_site(
+    daphne_server, alice
+):
+    from apps.core.events import broadcast_to_noc_dashboard
+
+    token = issue_access_token(alice)
+
+    def device(device_id: str, site: str) -> dict[str, Any]:
+        return {"device_id": device_id, "site": site, "status": "ONLINE"}
+
+    def batch() -> None:
+        devices = [device("north-1", "north"), device("south-1", "south")]
+        devices.append(device("north-2", "north"))
+        broadcast_to_noc_dashboard("device_status", {"devices": devices}, tenant_id=alice.tenant_id)
+        # As a release before this one sent it (an outbox resend across the upgrade).
+        broadcast_to_noc_dashboard(
+            "device_status", device("north-3", "north"), tenant_id=alice.tenant_id
+        )
+        broadcast_to_noc_dashboard(
+            "device_status", device("south-2", "south"), tenant_id=alice.tenant_id
+        )
+        end = {"devices": [device("last", "north")]}  # every client sees it, after the rest
+        broadcast_to_noc_dashboard("device_status", end, tenant_id=alice.tenant_id)
+
+    async def watch(filters: dict[str, Any] | None) -> list[dict[str, Any]]:
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            if filters is not None:
+                await ws.send(json.dumps({"type": "subscribe", "filters": filters}))
+                await until_type(ws, "subscribed")
+            await asyncio.to_thread(batch)
+            received = [await next_message(ws)]
+            while received[-1].get("devices") != [device("last", "north")]:
+                received.append(await next_message(ws))
+            return received[:-1]
+
+    def shown(messages: list[dict[str, Any]]) -> list[list[str]]:
+        assert {m["type"] for m in messages} == {"device_status"}
+        return [[d["device_id"] for d in m["devices"]] for m in messages]
+
+    assert shown(asyncio.run(watch(None))) == [
+        ["north-1", "south-1", "north-2"],
+        ["north-3"],
+        ["south-2"],
+    ]
+    assert shown(asyncio.run(watch({"site": "north"}))) == [["north-1", "north-2"], ["north-3"]]
 
 
 def test_telemetry_is_conflated_to_the_latest_values_per_device(daphne_server, alice):
@@ -542,6 +590,68 @@ def test_an_event_resent_with_its_id_is_shown_once_to_each_client(daphne_server,
         assert second["seq"] == first["seq"] + 1
         assert after["type"] == "heartbeat_ack"
     assert metric("noc_events_dropped_total", reason="duplicate") - dropped_before == 2
+
+
+def test_a_batchs_events_go_in_one_message_per_tenant_and_reach_the_client_one_by_one(
+    daphne_server, alice
+):
+    """A worker sends a batch's events to each tenant's group in one channel-layer message (a
+    bundle); the Daphne process hands each on as if sent alone, in order, a resent one once."""
+    from channels.layers import get_channel_layer
+
+    from apps.core.events import EVENT_BUNDLE, Event, EventType, broadcast_events, tenant_group
+
+    token = issue_access_token(alice)
+    other = alice.tenant_id + 1000  # a tenant with no client here
+
+    def alert(alert_id: int) -> dict[str, Any]:
+        return {
+            "id": alert_id,
+            "source_id": "panic-1",
+            "severity": "LOW",
+            "site": "",
+            "status": "NEW",
+        }
+
+    batch = [
+        Event(alice.tenant_id, EventType.ALERT_UPDATED, alert(1)),
+        Event(other, EventType.ALERT_UPDATED, alert(2)),
+        Event(
+            alice.tenant_id,
+            EventType.DEVICE_STATUS,
+            {"devices": [{"device_id": "panic-1", "site": "", "status": "ONLINE"}]},
+        ),
+        Event(alice.tenant_id, EventType.ALERT_UPDATED, alert(3)),
+    ]
+    ids = ["60:0", "60:1", "60:2", "60:3"]
+
+    async def watch() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        layer = get_channel_layer()
+        raw = await layer.new_channel()
+        await layer.group_add(tenant_group(alice.tenant_id), raw)
+        async with connect(url(daphne_server), additional_headers=bearer(token)) as ws:
+            await until_type(ws, "snapshot")
+            for _ in range(2):  # sent, then resent whole: each event is shown once
+                assert await asyncio.to_thread(broadcast_events, batch, None, ids) == 4
+            end = Event(alice.tenant_id, EventType.ALERT_UPDATED, alert(4))
+            await asyncio.to_thread(broadcast_events, [end], None, ["61:0"])
+            shown = [await next_message(ws)]
+            while shown[-1].get("id") != 4:
+                shown.append(await next_message(ws))
+        sent = [await layer.receive(raw) for _ in range(3)]
+        await layer.group_discard(tenant_group(alice.tenant_id), raw)
+        return sent, shown
+
+    sent, shown = asyncio.run(watch())
+    assert [m["type"] for m in sent] == [EVENT_BUNDLE, EVENT_BUNDLE, "alert_updated"]
+    assert [e["id"] for e in sent[0]["events"]] == ["60:0", "60:2", "60:3"]
+    assert [(m["type"], m.get("id")) for m in shown] == [
+        ("alert_updated", 1),
+        ("device_status", None),
+        ("alert_updated", 3),
+        ("alert_updated", 4),
+    ]
+    assert [m["seq"] for m in shown] == list(range(shown[0]["seq"], shown[0]["seq"] + 4))
 
 
 def test_events_sent_while_a_client_connects_come_after_its_snapshot_in_order(daphne_server, alice):

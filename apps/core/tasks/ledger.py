@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import msgspec
 from celery import shared_task
 from django.conf import settings
+from django.db import connections, router
 from django.utils import timezone
 
-from apps.core.bulk import insert_rows
+from apps.core.bulk import aware_datetime_for_sqlite, insert_rows
 from apps.core.envelope import Envelope
 from apps.core.models import ProcessedMessage
 from apps.core.tasks.celery_settings import PRUNE_PROCESSED_MESSAGES
+
+FIELDS = ("key", "kind", "processed_at")
+_json = msgspec.json.Encoder()
 
 
 def claim(kind: str, envelopes: list[Envelope]) -> list[Envelope]:
@@ -24,6 +29,31 @@ def claim(kind: str, envelopes: list[Envelope]) -> list[Envelope]:
 
     Call it inside the transaction that applies their effects.
     """
+    connection = connections[router.db_for_write(ProcessedMessage)]
+    if connection.vendor != "sqlite":
+        return _claim_portably(kind, envelopes)
+    # One statement: insert every key, skip those already there, return those inserted.
+    meta, quote = ProcessedMessage._meta, connection.ops.quote_name
+    columns = {field.name: quote(str(field.column)) for field in meta.concrete_fields}
+    key, kind_column, processed_at = (columns[name] for name in FIELDS)
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({key}, {kind_column}, {processed_at}) "  # noqa: S608
+        "SELECT value, %s, %s FROM json_each(%s) WHERE true "  # WHERE: SQLite's upsert syntax
+        f"ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+    )
+    keys = _json.encode([envelope.key for envelope in envelopes]).decode()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [kind, aware_datetime_for_sqlite(timezone.now()), keys])
+        claimed = {row[0] for row in cursor.fetchall()}
+    fresh: list[Envelope] = []
+    for envelope in envelopes:
+        if envelope.key in claimed:
+            claimed.discard(envelope.key)  # a key twice in the batch: its first message
+            fresh.append(envelope)
+    return fresh
+
+
+def _claim_portably(kind: str, envelopes: list[Envelope]) -> list[Envelope]:
     seen = set(
         ProcessedMessage.objects.filter(key__in={e.key for e in envelopes}).values_list(
             "key", flat=True

@@ -3,7 +3,8 @@
 The batch runner (apps/core/tasks/base.py) hands `with_devices(consumer)` the fresh messages of
 one batch inside its transaction. This module locks their devices, sets aside messages whose
 device is gone, calls the consumer with a `DeviceBatch`, records that the devices were heard
-from (apps/mqtt/presence.py), and writes what changed on the devices in one statement. A
+from (apps/mqtt/presence.py), writes what changed on the devices in one statement and tells the
+NOC whose status changed, in one event per tenant. A
 consumer holds only domain logic: it bulk-creates rows, changes its devices' state fields in
 memory, evaluates its rules over the whole batch and returns the events for the NOC.
 """
@@ -14,14 +15,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
-from apps.core.bulk import update_rows
+from apps.core.bulk import fetch_instances, one_of, update_rows
 from apps.core.envelope import Envelope
 from apps.core.events import Event, EventType
 from apps.core.tasks.base import Outcome, Refusal
 from apps.devices.models import Device
-from apps.devices.services import device_state
+from apps.devices.services import device_state, status_events
 from apps.mqtt import presence
 
 
@@ -45,8 +47,8 @@ STATE_FIELDS = ("status", "last_seen", "battery", "signal")
 BATCH_FIELDS = ("tenant_id", "device_id", "kind", "site", *STATE_FIELDS)
 
 
-def _state(device: Device) -> tuple[Any, ...]:
-    return tuple(getattr(device, name) for name in STATE_FIELDS)
+_state: Callable[[Device], tuple[Any, ...]] = attrgetter(*STATE_FIELDS)
+STATUS = STATE_FIELDS.index("status")  # its place in a `_state`
 
 
 def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
@@ -55,13 +57,13 @@ def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
     def handle(envelopes: list[Envelope]) -> Outcome:
         # Locked for the transaction: workers of several queues update the same devices
         # (PostgreSQL; SQLite serialises writers anyway). Ordered to avoid deadlocks.
-        devices = {
-            device.device_id: device
-            for device in Device.objects.select_for_update(of=("self",))
-            .filter(device_id__in={envelope.source_id for envelope in envelopes})
-            .only(*BATCH_FIELDS)
+        ids = {envelope.source_id for envelope in envelopes}
+        locked = (
+            Device.objects.select_for_update(of=("self",))
+            .filter(device_id__in=one_of(Device, ids))
             .order_by("pk")
-        }
+        )
+        devices = {device.device_id: device for device in fetch_instances(locked, BATCH_FIELDS)}
         before = {device_id: _state(device) for device_id, device in devices.items()}
         known = [envelope for envelope in envelopes if envelope.source_id in devices]
         orphans = [envelope for envelope in envelopes if envelope.source_id not in devices]
@@ -70,6 +72,8 @@ def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
         events.extend(presence.mark_seen(_last_heard(batch)))
         changed = [d for device_id, d in devices.items() if _state(d) != before[device_id]]
         update_rows(changed, STATE_FIELDS)
+        moved = [d for d in changed if d.status != before[d.device_id][STATUS]]
+        events.extend(status_events(moved))  # one event per tenant, not one per device
         gone = Refusal("unknown_device", "device was removed from the registry")
         return Outcome(events, refused=[(envelope, gone) for envelope in orphans])
 

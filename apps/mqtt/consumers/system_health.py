@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
-from apps.alerts.services import AlertSignal, clear_alerts, raise_alerts
+from apps.alerts.services import AlertSignal, settle_alerts
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
 from apps.devices.models import Device, SystemHealthSample
@@ -58,7 +58,6 @@ def process(batch: DeviceBatch) -> list[Event]:
         else:
             recovered.append((device, "resources back under the limit"))
         updates[source_id] = {**resources, "recorded_at": payload.timestamp.isoformat()}
-    events = raise_alerts(overloaded)
-    events.extend(clear_alerts(AlertType.SYSTEM_HEALTH, recovered))
+    events = settle_alerts(AlertType.SYSTEM_HEALTH, overloaded, recovered)
     events.extend(telemetry_updates(updates, batch))
     return events

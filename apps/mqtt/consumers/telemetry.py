@@ -11,11 +11,10 @@ from typing import Any
 from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
-from apps.alerts.services import AlertSignal, clear_alerts, raise_alerts
+from apps.alerts.services import AlertSignal, settle_alerts
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
 from apps.devices.models import Device, TelemetryReading
-from apps.devices.services import status_event
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
 from apps.mqtt.schemas import TelemetryPayload
 
@@ -46,7 +45,6 @@ def process(batch: DeviceBatch) -> list[Event]:
     updates: dict[str, dict[str, Any]] = {}
     for source_id, (recorded_at, payload) in latest.items():
         device = batch.devices[source_id]
-        before = device.status
         device.battery = payload.battery if payload.battery is not None else device.battery
         device.signal = payload.signal if payload.signal is not None else device.signal
         if payload.battery is not None and payload.battery < threshold:
@@ -65,14 +63,11 @@ def process(batch: DeviceBatch) -> list[Event]:
             if device.status == Device.Status.LOW_BATTERY:
                 device.status = Device.Status.ONLINE
             recovered.append((device, f"battery back at {payload.battery:g} %"))
-        if device.status != before:
-            events.append(status_event(device))
         updates[source_id] = {
             "temperature": payload.temperature,
             "connectivity": payload.connectivity,
             "recorded_at": recorded_at.isoformat(),
         }
-    events.extend(raise_alerts(low))
-    events.extend(clear_alerts(AlertType.LOW_BATTERY, recovered))
+    events.extend(settle_alerts(AlertType.LOW_BATTERY, low, recovered))
     events.extend(telemetry_updates(updates, batch))
     return events

@@ -1,0 +1,51 @@
+"""The idempotency ledger: a key is claimed once, whatever repeats it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.core.envelope import Envelope
+from apps.core.models import ProcessedMessage
+from apps.core.tasks import ledger
+
+pytestmark = pytest.mark.django_db
+
+
+def envelope(key: str, battery: float = 50.0) -> Envelope:
+    return Envelope(key, "device/d-1/telemetry", "d-1", "telemetry", {"battery": battery}, 0.0)
+
+
+def test_a_claimed_key_is_fresh_once_even_when_a_batch_repeats_it() -> None:
+    first, repeat = envelope("k-1", 10.0), envelope("k-1", 20.0)
+    before = timezone.now()
+    fresh = ledger.claim("telemetry", [first, envelope("k-2"), repeat])
+    assert [(e.key, e.payload) for e in fresh] == [
+        ("k-1", {"battery": 10.0}),
+        ("k-2", {"battery": 50.0}),
+    ]
+    assert [e.key for e in ledger.claim("telemetry", [envelope("k-2"), envelope("k-3")])] == ["k-3"]
+    assert ledger.claim("telemetry", [envelope("k-1"), envelope("k-3")]) == []
+
+    rows = {row.key: row for row in ProcessedMessage.objects.all()}
+    assert sorted(rows) == ["k-1", "k-2", "k-3"]
+    assert {row.kind for row in rows.values()} == {"telemetry"}
+    for row in rows.values():  # stored as Django stores an aware datetime: read back the same
+        assert before <= row.processed_at <= timezone.now() + timedelta(seconds=1)
+
+
+def test_a_released_key_can_be_claimed_again() -> None:
+    ledger.claim("telemetry", [envelope("k-1")])
+    ledger.release("k-1")
+    assert [e.key for e in ledger.claim("telemetry", [envelope("k-1")])] == ["k-1"]
+
+
+def test_keys_older_than_the_retention_are_pruned_by_their_claim_time(settings) -> None:
+    ledger.claim("telemetry", [envelope("old"), envelope("new")])
+    ProcessedMessage.objects.filter(key="old").update(
+        processed_at=timezone.now() - timedelta(days=settings.IDEMPOTENCY_RETENTION_DAYS, seconds=1)
+    )
+    assert ledger.prune_processed_messages() == 1
+    assert list(ProcessedMessage.objects.values_list("key", flat=True)) == ["new"]
