@@ -25,8 +25,11 @@ def main(argv: list[str]) -> None:
     from django.conf import settings
 
     command = worker_argv(argv[0], loglevel=settings.LOG_LEVEL)
-    # Below the critical pool in CPU priority (QueueSpec.nice); the pool's children inherit it.
+    # Below the critical pool in CPU priority (QueueSpec.nice, .idle); the pool's children
+    # inherit both.
     os.nice(QUEUES_BY_NAME[argv[0]].nice)
+    if QUEUES_BY_NAME[argv[0]].idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     # The celery script that sits next to this interpreter (the project's venv), else PATH.
     sibling = os.path.join(os.path.dirname(sys.executable), "celery")
     executable = sibling if os.path.exists(sibling) else shutil.which("celery")

@@ -61,8 +61,9 @@ ALLOWED_TOPIC_PREFIXES: dict[str, int] = {kind.prefix: 1 for kind in TOPIC_KINDS
 PAUSE_CHECK_SECONDS = 1.0
 IDLE_LOOP_SECONDS = 0.1
 HEARD_NOTE_SECONDS = 1.0
-# The routine lane's CPU priority, the general worker's (QueueSpec.nice): on a busy machine,
-# telemetry intake makes way for the alert path (urgent lane, critical worker, Daphne).
+# The routine lane's CPU priority, the general worker's (QueueSpec.nice, .idle: SCHED_IDLE): on
+# a busy machine, telemetry intake makes way for the alert path (urgent lane, critical worker,
+# Daphne) at once.
 ROUTINE_NICE = 5
 # While its queue is backed up, a batch keeps gathering (see Subscriber._due); this long at most.
 BACKLOG_MAX_WAIT_SECONDS = 1.0
@@ -813,6 +814,7 @@ def main(lane: Lane = Lane.ALL) -> None:
     structlog.contextvars.bind_contextvars(lane=lane.value)  # on every line it logs
     if lane is Lane.ROUTINE:
         os.nice(ROUTINE_NICE)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     subscriber = Subscriber(SubscriberConfig.from_settings(lane))
     signal.signal(signal.SIGTERM, subscriber.request_stop)
     signal.signal(signal.SIGINT, subscriber.request_stop)

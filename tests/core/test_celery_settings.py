@@ -95,3 +95,20 @@ def test_a_task_queued_under_its_former_name_still_runs(all_queue_workers, redis
         timeout=30,
         what="the task queued under its former name to prune the stale key",
     )
+
+
+def test_the_telemetry_and_training_pools_take_the_cpu_only_when_the_alert_path_leaves_it(
+    all_queue_workers,
+):
+    import os
+
+    import psutil
+
+    for queue, service in zip(QUEUES, all_queue_workers, strict=True):
+        worker = psutil.Process(service.pid)
+        pool = [worker, *worker.children(recursive=True)]
+        expected = os.SCHED_IDLE if queue.idle else os.SCHED_OTHER
+        assert {os.sched_getscheduler(p.pid) for p in pool} == {expected}, queue.name
+        assert {p.nice() for p in pool} == {psutil.Process().nice() + queue.nice}, queue.name
+    assert QUEUES_BY_NAME["general"].idle
+    assert not QUEUES_BY_NAME["critical"].idle

@@ -3,6 +3,7 @@ Celery workers and subscriber processes."""
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import replace
 
@@ -129,3 +130,6 @@ def test_the_routine_lane_yields_the_cpu_to_the_urgent_lane(start_subscriber, tr
     assert ROUTINE_NICE > 0
     assert psutil.Process(routine.pid).nice() == psutil.Process().nice() + ROUTINE_NICE
     assert psutil.Process(urgent.pid).nice() == psutil.Process().nice()
+    # SCHED_IDLE: a normal process waking on a core the routine lane holds takes it at once.
+    assert os.sched_getscheduler(routine.pid) == os.SCHED_IDLE
+    assert os.sched_getscheduler(urgent.pid) == os.SCHED_OTHER

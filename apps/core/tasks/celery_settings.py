@@ -41,6 +41,10 @@ class QueueSpec:
     # The pool's CPU priority (`nice`, 0 to 19; higher yields the CPU to lower). Positive only,
     # so no privilege is needed: the other pools make way for the critical one.
     nice: int = 0
+    # Run under SCHED_IDLE: the CPU only when no normal process wants it. A nice value only
+    # weighs shares; an alert's processes (urgent subscriber, critical worker, Redis, Daphne)
+    # waking on a core busy with telemetry still waited for it. Also needs no privilege.
+    idle: bool = False
 
 
 CRITICAL = QueueSpec(
@@ -75,6 +79,7 @@ GENERAL = QueueSpec(
     time_limit=180,
     max_memory_per_child=300_000,
     nice=5,
+    idle=True,
 )
 ML_TRAINING = QueueSpec(
     name="ml_training",
@@ -87,6 +92,7 @@ ML_TRAINING = QueueSpec(
     max_memory_per_child=2_000_000,
     max_tasks_per_child=1,
     nice=10,
+    idle=True,
 )
 EXTERNAL_API = QueueSpec(
     name="external_api",
