@@ -178,9 +178,10 @@ if SQLITE_SYNCHRONOUS not in {"FULL", "NORMAL"}:
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (Daphne, workers, subscriber) write to one file: WAL lets readers run
     # beside a writer, IMMEDIATE transactions and a busy timeout make writers queue, not fail.
-    # Connections persist (CONN_MAX_AGE, 60 s) like PostgreSQL's: opening one per task or
-    # request (connect, PRAGMAs, Django's SQL functions) cost about 1-3 ms of CPU each time, a
-    # critical alert's whole budget (docs/performance.md).
+    # Connections persist (CONN_MAX_AGE, 60 s) like PostgreSQL's: opening one per task (connect,
+    # PRAGMAs, Django's SQL functions) cost about 2.5 ms of CPU each time, a critical alert's
+    # whole budget (docs/performance.md). Django's ASGI views still open one per request (each
+    # runs in a thread of its own). Replacing the file under running services needs a restart.
     DATABASES["default"]["OPTIONS"] = {
         "init_command": f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SQLITE_SYNCHRONOUS};",
         "transaction_mode": "IMMEDIATE",

@@ -21,6 +21,7 @@ session is delivered (a message queued before the lanes were split, say), it is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -728,16 +729,30 @@ class Subscriber:
                 rc = client.loop_read()
                 if rc or client.socket() is None:
                     return rc
-                if self.messages_read == read_before or self._immediate_pending():
-                    break  # nothing more to read yet (or not a message), or an alert to send
+                if self.messages_read == read_before or self._burst_over():
+                    break  # nothing more to read yet (or not a message), or a batch to look at
+                if self.shedding or self.paused or self.stopping:
+                    break  # holding too much, or leaving: read no more than this
         if writable:
             rc = client.loop_write()
             if rc or client.socket() is None:
                 return rc
         return client.loop_misc()
 
-    def _immediate_pending(self) -> bool:
-        return any(KINDS_BY_NAME[kind].immediate for kind in self.pending)
+    def _burst_over(self) -> bool:
+        """Whether what was read must be looked at before reading more: an alert to send, or a
+        batch at its size (MQTT_BATCH_SIZE; MQTT_BATCH_MAX_SIZE while its queue is known to be
+        backed up). Reading on would grow it past what `_due` allows."""
+        for kind, pending in self.pending.items():
+            spec = KINDS_BY_NAME[kind]
+            size = len(pending.envelopes)
+            if spec.immediate or size >= self.config.batch_max_size:
+                return True
+            if size >= self.config.batch_size:
+                backed_up = self.backlog.get(TASK_QUEUES[spec.task].name, (0.0, False))[1]
+                if not backed_up:
+                    return True
+        return False
 
     def _loop_timeout(self) -> float:
         """How long to wait for the broker: briefly while holding messages (their batches fall
@@ -789,10 +804,14 @@ class Subscriber:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not self.flush(force=True):
             self._network(0.1)
-        for _ in range(20):  # let the acknowledgements reach the broker
-            if not self.client.want_write():
+        for _ in range(20):  # let the acknowledgements reach the broker; read nothing new
+            sock = self.client.socket()
+            if sock is None or not self.client.want_write():
                 break
-            self._network(0.05)
+            with contextlib.suppress(OSError, ValueError):
+                select.select([], [sock], [], 0.05)
+            if self.client.loop_write():
+                break
         self.client.disconnect()
 
     def _shutdown(self) -> None:

@@ -22,6 +22,7 @@ from django.contrib.auth import (
     get_backends,
     load_backend,
 )
+from django.db import DatabaseError
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from rest_framework import serializers
@@ -218,6 +219,10 @@ def admit_to_noc(
                 raise TokenRefusedError("no credentials: send Authorization: Bearer <token>")
         except TokenRefusedError as refusal:
             named[presented] = refusal
+        except DatabaseError:
+            raise  # the database is unreachable: no verdict for anyone (callers keep serving)
+        except Exception as exc:  # one unreadable credential must not stop everyone's check
+            named[presented] = TokenRefusedError(f"credentials unreadable: {type(exc).__name__}")
     user_ids = {who[0] for who in named.values() if isinstance(who, tuple)}
     users = User.objects.filter(is_active=True).in_bulk(user_ids)
     permitted = _with_noc_permission(users)

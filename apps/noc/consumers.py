@@ -219,7 +219,10 @@ async def _recheck_access(clients: list[NocDashboardConsumer]) -> None:
         ):
             verdict = auth.TokenRefusedError("the user's tenant changed", auth.CLOSE_FORBIDDEN)
         if isinstance(verdict, auth.TokenRefusedError) and client.joined:
-            await client.close_revoked(str(verdict), verdict.close_code)
+            try:
+                await client.close_revoked(str(verdict), verdict.close_code)
+            except Exception:  # the others refused in this round are closed all the same
+                log.exception("could not close a NOC connection whose access ended")
 
 
 async def _renew_sockets(clients: list[NocDashboardConsumer]) -> None:

@@ -71,7 +71,8 @@ def renew(sockets: Iterable[tuple[int, str]]) -> None:
     try:
         with state_redis().pipeline(transaction=False) as pipe:
             for user_id, members in by_user.items():
-                pipe.zadd(_sockets_key(user_id), members)  # type: ignore[arg-type]
+                # xx: refresh, never re-add a socket released since this round listed it.
+                pipe.zadd(_sockets_key(user_id), members, xx=True)  # type: ignore[arg-type]
                 pipe.expire(_sockets_key(user_id), SOCKET_STALE_SECONDS)
             pipe.execute()
     except redis.RedisError as exc:

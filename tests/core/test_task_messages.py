@@ -33,16 +33,31 @@ print(enqueue(PROCESS_DEVICE_TELEMETRY, envelopes).name)
 """
 
 
-def test_a_handed_on_batch_shows_its_count_in_the_task_headers_never_the_device_payloads(
-    tmp_path: Path,
-):
-    # A Redis of its own: no worker of the session takes the message before it is read here.
+RETRY = """
+import django
+django.setup()
+from celery.exceptions import Retry
+from apps.core.tasks.base import retry_later
+from apps.mqtt.tasks import PROCESSING_TASKS
+task = PROCESSING_TASKS["telemetry"]
+batch = [{"key": f"cam-7:m-{n}", "payload": {"note": "door code 4711"}} for n in range(3)]
+task.push_request(args=[batch], kwargs={}, id="first-delivery", retries=0, called_directly=False)
+try:
+    retry_later(task, RuntimeError("database is locked"), 30)
+except Retry:
+    print("general")
+"""
+
+
+def waiting_messages(tmp_path: Path, script: str) -> list[bytes]:
+    """What `script` leaves in the queues of a Redis of its own (no worker of the session takes
+    it before it is read here)."""
     port = free_port()
     redis_server = start_redis(port, tmp_path / "redis")
     try:
         env = {**os.environ, "REDIS_URL": redis_url(port)}
         queue = subprocess.run(
-            [sys.executable, "-c", ENQUEUE],
+            [sys.executable, "-c", script],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -57,6 +72,13 @@ def test_a_handed_on_batch_shows_its_count_in_the_task_headers_never_the_device_
         client.close()
     finally:
         redis_server.stop()
+    return waiting
+
+
+def test_a_handed_on_batch_shows_its_count_in_the_task_headers_never_the_device_payloads(
+    tmp_path: Path,
+):
+    waiting = waiting_messages(tmp_path, ENQUEUE)
 
     assert len(waiting) == 1
     message = json.loads(waiting[0])
@@ -67,3 +89,13 @@ def test_a_handed_on_batch_shows_its_count_in_the_task_headers_never_the_device_
     # The body still carries every message, whole.
     (batch,), _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     assert [m["payload"]["note"] for m in batch] == ["door code 4711"] * 3
+
+
+def test_a_retried_batch_shows_its_count_too(tmp_path: Path):
+    # Celery rebuilds a retry from the request, which keeps no argsrepr of its own.
+    (retry,) = waiting_messages(tmp_path, RETRY)
+
+    headers = json.loads(retry)["headers"]
+    assert headers["retries"] == 1
+    assert headers["argsrepr"] == "[<3 messages>]"
+    assert "4711" not in json.dumps(headers)

@@ -755,3 +755,22 @@ def test_batches_grow_while_their_queue_is_backed_up_and_every_message_is_stored
         worker.stop()
     assert TelemetryReading.objects.count() == total
     assert ProcessedMessage.objects.count() == total
+
+
+def test_messages_read_in_one_burst_still_go_in_batches_of_at_most_the_max_size(
+    private_broker: str, start_subscriber: Callable[..., Service], transactional_db: None
+):
+    import redis
+
+    create_tenant_with_devices("acme", "sensor-001")
+    # The bench's baseline: a task per message, however many the socket holds at once.
+    start_subscriber(REDIS_URL=private_broker, MQTT_BATCH_SIZE="1", MQTT_BATCH_MAX_SIZE="1")
+    total = 300
+    mqtt_publish(PORT, numbered_telemetry(total))
+    broker = redis.Redis.from_url(f"{private_broker}/0", decode_responses=True)
+    wait_for(
+        lambda: sum(queued_batch_sizes(broker)) == total,
+        timeout=30,
+        what=f"all {total} messages in the general queue",
+    )
+    assert set(queued_batch_sizes(broker)) == {1}

@@ -93,3 +93,24 @@ def test_each_credential_gets_the_verdict_a_connect_would_get():
     by_session_admission = verdicts[presented["by-session"]]
     assert isinstance(by_session_admission, auth.Admission)
     assert by_session_admission.expires_at is None
+
+
+def test_one_unreadable_session_is_refused_alone_and_the_other_connections_still_get_verdicts():
+    from importlib import import_module
+
+    from django.conf import settings
+
+    acme = Tenant.objects.create(name="acme")
+    token = issue_access_token(noc_user(acme, "allowed"))
+    # A session whose user id no backend can read: get_user raises, as a corrupt row would.
+    store = import_module(settings.SESSION_ENGINE).SessionStore()
+    store["_auth_user_id"] = "not-a-number"
+    store["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[-1]
+    store.create()
+
+    verdicts = admit_to_noc([Credentials(token=token), Credentials(session_key=store.session_key)])
+
+    assert isinstance(verdicts[Credentials(token=token)], auth.Admission)
+    refused = verdicts[Credentials(session_key=store.session_key)]
+    assert isinstance(refused, auth.TokenRefusedError)
+    assert refused.close_code == auth.CLOSE_UNAUTHENTICATED

@@ -241,8 +241,12 @@ def retry_later(task: Task[Any, Any], exc: Exception, countdown: float) -> NoRet
     delivery (Reject, requeue=False). It is put back instead or, if even that fails, left
     unacknowledged for the broker to hand out again after its visibility timeout.
     """
+    # A batch's retry summarises its arguments as its first sending did (Celery rebuilds the
+    # message from the request, which does not keep argsrepr).
+    args = task.request.args or []
+    summary = _summary(args[0]) if isinstance(task, BusTask) and args else {}
     try:
-        retry = task.retry(exc=exc, countdown=countdown, throw=False)
+        retry = task.retry(exc=exc, countdown=countdown, throw=False, **summary)
     except Reject as unpublished:
         reason = unpublished.args[0] if unpublished.args else unpublished  # the publish error
         log.error(
