@@ -156,7 +156,8 @@ def yielding() -> Iterator[Turn]:
                     raise Preempted("a critical transaction wants the writer") from exc
                 raise
             finally:
-                raw.set_progress_handler(None, PROGRESS_CHECK_STEPS)
+                with contextlib.suppress(Exception):  # a connection closed meanwhile has none
+                    raw.set_progress_handler(None, PROGRESS_CHECK_STEPS)
 
         def interrupt() -> int:
             """SQLite's progress handler: non-zero interrupts the running statement."""
