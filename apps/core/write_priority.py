@@ -11,20 +11,16 @@ the writer to commit, then for its next poll. So the batch runner marks its tran
   which the runner registers as the transaction's first on-commit action (its broadcast comes
   after, with the flag down), or at the end of the block.
 - `yielding()` (every other queue's batches) checks the flag before each statement it starts,
-  BEGIN included, and while a statement runs (SQLite's progress handler, every
-  PROGRESS_CHECK_STEPS virtual-machine steps). When the flag is up the statement fails (or is
-  interrupted), the transaction rolls back (giving up the writer), and `turn.preempted` says so:
-  the runner waits until the flag is down (`wait_until_lowered`) and runs the batch again,
-  whole. Nothing was committed, so nothing is done twice. The handler only asks the kernel about
-  the lock; should the soft time limit strike inside it, SQLite interrupts the statement and the
-  batch fails as it would have (and is retried); a hung statement still meets the hard limit.
+  BEGIN included. When the flag is up the statement fails, the transaction rolls back (giving
+  up the writer), and `turn.preempted` says so: the runner waits until the flag is down
+  (`wait_until_lowered`) and runs the batch again, whole. Nothing was committed, so nothing is
+  done twice. (Not within a statement: a progress handler would run Python inside SQLite, where
+  the soft time limit could then strike, and a hung statement must stay for the hard limit.)
 
-The bound this gives: a critical transaction never waits for a general batch to finish, nor for
-its current statement: only for the next progress check and the rollback. Telemetry pools run
-under SCHED_IDLE, so a general statement may be held off the CPU for as long as the cores are
-busy; without the in-statement check, an alert waited for that. It still waits for transactions
-that are neither (a NOC action, housekeeping in chunks), which are short. Elsewhere than SQLite
-on Linux (PostgreSQL locks rows, not the database) both are no-ops.
+The bound this gives: a critical transaction never waits for a general batch to finish, only
+for the statement it is running (a batch's statements take milliseconds) and its rollback. It
+still waits for transactions that are neither (a NOC action, housekeeping in chunks), which are
+short. Elsewhere than SQLite on Linux (PostgreSQL locks rows, not the database) both are no-ops.
 """
 
 from __future__ import annotations
@@ -41,9 +37,6 @@ from typing import Any
 from django.db import OperationalError, connection
 
 BEGIN_POLL_SECONDS = 0.0002
-# SQLite virtual-machine steps between two looks at the flag during a general statement: a few
-# thousand run in well under a millisecond, and each look is one fcntl call (about a microsecond).
-PROGRESS_CHECK_STEPS = 2000
 # struct flock on Linux: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
 _FLOCK = "=hh4xqqi4x"
 _SUPPORTED = hasattr(fcntl, "F_OFD_GETLK")
@@ -145,26 +138,7 @@ def yielding() -> Iterator[Turn]:
             if in_transaction and _raised(fd):
                 turn.preempted = True
                 raise Preempted("a critical transaction wants the writer")
-            if not in_transaction:
-                return execute(sql, params, many, ctx)
-            raw = connection.connection
-            raw.set_progress_handler(interrupt, PROGRESS_CHECK_STEPS)
-            try:
-                return execute(sql, params, many, ctx)
-            except OperationalError as exc:
-                if turn.preempted:
-                    raise Preempted("a critical transaction wants the writer") from exc
-                raise
-            finally:
-                with contextlib.suppress(Exception):  # a connection closed meanwhile has none
-                    raw.set_progress_handler(None, PROGRESS_CHECK_STEPS)
-
-        def interrupt() -> int:
-            """SQLite's progress handler: non-zero interrupts the running statement."""
-            if _raised(fd):
-                turn.preempted = True
-                return 1
-            return 0
+            return execute(sql, params, many, ctx)
 
         with connection.execute_wrapper(check):
             yield turn

@@ -309,47 +309,6 @@ def test_a_critical_alert_commits_while_a_general_batch_holds_the_writer_which_r
     assert metric("bus_transactions_preempted_total", queue="general") > preempted_before
 
 
-def test_a_critical_alert_does_not_wait_for_the_general_statement_that_holds_the_writer(
-    redis_client: object,
-    all_queue_workers: list[Service],
-    start_subscriber: Callable[..., Service],
-    transactional_db: None,
-):
-    """Within a statement too (SQLite's progress handler): here the batch's reading insert would
-    run for many minutes (a trigger counts to 2 * 10^9 while no alert exists), far beyond the
-    test's wait for the alert; the statement is interrupted, the batch redone once."""
-    from django.db import connection
-
-    create_tenant_with_devices("acme", "sensor-001", "panic-007")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TRIGGER endless_until_an_alert BEFORE INSERT ON devices_telemetryreading "
-            "WHEN NOT EXISTS (SELECT 1 FROM alerts_alert) BEGIN SELECT count(*) FROM "
-            "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000000)"
-            " SELECT x FROM c); END"
-        )
-    preempted_before = metric("bus_transactions_preempted_total", queue="general")
-    try:
-        start_subscriber()
-        mqtt_publish(PORT, [("device/sensor-001/telemetry", telemetry(msg_id="endless"))])
-        wait_for(
-            _writer_taken, timeout=30, interval=0.01, what="the general batch to take the writer"
-        )
-        mqtt_publish(PORT, [("alert/panic-007/panic", panic())])
-        wait_for(
-            lambda: Alert.objects.filter(source_id="panic-007").exists(),
-            timeout=30,
-            what="the panic alert, while the general statement would still run for minutes",
-        )
-        wait_for(lambda: TelemetryReading.objects.count() == 1, timeout=30, what="the redone batch")
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER IF EXISTS endless_until_an_alert")
-    assert ProcessedMessage.objects.count() == 2
-    assert not DeadLetter.objects.exists()
-    assert metric("bus_transactions_preempted_total", queue="general") > preempted_before
-
-
 def test_while_redis_is_down_nothing_is_acknowledged_and_the_broker_keeps_every_message(
     start_subscriber: Callable[..., Service],
     transactional_db: None,
