@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -718,18 +719,22 @@ def queued_batch_sizes(broker: object) -> list[int]:
     return sizes
 
 
-def test_batches_grow_while_their_queue_is_backed_up_and_every_message_is_stored_once(
+def queue_telemetry(
     private_broker: str,
     start_subscriber: Callable[..., Service],
-    transactional_db: None,
-    tmp_path: Path,
-):
+    total: int,
+    *,
+    size: int,
+    max_size: int,
+) -> tuple[Any, list[int]]:
+    """Publish `total` telemetry messages through a subscriber with these batch sizes into a
+    Redis no worker reads; the broker client and the batch sizes once all are queued."""
     import redis
 
     create_tenant_with_devices("acme", "sensor-001")
-    # No worker takes from this Redis: from the first batch on, the general queue is backed up.
-    start_subscriber(REDIS_URL=private_broker, MQTT_BATCH_SIZE="20", MQTT_BATCH_MAX_SIZE="200")
-    total = 600
+    start_subscriber(
+        REDIS_URL=private_broker, MQTT_BATCH_SIZE=str(size), MQTT_BATCH_MAX_SIZE=str(max_size)
+    )
     mqtt_publish(PORT, numbered_telemetry(total))
     broker = redis.Redis.from_url(f"{private_broker}/0", decode_responses=True)
     wait_for(
@@ -737,7 +742,18 @@ def test_batches_grow_while_their_queue_is_backed_up_and_every_message_is_stored
         timeout=30,
         what=f"all {total} messages in the general queue",
     )
-    sizes = queued_batch_sizes(broker)
+    return broker, queued_batch_sizes(broker)
+
+
+def test_batches_grow_while_their_queue_is_backed_up_and_every_message_is_stored_once(
+    private_broker: str,
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+    tmp_path: Path,
+):
+    # No worker takes from this Redis: from the first batch on, the general queue is backed up.
+    total = 600
+    broker, sizes = queue_telemetry(private_broker, start_subscriber, total, size=20, max_size=200)
     assert max(sizes) > 20, f"no batch grew past MQTT_BATCH_SIZE: {sizes}"
     assert max(sizes) <= 200, f"a batch grew past MQTT_BATCH_MAX_SIZE: {sizes}"
 
@@ -760,17 +776,6 @@ def test_batches_grow_while_their_queue_is_backed_up_and_every_message_is_stored
 def test_messages_read_in_one_burst_still_go_in_batches_of_at_most_the_max_size(
     private_broker: str, start_subscriber: Callable[..., Service], transactional_db: None
 ):
-    import redis
-
-    create_tenant_with_devices("acme", "sensor-001")
     # The bench's baseline: a task per message, however many the socket holds at once.
-    start_subscriber(REDIS_URL=private_broker, MQTT_BATCH_SIZE="1", MQTT_BATCH_MAX_SIZE="1")
-    total = 300
-    mqtt_publish(PORT, numbered_telemetry(total))
-    broker = redis.Redis.from_url(f"{private_broker}/0", decode_responses=True)
-    wait_for(
-        lambda: sum(queued_batch_sizes(broker)) == total,
-        timeout=30,
-        what=f"all {total} messages in the general queue",
-    )
-    assert set(queued_batch_sizes(broker)) == {1}
+    _broker, sizes = queue_telemetry(private_broker, start_subscriber, 300, size=1, max_size=1)
+    assert set(sizes) == {1}
