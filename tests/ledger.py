@@ -81,6 +81,7 @@ class Broadcasts:
         self.errors: list[str] = []
         self._seen: set[str] = set()
         self.resends_absorbed = 0
+        self._stopping = False
 
     def __enter__(self) -> Broadcasts:
         self.metrics_before = _bus_counters()
@@ -94,20 +95,24 @@ class Broadcasts:
     def __exit__(self, *exc: object) -> None:
         # Stopped from here, not by a message through Redis: the test may have just killed or
         # restarted the layer's Redis, and the ledger's counts were taken before this.
+        self._stopping = True
         if self._loop is not None and self._listening is not None:
             self._loop.call_soon_threadsafe(self._listening.cancel)
         self._thread.join(15)
+        if self._thread.is_alive() and exc[0] is None:
+            raise RuntimeError("the broadcast ledger's thread is still listening 15 s after exit")
 
     def _layer_for(self) -> Any:
-        from channels.layers import get_channel_layer
+        """A layer of its own, never the process's shared one: channels_redis lets one event loop
+        at a time receive on a layer, and this thread's loop must not hold the layer that the
+        test's own code (the health check, `asyncio.run` in a test) receives on."""
         from channels_redis.core import RedisChannelLayer
         from django.conf import settings
 
-        if self.redis_url is None:
-            return get_channel_layer()
         config = copy.deepcopy(settings.CHANNEL_LAYERS["default"]["CONFIG"])
-        for host in config["hosts"]:
-            host["address"] = f"{self.redis_url}/2"
+        if self.redis_url is not None:
+            for host in config["hosts"]:
+                host["address"] = f"{self.redis_url}/2"
         return RedisChannelLayer(**config)
 
     def _run(self) -> None:
@@ -141,6 +146,10 @@ class Broadcasts:
             try:
                 message = await self._layer.receive(channel)
             except Exception as exc:  # the layer's Redis restarting under the test: listen on
+                if self._stopping:
+                    # Cancelled inside channels_redis, which can turn the cancellation into
+                    # another error (an assertion in its cleanup): stop, do not listen on.
+                    return
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.2)
                 continue

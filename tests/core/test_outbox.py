@@ -108,3 +108,26 @@ def test_an_event_whose_send_was_not_confirmed_is_resent_alone_and_shown_once(re
     assert broadcasts.telemetry_messages() == {acme.pk: 5, globex.pk: 7}
     raw_ids = [m.get("id") for _, m in broadcasts.received]
     assert sorted(raw_ids) == [f"{row.pk}:0", f"{row.pk}:1"]
+
+
+def test_the_recorder_of_broadcasts_leaves_the_process_channel_layer_free(redis_client):
+    """channels_redis lets one event loop at a time receive on a layer: the recorder's thread
+    listens on a layer of its own, so the health check and the tests' own receives still work."""
+    import asyncio
+
+    from channels.layers import get_channel_layer
+
+    tenant = create_tenant_with_devices("acme")
+
+    async def round_trip() -> dict:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "ping"})
+        return await asyncio.wait_for(layer.receive(channel), 5)
+
+    with Broadcasts([tenant.pk]) as broadcasts:
+        assert asyncio.run(round_trip()) == {"type": "ping"}
+        with transaction.atomic():
+            outbox.broadcast_on_commit([update(tenant.pk, 2)])
+        wait_for(lambda: broadcasts.total_telemetry_messages() == 2, timeout=10, what="the event")
+    assert not broadcasts.errors
