@@ -8,11 +8,12 @@ PY := $(VENV)/bin/python
 VAR_DIR ?= var
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults lint bench bench-scale format status stop system-packages-run system-packages-test clean help
+.PHONY: run test test-faults lint bench bench-scale format status stop system-packages-run system-packages-test system-packages-test-postgres clean help
 
 help:
 	@echo "make run     set up and run the whole stack in the foreground (Ctrl-C stops it)"
 	@echo "make test    set up and run the test suite against real Redis, Mosquitto and Celery"
+	@echo "             (DB=postgres: on a throwaway PostgreSQL server of its own)"
 	@echo "make test-faults  the fault suite: crashes and outages under load (about 5 min)"
 	@echo "make lint    ruff (lint + format check), mypy and the layer contract (lint-imports)"
 	@echo "make bench   end-to-end throughput and latency on the make-run stack (QUICK=1: ~2 min)"
@@ -29,23 +30,27 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,postgres]'
 	@touch $@
 
 # The system packages of one purpose: `run` (the stack) or `test` (run's, Prometheus, chromium).
-system-packages-run system-packages-test: system-packages-%:
+system-packages-run system-packages-test system-packages-test-postgres: system-packages-%:
 	@scripts/install_system_packages.sh $*
 
 run: $(STAMP) system-packages-run
 	@$(PY) scripts/init_env.py .env
 	@exec $(PY) manage.py runstack
 
-test: $(STAMP) system-packages-test
-	$(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
+# DB=postgres: the same suite on a throwaway PostgreSQL server of its own (tests/postgres.py).
+DB ?= sqlite
+TEST_PACKAGES := system-packages-$(if $(filter postgres,$(DB)),test-postgres,test)
+
+test: $(STAMP) $(TEST_PACKAGES)
+	TEST_DATABASE=$(DB) $(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
 
 # Kills, restarts and outages under load, each held to one effect per message (tests/faults/).
-test-faults: $(STAMP) system-packages-test
-	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+test-faults: $(STAMP) $(TEST_PACKAGES)
+	TEST_DATABASE=$(DB) $(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 # QUICK=1: the same steps with fewer messages and samples (under 2 minutes instead of 10).
 bench: $(STAMP) system-packages-run

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install the system packages a purpose needs, when missing.
-# Usage: scripts/install_system_packages.sh run|test   (idempotent; does nothing when all are present)
+# Usage: scripts/install_system_packages.sh run|test|test-postgres
+#   (idempotent; does nothing when all are present)
 #   run   the stack (`make run`, `make bench`): Redis, Mosquitto and the health script's tools
 #   test  the suite (`make test`): run's, plus Prometheus/promtool and Debian's chromium
+#   test-postgres  test's, plus PostgreSQL's server binaries (`make test DB=postgres`)
 set -euo pipefail
 
 profile=${1:-}
@@ -19,7 +21,7 @@ declare -A wanted=(
 )
 case "$profile" in
   run) ;;
-  test)
+  test|test-postgres)
     # The suite runs a real Prometheus and promtool against deploy/prometheus/, and drives
     # Debian's chromium with Playwright (whose own browser download cannot work here); logrotate
     # rotates logs as deploy/logrotate/ says.
@@ -27,9 +29,15 @@ case "$profile" in
     wanted[logrotate]=logrotate
     wanted[promtool]=prometheus
     wanted[chromium]=chromium
+    if [ "$profile" = test-postgres ]; then
+      # The suite starts a throwaway server of its own (tests/postgres.py), never the system's.
+      wanted[initdb]=postgresql
+      wanted[pg_isready]=postgresql-client
+    fi
     ;;
   *)
-    echo "Usage: $0 run|test   (run: the stack's packages; test: run's plus the suite's)" >&2
+    echo "Usage: $0 run|test|test-postgres   (run: the stack's packages; test: run's plus the suite's;" >&2
+    echo "       test-postgres: test's plus PostgreSQL's server)" >&2
     exit 2
     ;;
 esac
@@ -37,7 +45,9 @@ if [ "${INSTALL_EXTRA_PACKAGES:-}" != "" ]; then
   for spec in ${INSTALL_EXTRA_PACKAGES}; do wanted[${spec%%=*}]=${spec#*=}; done
 fi
 
-have() { PATH="$PATH:/usr/sbin:/usr/local/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
+# Debian keeps PostgreSQL's server binaries out of PATH, under /usr/lib/postgresql/<major>/bin.
+pg_bin=$(printf '%s:' /usr/lib/postgresql/*/bin)
+have() { PATH="$PATH:/usr/sbin:/usr/local/sbin:/sbin:$pg_bin" command -v "$1" >/dev/null 2>&1; }
 
 missing=()
 for cmd in "${!wanted[@]}"; do

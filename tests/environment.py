@@ -6,6 +6,7 @@ points the settings at them, so a test run never touches the developer's own sta
 
 from __future__ import annotations
 
+import atexit
 import base64
 import os
 import secrets
@@ -14,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests import postgres
+from tests.postgres import Postgres
 
 
 def free_port() -> int:
@@ -52,6 +56,25 @@ JWT_SIGNING_KEY = canary("jwt")
 OPERATOR_PASSWORD = canary("operator")
 
 
+# `make test DB=postgres` runs the whole suite on a PostgreSQL server of its own.
+TEST_DATABASE = os.environ.get("TEST_DATABASE", "sqlite") or "sqlite"
+POSTGRES: Postgres | None = None
+if TEST_DATABASE == "postgres":
+    POSTGRES = Postgres(free_port(), canary("postgres")).start()
+    atexit.register(POSTGRES.stop)
+    # The test database itself: the test runner recreates it under the URL's own name, and
+    # worker and subscriber processes started by the tests connect to it with the same URL.
+    DATABASE_ENV = {"DATABASE_URL": POSTGRES.url, "TEST_DATABASE_NAME": postgres.DATABASE}
+elif TEST_DATABASE == "sqlite":
+    # Worker and subscriber processes read and write the same file as the test.
+    DATABASE_ENV = {
+        "DATABASE_URL": f"sqlite:///{SCRATCH / 'test.sqlite3'}",
+        "TEST_SQLITE_PATH": str(SCRATCH / "test.sqlite3"),
+    }
+else:
+    raise pytest.UsageError(f"TEST_DATABASE={TEST_DATABASE!r}: use sqlite or postgres (make DB=)")
+
+
 def redis_url(port: int, *, user: str = "", password: str = REDIS_PASSWORD) -> str:
     """The URL of a test Redis on `port`, carrying its password as every client reads it."""
     return f"redis://{user}:{password}@127.0.0.1:{port}"
@@ -68,10 +91,7 @@ os.environ.update(
         # Before anything imports prometheus_client: this process and the services the tests
         # start write their metrics where /metrics/export/ reads them, as under `make run`.
         "PROMETHEUS_MULTIPROC_DIR": str(SCRATCH / "var" / "prometheus"),
-        # The test database itself: worker and subscriber processes started by the tests
-        # read and write the same file as the test (pytest-django creates it fresh).
-        "DATABASE_URL": f"sqlite:///{SCRATCH / 'test.sqlite3'}",
-        "TEST_SQLITE_PATH": str(SCRATCH / "test.sqlite3"),
+        **DATABASE_ENV,
         "REDIS_URL": redis_url(REDIS_PORT),
         "MQTT_HOST": "127.0.0.1",
         "MQTT_PORT": str(MQTT_PORT),
@@ -108,6 +128,9 @@ def keep_scratch() -> None:
 
 def pytest_unconfigure() -> None:
     import shutil
+
+    if POSTGRES is not None:
+        POSTGRES.stop()
 
     if _keep_scratch:
         print(f"\ntest scratch directory kept: {SCRATCH}")

@@ -1,0 +1,177 @@
+"""A throwaway PostgreSQL server of the suite's own (`make test DB=postgres`, the scaling test).
+
+Debian's `postgresql` package puts `initdb` and `postgres` under /usr/lib/postgresql/<major>/bin;
+the server here is never the system cluster: its own data directory, a free port on 127.0.0.1,
+a password of the run, and removed at the end. PostgreSQL refuses to run as root, so under root
+(CI) it runs as the `postgres` account the package creates (or `nobody`).
+
+Django-free: tests/environment.py starts it before the settings are read.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+USER = "intelliwiz"
+DATABASE = "intelliwiz"
+
+
+def binary(name: str) -> str:
+    """`name` from the newest /usr/lib/postgresql/<major>/bin, else from PATH (Debian's own
+    /usr/bin/createdb is a wrapper that looks for a system cluster: not that one first)."""
+    candidates = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
+    if candidates:
+        return max(candidates, key=lambda path: int(Path(path).parts[-3]))
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(
+        f"{name} not found: install Debian's postgresql package (make test DB=postgres installs it)"
+    )
+
+
+def _runs_as() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise RuntimeError("PostgreSQL cannot run as root, and there is no postgres or nobody user")
+
+
+class Postgres:
+    """A PostgreSQL server on `port` of 127.0.0.1 with one database and its owner."""
+
+    def __init__(self, port: int, password: str, *, host: str = "127.0.0.1") -> None:
+        self.port = port
+        self.host = host
+        self.password = password
+        self.root = Path(tempfile.mkdtemp(prefix="intelliwiz-pg-"))
+        self.data = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._account = _runs_as()
+
+    @property
+    def url(self) -> str:
+        return f"postgres://{USER}:{self.password}@{self.host}:{self.port}/{DATABASE}"
+
+    def _as_owner(self) -> dict[str, object]:
+        """Popen's arguments that drop root for the server's account (nothing when not root)."""
+        if self._account is None:
+            return {}
+        return {"user": self._account.pw_uid, "group": self._account.pw_gid, "extra_groups": []}
+
+    def start(self, timeout: float = 60) -> Postgres:
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        if self._account is not None:
+            os.chmod(self.root, 0o700)
+            for path in (self.root, pwfile):
+                os.chown(path, self._account.pw_uid, self._account.pw_gid)
+        initdb = [
+            binary("initdb"),
+            "-D", str(self.data),
+            "-U", USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        ]  # fmt: skip
+        init = subprocess.run(
+            initdb,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            **self._as_owner(),  # type: ignore[call-overload]
+        )
+        pwfile.unlink()
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+        server = [
+            binary("postgres"),
+            "-D", str(self.data),
+            "-p", str(self.port),
+            "-c", f"listen_addresses={self.host}",
+            "-c", f"unix_socket_directories={self.root}",
+            # Many short-lived services connect at once (workers' pools, stacks).
+            "-c", "max_connections=300",
+            # Throwaway: the suite proves behaviour, not durability of this server.
+            "-c", "fsync=off",
+            "-c", "synchronous_commit=off",
+            "-c", "full_page_writes=off",
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # type: ignore[call-overload]
+            server,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.root,
+            **self._as_owner(),
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self._accepts():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited:\n{self.log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"postgres on port {self.port} did not accept connections")
+            time.sleep(0.1)
+        try:
+            self._create_database()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _accepts(self) -> bool:
+        ready = subprocess.run(
+            [binary("pg_isready"), "-h", self.host, "-p", str(self.port), "-q"],
+            capture_output=True,
+            timeout=10,
+        )
+        return ready.returncode == 0
+
+    def _create_database(self) -> None:
+        env = {**os.environ, "PGPASSWORD": self.password}
+        created = subprocess.run(
+            [binary("createdb"), "-h", self.host, "-p", str(self.port), "-U", USER, DATABASE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"createdb failed: {created.stderr.strip()}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole server, as a host losing power would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: sessions are ended), then remove every file of it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
