@@ -60,7 +60,7 @@ OPERATOR_PASSWORD = canary("operator")
 TEST_DATABASE = os.environ.get("TEST_DATABASE", "sqlite") or "sqlite"
 POSTGRES: Postgres | None = None
 if TEST_DATABASE == "postgres":
-    POSTGRES = Postgres(free_port(), canary("postgres")).start()
+    POSTGRES = Postgres(free_port(), canary("postgres")).start(create_database=False)
     atexit.register(POSTGRES.stop)
     # The test database itself: the test runner recreates it under the URL's own name, and
     # worker and subscriber processes started by the tests connect to it with the same URL.

@@ -72,7 +72,9 @@ class Postgres:
             return {}
         return {"user": self._account.pw_uid, "group": self._account.pw_gid, "extra_groups": []}
 
-    def start(self, timeout: float = 60) -> Postgres:
+    def start(self, timeout: float = 60, *, create_database: bool = True) -> Postgres:
+        """Initialise and start the server; with `create_database`, create the URL's database
+        (the suite leaves that to the test runner, which creates it afresh)."""
         pwfile = self.root / "pwfile"
         pwfile.write_text(self.password + "\n")
         pwfile.chmod(0o600)
@@ -134,7 +136,8 @@ class Postgres:
                 raise TimeoutError(f"postgres on port {self.port} did not accept connections")
             time.sleep(0.1)
         try:
-            self._create_database()
+            if create_database:
+                self._create_database()
         except BaseException:
             self.stop()
             raise

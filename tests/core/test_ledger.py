@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.core.envelope import Envelope
 from apps.core.models import ProcessedMessage
 from apps.core.tasks import ledger
+from tests.services import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -49,3 +52,51 @@ def test_keys_older_than_the_retention_are_pruned_by_their_claim_time(settings) 
     )
     assert ledger.prune_processed_messages() == 1
     assert list(ProcessedMessage.objects.values_list("key", flat=True)) == ["new"]
+
+
+def second_waits_for_a_lock() -> bool:
+    if connection.vendor != "postgresql":
+        return True  # SQLite: its BEGIN IMMEDIATE waits for the first's commit, at any moment
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return bool(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_claimed_by_an_open_transaction_is_not_claimed_again_nor_an_error() -> None:
+    """Two workers holding one message (a redelivery while the first still runs): the second's
+    claim waits for the first transaction and skips the key, on every database."""
+    claimed_first, finish_first = threading.Event(), threading.Event()
+    results: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def worker(name: str, keys: list[str], *, hold: bool) -> None:
+        try:
+            with transaction.atomic():
+                results[name] = [
+                    e.key for e in ledger.claim("telemetry", [envelope(k) for k in keys])
+                ]
+                if hold:
+                    claimed_first.set()
+                    finish_first.wait(30)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=worker, args=("first", ["k-1"]), kwargs={"hold": True})
+    first.start()
+    assert claimed_first.wait(30)
+    second = threading.Thread(
+        target=worker, args=("second", ["k-1", "k-2"]), kwargs={"hold": False}
+    )
+    second.start()
+    wait_for(second_waits_for_a_lock, timeout=30, what="the second claim to wait for the first")
+    finish_first.set()
+    first.join(30)
+    second.join(30)
+    assert not errors
+    assert results == {"first": ["k-1"], "second": ["k-2"]}

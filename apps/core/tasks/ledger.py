@@ -7,7 +7,7 @@ Keys are forgotten after IDEMPOTENCY_RETENTION_DAYS, hourly, by beat.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 from celery import shared_task
@@ -30,20 +30,27 @@ def claim(kind: str, envelopes: list[Envelope]) -> list[Envelope]:
     Call it inside the transaction that applies their effects.
     """
     connection = connections[router.db_for_write(ProcessedMessage)]
-    if connection.vendor != "sqlite":
+    # One statement: insert every key, skip those already there, return those inserted. On
+    # PostgreSQL a key another transaction is inserting makes this one wait for its outcome:
+    # two workers holding one message (a redelivery) never both claim it, nor fail on it.
+    if connection.vendor == "sqlite":
+        source = "SELECT value, %s, %s FROM json_each(%s) WHERE true"  # WHERE: SQLite's upsert
+        keys: str | list[str] = _json.encode([envelope.key for envelope in envelopes]).decode()
+        now: str | datetime = aware_datetime_for_sqlite(timezone.now())
+    elif connection.vendor == "postgresql":
+        source = "SELECT k, %s, %s FROM unnest(%s::text[]) AS k"
+        keys, now = [envelope.key for envelope in envelopes], timezone.now()
+    else:
         return _claim_portably(kind, envelopes)
-    # One statement: insert every key, skip those already there, return those inserted.
     meta, quote = ProcessedMessage._meta, connection.ops.quote_name
     columns = {field.name: quote(str(field.column)) for field in meta.concrete_fields}
     key, kind_column, processed_at = (columns[name] for name in FIELDS)
     sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({key}, {kind_column}, {processed_at}) "  # noqa: S608
-        "SELECT value, %s, %s FROM json_each(%s) WHERE true "  # WHERE: SQLite's upsert syntax
-        f"ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+        f"INSERT INTO {quote(meta.db_table)} ({key}, {kind_column}, {processed_at}) "
+        f"{source} ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
     )
-    keys = _json.encode([envelope.key for envelope in envelopes]).decode()
     with connection.cursor() as cursor:
-        cursor.execute(sql, [kind, aware_datetime_for_sqlite(timezone.now()), keys])
+        cursor.execute(sql, [kind, now, keys])
         claimed = {row[0] for row in cursor.fetchall()}
     fresh: list[Envelope] = []
     for envelope in envelopes:
