@@ -22,6 +22,12 @@ INTAKE_PAUSED_KEY = "mqtt_subscriber:intake_paused"
 # Hash: device id -> when a subscriber last received (and queued) one of its messages. Offline
 # detection judges silence by this, not by what the workers have processed so far.
 LAST_RECEIVED_KEY = "mqtt_subscriber:last_received"
+# A count, raised whenever tasks a dead worker held are put back on their queues (`manage.py
+# requeue`, or kombu's restore after the visibility timeout). Kombu's workers take a task from
+# its queue (BRPOP) and record it as unacknowledged in a second round trip: a worker killed in
+# between held a task that is in neither place. Subscribers that see the count change hand on
+# again the messages they handed on last; their idempotency keys absorb the repeats.
+SEND_AGAIN_KEY = "mqtt_subscriber:send_again"
 STATUS_TTL_SECONDS = 15
 HEARTBEAT_INTERVAL_SECONDS = 5
 
@@ -125,3 +131,11 @@ def resume_intake(client: redis.Redis[str]) -> None:
 
 def intake_paused(client: redis.Redis[str]) -> bool:
     return bool(client.exists(INTAKE_PAUSED_KEY))
+
+
+def request_send_again(client: redis.Redis[str]) -> None:
+    client.incr(SEND_AGAIN_KEY)
+
+
+def send_again_requests(client: redis.Redis[str]) -> int:
+    return int(client.get(SEND_AGAIN_KEY) or 0)

@@ -237,6 +237,7 @@ class Subscriber:
         self.handed_off_messages = 0
         self.send_again = False
         self.redis_run_id: str | None = None
+        self.send_again_requests: int | None = None
         # Queue name -> (when looked at, whether tasks wait in it): see _backed_up.
         self.backlog: dict[str, tuple[float, bool]] = {}
         self.kept_redis: redis.Redis[str] | None = None  # see _redis
@@ -592,19 +593,27 @@ class Subscriber:
             self.handed_off.popleft()
             self.handed_off_messages -= len(handed.envelopes)
         self.send_again = False
-        self.redis_run_id = None  # this restart is dealt with: the next report learns the new id
+        # This restart or request is dealt with: the next report learns the new id and count.
+        self.redis_run_id = self.send_again_requests = None
         metrics.MQTT_MESSAGES_SENT_AGAIN.inc(messages)
         log.warning(
-            "Redis failed or restarted: the messages handed on last were sent again",
+            "Redis failed or restarted, or a dead worker's tasks were put back: "
+            "the messages handed on last were sent again",
             messages=messages,
             hint="repeats are absorbed by their idempotency keys (bus_messages_duplicate_total)",
         )
 
     def _follow_redis_restarts(self, client: Any) -> None:
+        """Send again after a Redis restart, or when the tasks of a dead worker were put back
+        (intake_status.SEND_AGAIN_KEY: one it had taken but not recorded is in no queue)."""
         run_id = str(client.info("server")["run_id"])
-        if self.redis_run_id is not None and run_id != self.redis_run_id and self.handed_off:
+        requests = intake_status.send_again_requests(client)
+        if self.handed_off and (
+            (self.redis_run_id is not None and run_id != self.redis_run_id)
+            or (self.send_again_requests is not None and requests != self.send_again_requests)
+        ):
             self.send_again = True
-        self.redis_run_id = run_id
+        self.redis_run_id, self.send_again_requests = run_id, requests
 
     def _redis(self) -> redis.Redis[str]:
         """One client kept for the round trips made per batch (a new one would connect and

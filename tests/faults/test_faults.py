@@ -336,7 +336,7 @@ def test_a_database_locked_for_30_s_loses_no_batch_and_recovers_without_endless_
                 lock.kill()
         released = time.monotonic()
         settle_and_check(
-            fleet, published, broadcasts, os.environ["REDIS_URL"], fault="SQLite locked 30 s"
+            fleet, published, broadcasts, os.environ["REDIS_URL"], fault="database locked 30 s"
         )
         recovered_in = time.monotonic() - released
     retried = metric("celery_tasks_retried_total", task="process_device_telemetry", queue="general")
@@ -346,16 +346,31 @@ def test_a_database_locked_for_30_s_loses_no_batch_and_recovers_without_endless_
 
 
 def _lock_database(seconds: float) -> subprocess.Popen[bytes]:
-    """Another process holds the SQLite database's write lock for `seconds`."""
-    path = os.environ["TEST_SQLITE_PATH"]
-    code = (
-        "import sqlite3, sys, time\n"
-        f"c = sqlite3.connect({path!r}, isolation_level=None)\n"
-        "c.execute('BEGIN EXCLUSIVE')\n"
-        "print('locked', flush=True)\n"
-        f"time.sleep({seconds})\n"
-        "c.execute('ROLLBACK')\n"
-    )
+    """Another process holds the database's write lock for `seconds`: SQLite's EXCLUSIVE lock,
+    or on PostgreSQL its EXCLUSIVE mode on every table (reads go on, writes wait), as SQLite's
+    does in WAL mode."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        tables = ", ".join(map(connection.ops.quote_name, connection.introspection.table_names()))
+        code = (
+            "import os, time, psycopg\n"
+            "c = psycopg.connect(os.environ['DATABASE_URL'])\n"
+            f"c.execute({f'LOCK TABLE {tables} IN EXCLUSIVE MODE'!r})\n"
+            "print('locked', flush=True)\n"
+            f"time.sleep({seconds})\n"
+            "c.rollback()\n"
+        )
+    else:
+        path = os.environ["TEST_SQLITE_PATH"]
+        code = (
+            "import sqlite3, sys, time\n"
+            f"c = sqlite3.connect({path!r}, isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            f"time.sleep({seconds})\n"
+            "c.execute('ROLLBACK')\n"
+        )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert process.stdout is not None
     assert process.stdout.readline().strip() == b"locked"

@@ -108,9 +108,12 @@ def test_requeue_puts_tasks_of_killed_workers_back_on_their_queue(redis_client: 
     assert waiting("requeue_test", redis_client) == 0
 
     # --force: this session's workers may be up, and they do not consume requeue_test.
-    assert "Requeued 1 unacknowledged tasks." in run("requeue", "--force")
+    requests_before = intake_status.send_again_requests(redis_client)
+    assert "Requeued 1 unacknowledged tasks;" in run("requeue", "--force")
     assert bus_state.unacked_count(redis_client) == 0
     assert waiting("requeue_test", redis_client) == 1
+    # And a task the killed worker had taken but not recorded: subscribers send again.
+    assert intake_status.send_again_requests(redis_client) == requests_before + 1
     redis_client.delete(*broker_list_keys("requeue_test"))
 
 
@@ -120,3 +123,25 @@ def test_requeue_refuses_while_workers_are_up(redis_client: Any, all_queue_worke
     wait_for(lambda: read_worker_heartbeats(redis_client), timeout=15, what="worker heartbeats")
     with pytest.raises(CommandError, match="Stop the workers first, or pass --force"):
         call_command("requeue")
+
+
+def test_tasks_put_back_after_the_visibility_timeout_ask_subscribers_to_send_again(
+    redis_client: Any,
+):
+    """Kombu's own put-back of tasks unacknowledged too long (a dead worker's): that worker may
+    also have held a task it had taken but not recorded, so subscribers are asked to re-send."""
+    from apps.core.tasks.consumer import RecordingQoS
+    from intelliwiz_config.celery import app
+
+    app.send_task("apps.mqtt.tasks.process_device_telemetry", args=[[]], queue="requeue_test")
+    _orphan_a_task()
+    requests_before = intake_status.send_again_requests(redis_client)
+    with app.connection_for_write() as connection:
+        channel: Any = connection.default_channel
+        assert isinstance(channel.qos, RecordingQoS)
+        channel.qos.visibility_timeout = 0  # the orphan's record is now past it
+        channel.qos.restore_visible(num=10, interval=1)
+    assert bus_state.unacked_count(redis_client) == 0
+    assert waiting("requeue_test", redis_client) == 1
+    assert intake_status.send_again_requests(redis_client) == requests_before + 1
+    redis_client.delete(*broker_list_keys("requeue_test"))

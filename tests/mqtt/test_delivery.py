@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -382,6 +383,65 @@ def test_a_task_taken_from_its_queue_as_redis_died_is_sent_again_when_redis_rest
     redis_service = start_redis(port, data, appendonly=True, appendfsync="always")
     worker = general_worker("general-private", broker_url, tmp_path / "worker.log")
     try:
+        wait_for(
+            lambda: TelemetryReading.objects.count() == 150,
+            timeout=60,
+            interval=0.2,
+            what="all 150 messages, the taken batch sent again",
+        )
+        assert "messages handed on last were sent again" in subscriber.log()
+    finally:
+        worker.stop()
+        redis_service.stop()
+    assert ProcessedMessage.objects.count() == 150
+
+
+def test_a_task_a_killed_worker_took_but_never_recorded_is_sent_again_on_requeue(
+    start_subscriber: Callable[..., Service],
+    transactional_db: None,
+    tmp_path: Path,
+):
+    """A worker killed between its BRPOP and the record of the task as unacknowledged held a
+    task that is in no queue and no record. `manage.py requeue` (as kombu's put-back after the
+    visibility timeout) asks subscribers to hand on their last messages again."""
+    import redis
+
+    from apps.monitoring import bus_state
+
+    port = free_port()
+    broker_url = environment.redis_url(port)
+    create_tenant_with_devices("acme", "sensor-001")
+    redis_service = start_redis(port, tmp_path / "redis")
+    subscriber = start_subscriber(REDIS_URL=broker_url)
+    admin = redis.Redis.from_url(f"{broker_url}/0", decode_responses=True)
+
+    def queued() -> int:
+        return sum(queue.depth for queue in bus_state.queue_stats(admin))
+
+    mqtt_publish(PORT, numbered_telemetry(150))
+    wait_for(lambda: queued() >= 2, timeout=30, what="the subscriber to hand on both batches")
+    lists = broker_list_keys("general")
+    # As the killed worker's BRPOP: gone from its queue, never recorded as unacknowledged.
+    assert admin.rpop(next(key for key in lists if admin.llen(key))) is not None
+    worker = general_worker("general-private", broker_url, tmp_path / "worker.log")
+    try:
+        wait_for(
+            lambda: queued() == 0 and TelemetryReading.objects.exists(),
+            timeout=60,
+            what="the worker to process what was left queued",
+        )
+        assert bus_state.unacked_count(admin) == 0
+        assert TelemetryReading.objects.count() < 150
+        env = {**os.environ, "REDIS_URL": broker_url}
+        requeue = subprocess.run(
+            [sys.executable, "manage.py", "requeue", "--force"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "asked the MQTT subscribers to send their last messages again" in requeue.stdout
         wait_for(
             lambda: TelemetryReading.objects.count() == 150,
             timeout=60,

@@ -13,6 +13,11 @@ the reply lost, so no worker knows it. For the idempotent processing tasks (IDEM
 its own queues, the consumer also puts back those taken in the ORPHAN_WINDOW_SECONDS before it
 lost the connection; if another worker did hold one, that task runs twice, with no effect.
 
+When a worker dies outright holding tasks, a task it had taken but not recorded (below) is in no
+queue and no record; whenever the tasks a dead worker held are put back (kombu's restore after
+the visibility timeout here, `manage.py requeue`), subscribers are asked to hand on their last
+messages again (apps/core/intake_status.py, SEND_AGAIN_KEY).
+
 And one the fault suite found: kombu's Redis transport takes a task from its queue (BRPOP) and
 records it as unacknowledged in a second round trip. When Redis dies between the two, the task
 is in neither place, only in this worker's memory, and kombu drops it. RecordingQoS keeps such
@@ -29,6 +34,8 @@ import structlog
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as redis_transport
 
+from apps.core.intake_status import request_send_again
+from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import IDEMPOTENT_TASKS, REDIS_SOCKET_TIMEOUT_SECONDS
 
 log = structlog.get_logger(__name__)
@@ -48,6 +55,27 @@ class RecordingQoS(redis_transport.QoS):
         except Exception:
             UNRECORDED.append(message)  # kombu forgets it as the error propagates
             raise
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        """Kombu's put-back of tasks unacknowledged past the visibility timeout: their worker
+        died (or ran past it), and may have died holding a task it had taken but not recorded,
+        which no put-back can find. Subscribers are asked to hand on their last messages again
+        (intake_status.SEND_AGAIN_KEY)."""
+        restored_before = self._restored
+        super().restore_visible(*args, **kwargs)
+        if self._restored != restored_before:
+            log.warning(
+                "tasks unacknowledged past the visibility timeout put back on their queues",
+                tasks=self._restored - restored_before,
+                hint="a worker died holding them; subscribers send their last messages again",
+            )
+            request_send_again(state_redis())
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        self._restored = getattr(self, "_restored", 0) + 1
+        super().restore_by_tag(tag, client, leftmost)
+
+    _restored = 0
 
 
 # Every Redis channel of this worker process records through it (kombu reads Channel.QoS).

@@ -11,6 +11,7 @@ from typing import Any
 from celery import current_app
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.core import intake_status
 from apps.core.redis_client import state_redis
 from apps.monitoring.bus_state import read_worker_heartbeats
 
@@ -41,4 +42,11 @@ class Command(BaseCommand):
                 channel.qos.restore_by_tag(tag, leftmost=True)
                 if number % 500 == 0:
                     self.stdout.write(f"  {number} of {len(tags)} requeued …")
-        self.stdout.write(f"Requeued {len(tags)} unacknowledged tasks.")
+        # A killed worker may also have held a task it had taken (BRPOP) but not yet recorded
+        # as unacknowledged: in no queue and no record. Subscribers hand on their last messages
+        # again; their idempotency keys absorb the repeats.
+        intake_status.request_send_again(state_redis())
+        self.stdout.write(
+            f"Requeued {len(tags)} unacknowledged tasks; asked the MQTT subscribers to send "
+            "their last messages again (repeats are absorbed)."
+        )
