@@ -43,15 +43,56 @@ def low_file_limit() -> Iterator[None]:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     with low_file_limit():
-        service = Stack(tmp_path / "var", tmp_path / "stack.log")
+        # As make run's .env has it: the README's first message registers its device.
+        service = Stack(
+            tmp_path / "var",
+            tmp_path / "stack.log",
+            DEVICE_AUTO_REGISTER="true",
+            DEVICE_AUTO_REGISTER_TENANT="demo",
+        )
     yield service
     service.stop(timeout=20)
 
 
-def test_the_stack_comes_up_healthy_and_sigterm_leaves_no_process_behind(stack: Stack):
+@pytest.mark.django_db(transaction=True)
+def test_the_stack_comes_up_healthy_stores_the_first_message_and_sigterm_leaves_nothing(
+    stack: Stack,
+):
+    from django.db import connection
+
+    from apps.devices.models import TelemetryReading
+
     stack.wait_healthy()
     # runstack polls health on its own schedule; it must report what the test saw.
     wait_for(lambda: "Stack is healthy" in stack.log(), timeout=15, what="the healthy banner")
+    # On the database DATABASE_URL names (PostgreSQL under `make test DB=postgres`), the
+    # README's first message is stored, and health checks that database.
+    assert stack.health()[1]["checks"]["database"]["vendor"] == connection.vendor
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    message = f'{{"battery": 100, "signal": 95, "timestamp": "{now}"}}'
+    port = stack.env["MQTT_PORT"]
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-q",
+            "1",
+            "-t",
+            "device/test/telemetry",
+            "-m",
+            message,
+        ],
+        check=True,
+        timeout=30,
+    )
+    wait_for(
+        lambda: TelemetryReading.objects.filter(device__device_id="test", battery=100).exists(),
+        timeout=30,
+        what="the README's first message in the database",
+    )
 
     family = [psutil.Process(stack.pid), *descendants(stack.pid)]
     commands = " ".join(" ".join(command_line(process)) for process in family)

@@ -18,6 +18,7 @@ from django.utils import timezone
 from apps.core.bulk import aware_datetime_for_sqlite, insert_rows
 from apps.core.envelope import Envelope
 from apps.core.models import ProcessedMessage
+from apps.core.retention import delete_before
 from apps.core.tasks.celery_settings import PRUNE_PROCESSED_MESSAGES
 
 FIELDS = ("key", "kind", "processed_at")
@@ -85,7 +86,8 @@ def release(key: str) -> None:
 
 @shared_task(name=PRUNE_PROCESSED_MESSAGES, acks_late=True)
 def prune_processed_messages() -> int:
-    """Forget idempotency keys older than IDEMPOTENCY_RETENTION_DAYS (hourly, from beat)."""
+    """Forget idempotency keys older than IDEMPOTENCY_RETENTION_DAYS (hourly, from beat), in
+    short chunks: an hour of keys at 1,000 msg/s is 3.6 million rows, too many for one
+    transaction beside the processing tasks."""
     cutoff = timezone.now() - timedelta(days=settings.IDEMPOTENCY_RETENTION_DAYS)
-    deleted, _ = ProcessedMessage.objects.filter(processed_at__lt=cutoff).delete()
-    return deleted
+    return delete_before(ProcessedMessage, "processed_at", cutoff)
