@@ -395,6 +395,8 @@ MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30, minimum=5)
 MQTT_SHARED_GROUP = os.environ.get("MQTT_SHARED_GROUP", "")
 # A member of the shared group silent this long (no heartbeat in Redis; it beats every 5 s) has
 # its session adopted by a surviving member, drained and ended (apps/mqtt/adoption.py); 0: never.
+# Subscriber processes (sessions: two a host with lanes) health expects connected; fewer fail it.
+MQTT_SUBSCRIBERS_EXPECTED = env_int("MQTT_SUBSCRIBERS_EXPECTED", 1, minimum=1)
 MQTT_SHARED_ADOPT_AFTER = env_int("MQTT_SHARED_ADOPT_AFTER", 60, minimum=0)
 if 0 < MQTT_SHARED_ADOPT_AFTER < 10:
     raise ImproperlyConfigured(

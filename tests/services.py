@@ -233,6 +233,23 @@ def mqtt_publish(
         client.loop_stop()
 
 
+def mqtt_session_kept(port: int, client_id: str, *, host: str = "127.0.0.1") -> bool:
+    """Whether the broker keeps a session for `client_id`. Asking takes it over (a connected
+    client of that id is disconnected) and asks for no session, so it leaves none behind."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    present: list[bool] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_connect = lambda _c, _u, flags, _rc, _p: present.append(flags.session_present)
+    client.connect(host, port, clean_start=False)
+    try:
+        wait_for(lambda: client.loop(0.1) or present, timeout=10, what=f"CONNACK to {client_id}")
+    finally:
+        client.disconnect()
+    return present[0]
+
+
 def publish_until_acknowledged(
     port: int, messages: list[tuple[str, str]], *, chunk: int = 500, timeout: float = 180
 ) -> int:

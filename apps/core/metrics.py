@@ -70,7 +70,7 @@ MQTT_SUBSCRIBER_CONNECTED = Gauge(
 MQTT_SESSIONS_ADOPTED = Counter(
     "mqtt_sessions_adopted_total",
     "Sessions of silent shared-group members adopted by this subscriber, by outcome: drained "
-    "(and ended), taken_back (the member returned first), interrupted",
+    "(and ended), interrupted (the member took it back, or the connection dropped)",
     ["outcome"],
 )
 MQTT_BATCH_SIZE = Histogram(

@@ -18,9 +18,10 @@ member that finds a peer silent for MQTT_SHARED_ADOPT_AFTER seconds adopts the p
 
 The shared members' own session expiry stays long: the session is where a member's share waits
 while no one has drained it (a member restarting, every member down), so it must not expire
-first. If the peer comes back during the adoption, its connect takes the session over (the
-adopter is disconnected with "Session taken over") and the adopter leaves it at that; the peer
-subscribes again as it always does on connecting. An adopter that dies mid-way leaves the
+first. If the peer comes back during the adoption, its connect takes the session over (Mosquitto
+2.0.11 closes the adopter's connection, with no reason given) and the adopter leaves it at that:
+an adopted session connects once; the peer subscribes again as it always does on connecting, and
+beats, so it is not adopted again. An adopter that dies mid-way leaves the
 session as it found it, less what it acknowledged; its claim expires and another member adopts.
 """
 
@@ -48,7 +49,6 @@ LOOK_INTERVAL_SECONDS = intake_status.HEARTBEAT_INTERVAL_SECONDS
 ADOPT_QUIET_SECONDS = 2.0
 # The claim on a peer lapses this long after its adopter stopped renewing it (it died).
 CLAIM_TTL_SECONDS = 60
-TAKEN_OVER = "Session taken over"  # the broker's reason when the peer connects again
 
 
 class AdoptedSession(Protocol):
@@ -143,8 +143,7 @@ class Adopter:
     def _drain(self, adoption: Adoption, now: float) -> None:
         adoption.session.step()
         if adoption.session.ended is not None:
-            outcome = "taken_back" if adoption.session.ended == TAKEN_OVER else "interrupted"
-            self._finish(adoption, outcome, reason=adoption.session.ended)
+            self._finish(adoption, "interrupted", reason=adoption.session.ended)
         elif adoption.session.drained():
             adoption.session.end_session()
             intake_status.forget_member(state_redis(), self.group, adoption.member)
@@ -170,8 +169,8 @@ class Adopter:
                 "adoption of a member's session ended before it was drained",
                 member=adoption.member,
                 reason=reason,
-                hint="taken over: the member came back and reads its session itself; else "
-                "another look follows while the member stays silent",
+                hint="either the member came back and took its session over (it reads it "
+                "itself), or the broker connection dropped: it is adopted again while silent",
             )
         intake_status.release_adoption(state_redis(), adoption.member, self.own_id)
 

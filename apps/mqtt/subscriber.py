@@ -50,7 +50,7 @@ from apps.core.models import DeadLetter
 from apps.core.redis_client import state_redis
 from apps.core.tasks.base import enqueue
 from apps.core.tasks.celery_settings import TASK_QUEUES, broker_list_keys
-from apps.mqtt.adoption import ADOPT_QUIET_SECONDS, TAKEN_OVER, Adopter
+from apps.mqtt.adoption import ADOPT_QUIET_SECONDS, Adopter
 from apps.mqtt.client import app_client
 from apps.mqtt.intake import Intake, Reason, Rejection
 from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS, TopicKind
@@ -376,13 +376,8 @@ class Subscriber:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if self.adopted:
+        if self.adopted:  # over: taken back by its member, or lost; it connects once
             self.ended = self.ended or str(reason_code)
-            if str(reason_code) == TAKEN_OVER:
-                log.info(
-                    "the member came back and took its session over; leaving it to it",
-                    member=self.config.client_id,
-                )
             return
         if self.paused or self.shedding:
             log.info("Left the MQTT broker; the session keeps QoS 1 messages meanwhile")

@@ -31,6 +31,7 @@ from tests.postgres import Postgres
 from tests.services import (
     Service,
     mqtt_publish,
+    mqtt_session_kept,
     python_service,
     start_mosquitto,
     start_redis,
@@ -244,24 +245,9 @@ def test_one_host_killed_mid_stream_loses_and_repeats_no_message(site: Site):
         finally:
             report(fleet, published, broadcasts, fault)
     assert "member=ingest-a" in survivor.log()
-    assert not session_kept(site.infra.address, "ingest-a"), "host a's session outlived adoption"
-
-
-def session_kept(broker: str, client_id: str) -> bool:
-    """Whether the broker still keeps a session for `client_id` (connecting as it tells; the
-    connection asks for no session of its own, so it leaves none behind)."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    present: list[bool] = []
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.on_connect = lambda _c, _u, flags, _rc, _p: present.append(flags.session_present)
-    client.connect(broker, MQTT_PORT, clean_start=False)
-    try:
-        wait_for(lambda: client.loop(0.1) or present, timeout=10, what="CONNACK")
-    finally:
-        client.disconnect()
-    return present[0]
+    assert not mqtt_session_kept(MQTT_PORT, "ingest-a", host=site.infra.address), (
+        "host a's session outlived adoption"
+    )
 
 
 def report(
