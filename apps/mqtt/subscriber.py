@@ -777,8 +777,8 @@ class Subscriber:
         if now >= self.next_report_at:
             self._report()
             self.next_report_at = now + intake_status.HEARTBEAT_INTERVAL_SECONDS
-        if self.adopter is not None and not self.stopping:
-            self.adopter.step()
+        if self.adopter is not None and not (self.stopping or away):
+            self.adopter.step()  # not while intake is paused or shedding: it would read on
 
     def _network(self, timeout: float) -> MQTTErrorCode:
         """paho's `loop()` through its API for an outside loop (socket, loop_read, loop_write,
@@ -833,9 +833,10 @@ class Subscriber:
         """How long to wait for the broker: briefly while holding messages (their batches fall
         due), longer when holding none. A message arriving ends the wait either way, so this
         only saves the wake-ups of an idle subscriber (the urgent lane's, nearly always)."""
-        if self.adopted or (self.adopter is not None and self.adopter.current is not None):
-            return 0.0  # one loop turn serves two sessions: neither may wait for the other
-        holding = self.pending or self.rejections or self.recheck or self.send_again
+        if self.adopted:
+            return 0.0  # stepped within its adopter's loop, whose own wait serves both
+        adopting = self.adopter is not None and self.adopter.current is not None
+        holding = self.pending or self.rejections or self.recheck or self.send_again or adopting
         return min(0.01, self.config.batch_interval) if holding else IDLE_LOOP_SECONDS
 
     def _follow_pause_flag(self) -> None:
