@@ -164,13 +164,23 @@ def beat_member(client: redis.Redis[str], group: str, client_id: str) -> None:
     client.eval(_BEAT, 1, MEMBERS_KEY_PREFIX + group, client_id)  # type: ignore[no-untyped-call]
 
 
-def silent_members(client: redis.Redis[str], group: str, longer_than: float) -> dict[str, float]:
-    """Members of `group` that have not beaten for `longer_than` seconds: client id -> silence."""
+@dataclass(frozen=True)
+class Silence:
+    member: str  # its client id
+    last_beat: float  # Redis's clock
+    seconds: float
+
+
+def silent_members(client: redis.Redis[str], group: str, longer_than: float) -> list[Silence]:
+    """Members of `group` that have not beaten for `longer_than` seconds."""
     seconds, micros = client.time()
     now = seconds + micros / 1e6
-    beats = client.hgetall(MEMBERS_KEY_PREFIX + group)
-    silence = {client_id: now - float(at) for client_id, at in beats.items()}
-    return {client_id: age for client_id, age in silence.items() if age > longer_than}
+    beats = {member: float(at) for member, at in client.hgetall(MEMBERS_KEY_PREFIX + group).items()}
+    return [
+        Silence(member, at, now - at)
+        for member, at in sorted(beats.items())
+        if now - at > longer_than
+    ]
 
 
 def members(client: redis.Redis[str], group: str) -> list[str]:

@@ -89,6 +89,9 @@ class Adopter:
         self.open_session = open_session
         self.current: Adoption | None = None
         self.next_look_at = 0.0
+        # (member, its last beat) whose death made this adopter hand on the group's last
+        # hand-offs again: once a death, however many attempts its adoption takes.
+        self.sent_again_for: set[tuple[str, float]] = set()
 
     def step(self) -> None:
         now = time.monotonic()
@@ -103,8 +106,8 @@ class Adopter:
 
     def _look(self) -> None:
         client = state_redis()
-        silent = intake_status.silent_members(client, self.group, self.adopt_after)
-        for member, silence in sorted(silent.items()):
+        for silence in intake_status.silent_members(client, self.group, self.adopt_after):
+            member = silence.member
             if member == self.own_id:
                 continue
             if not intake_status.claim_adoption(client, member, self.own_id, CLAIM_TTL_SECONDS):
@@ -113,11 +116,13 @@ class Adopter:
                 "a shared-group member is silent; adopting its session so its share is not "
                 "stranded",
                 member=member,
-                silent_s=round(silence, 1),
+                silent_s=round(silence.seconds, 1),
                 hint="nothing to do if that host is gone for good; if it is only slow, raise "
                 "MQTT_SHARED_ADOPT_AFTER",
             )
-            self._send_again(client)
+            if (member, silence.last_beat) not in self.sent_again_for:
+                self._send_again(client)
+                self.sent_again_for.add((member, silence.last_beat))
             self.current = Adoption(
                 member, self.open_session(member), time.monotonic() + LOOK_INTERVAL_SECONDS
             )
