@@ -25,7 +25,7 @@ import pytest
 
 from apps.core.tasks.celery_settings import QUEUES
 from tests import environment
-from tests.ledger import Broadcasts, Fleet, _bus_counters, count_effects, readings, settle_and_check
+from tests.ledger import Broadcasts, Fleet, bus_counters, count_effects, readings, settle_and_check
 from tests.netns import Host, Network
 from tests.postgres import Postgres
 from tests.services import (
@@ -254,7 +254,7 @@ def report(
     fleet: Fleet, published: list[tuple[str, str]], broadcasts: Broadcasts, fault: str
 ) -> None:
     effects = count_effects(fleet, published, broadcasts)
-    counters = _bus_counters()
+    counters = bus_counters()
     figures = {
         "sent": effects.published,
         "processed_once": effects.published - effects.lost_count - len(effects.twice),
