@@ -8,13 +8,14 @@ PY := $(VENV)/bin/python
 VAR_DIR ?= var
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults lint bench bench-scale format status stop system-packages-run system-packages-test system-packages-test-postgres clean help
+.PHONY: run test test-faults test-multihost lint bench bench-scale format status stop system-packages-run system-packages-test system-packages-test-postgres clean help
 
 help:
 	@echo "make run     set up and run the whole stack in the foreground (Ctrl-C stops it)"
 	@echo "make test    set up and run the test suite against real Redis, Mosquitto and Celery"
 	@echo "             (DB=postgres: on a throwaway PostgreSQL server of its own)"
 	@echo "make test-faults  the fault suite: crashes and outages under load (about 5 min)"
+	@echo "make test-multihost  three hosts as network namespaces, one killed mid-stream (root, ~70 s)"
 	@echo "make lint    ruff (lint + format check), mypy and the layer contract (lint-imports)"
 	@echo "make bench   end-to-end throughput and latency on the make-run stack (QUICK=1: ~2 min)"
 	@echo "make bench-scale  1,000 WebSockets, 10,000 MQTT devices and a 5-minute soak (~10 min)"
@@ -46,11 +47,17 @@ DB ?= sqlite
 TEST_PACKAGES := system-packages-$(if $(filter postgres,$(DB)),test-postgres,test)
 
 test: $(STAMP) $(TEST_PACKAGES)
-	TEST_DATABASE=$(DB) $(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
+	TEST_DATABASE=$(DB) $(PY) -m pytest -m "not faults and not multihost" $(PYTEST_ARGS)
 
 # Kills, restarts and outages under load, each held to one effect per message (tests/faults/).
 test-faults: $(STAMP) $(TEST_PACKAGES)
 	TEST_DATABASE=$(DB) $(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+# Three hosts as network namespaces (root): infra (PostgreSQL, Redis, Mosquitto) and two that each
+# run a subscriber and every queue's workers; one is SIGKILLed mid-stream (tests/multihost/). It
+# brings its own PostgreSQL whatever DB says, so it runs once, not per database.
+test-multihost: $(STAMP) system-packages-test-postgres
+	$(PY) -m pytest -m multihost -s $(PYTEST_ARGS)
 
 # QUICK=1: the same steps with fewer messages and samples (under 2 minutes instead of 10).
 bench: $(STAMP) system-packages-run

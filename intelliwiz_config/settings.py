@@ -393,6 +393,16 @@ MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "intelliwiz-subscriber")
 MQTT_SESSION_EXPIRY = env_int("MQTT_SESSION_EXPIRY", 86400, minimum=1)
 MQTT_KEEPALIVE = env_int("MQTT_KEEPALIVE", 30, minimum=5)
 MQTT_SHARED_GROUP = os.environ.get("MQTT_SHARED_GROUP", "")
+# A member of the shared group silent this long (no heartbeat in Redis; it beats every 5 s) has
+# its session adopted by a surviving member, drained and ended (apps/mqtt/adoption.py); 0: never.
+# Subscriber processes (sessions: two a host with lanes) health expects connected; fewer fail it.
+MQTT_SUBSCRIBERS_EXPECTED = env_int("MQTT_SUBSCRIBERS_EXPECTED", 1, minimum=1)
+MQTT_SHARED_ADOPT_AFTER = env_int("MQTT_SHARED_ADOPT_AFTER", 60, minimum=0)
+if 0 < MQTT_SHARED_ADOPT_AFTER < 10:
+    raise ImproperlyConfigured(
+        f"MQTT_SHARED_ADOPT_AFTER={MQTT_SHARED_ADOPT_AFTER}: at least 10 s (two heartbeats), "
+        "or a member that is merely slow would lose its session; 0 turns adoption off"
+    )
 MQTT_RECONNECT_MAX_DELAY = env_int("MQTT_RECONNECT_MAX_DELAY", 60, minimum=1)
 # Flow control: QoS 1 messages the broker may have in flight to the subscriber, unacknowledged.
 MQTT_RECEIVE_MAXIMUM = env_int("MQTT_RECEIVE_MAXIMUM", 1000, minimum=1)

@@ -75,9 +75,11 @@ else:
     raise pytest.UsageError(f"TEST_DATABASE={TEST_DATABASE!r}: use sqlite or postgres (make DB=)")
 
 
-def redis_url(port: int, *, user: str = "", password: str = REDIS_PASSWORD) -> str:
+def redis_url(
+    port: int, *, user: str = "", password: str = REDIS_PASSWORD, host: str = "127.0.0.1"
+) -> str:
     """The URL of a test Redis on `port`, carrying its password as every client reads it."""
-    return f"redis://{user}:{password}@127.0.0.1:{port}"
+    return f"redis://{user}:{password}@{host}:{port}"
 
 
 os.environ.update(

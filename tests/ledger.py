@@ -86,7 +86,7 @@ class Broadcasts:
         self.interruptions: Counter[int] = Counter()
 
     def __enter__(self) -> Broadcasts:
-        self.metrics_before = _bus_counters()
+        self.metrics_before = bus_counters()
         self._thread.start()
         if not self._ready.wait(30):
             raise TimeoutError("the broadcast ledger could not join the NOC groups")
@@ -360,7 +360,7 @@ def settle_and_check(
     wait_for(lambda: broker_idle(redis_url), timeout=30, what="the resend tasks to finish")
     assert_each_message_had_one_effect(fleet, published, broadcasts)
     if os.environ.get("FAULT_FIGURES"):
-        after = _bus_counters()
+        after = bus_counters()
         figures = {
             "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
             "fault": fault,
@@ -410,7 +410,7 @@ def where_are_they(published: list[tuple[str, str]], redis_url: str, waited: flo
     )
 
 
-def _bus_counters() -> dict[str, float]:
+def bus_counters() -> dict[str, float]:
     """Counters that show the faults' work: receipts (redeliveries included), redeliveries the
     ledger absorbed, events the outbox resent."""
     return {

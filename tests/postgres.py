@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 USER = "intelliwiz"
@@ -52,10 +53,20 @@ def _runs_as() -> pwd.struct_passwd | None:
 class Postgres:
     """A PostgreSQL server on `port` of 127.0.0.1 with one database and its owner."""
 
-    def __init__(self, port: int, password: str, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        password: str,
+        *,
+        host: str = "127.0.0.1",
+        on_host: Callable[[list[str]], list[str]] = list,
+    ) -> None:
+        """`host`: the address it listens on; `on_host`: a wrapper of the server's command line
+        that runs it on another host (e.g. `netns.Host.argv`, where that address lives)."""
         self.port = port
         self.host = host
         self.password = password
+        self.on_host = on_host
         self.root = Path(tempfile.mkdtemp(prefix="intelliwiz-pg-"))
         self.data = self.root / "data"
         self.log_path = self.root / "postgres.log"
@@ -66,11 +77,12 @@ class Postgres:
     def url(self) -> str:
         return f"postgres://{USER}:{self.password}@{self.host}:{self.port}/{DATABASE}"
 
-    def _as_owner(self) -> dict[str, object]:
-        """Popen's arguments that drop root for the server's account (nothing when not root)."""
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        """`argv` run as the server's account: root dropped last, after any host wrapper."""
         if self._account is None:
-            return {}
-        return {"user": self._account.pw_uid, "group": self._account.pw_gid, "extra_groups": []}
+            return argv
+        uid, gid = self._account.pw_uid, self._account.pw_gid
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
 
     def start(self, timeout: float = 60, *, create_database: bool = True) -> Postgres:
         """Initialise and start the server; with `create_database`, create the URL's database
@@ -93,16 +105,14 @@ class Postgres:
             "--no-sync",
         ]  # fmt: skip
         init = subprocess.run(
-            initdb,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.root,
-            **self._as_owner(),  # type: ignore[call-overload]
+            self._as_owner(initdb), capture_output=True, text=True, timeout=timeout, cwd=self.root
         )
         pwfile.unlink()
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+        # initdb lets in loopback only; on a host of its own, the hosts of its subnet too.
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write("host all all samenet scram-sha-256\n")
         server = [
             binary("postgres"),
             "-D", str(self.data),
@@ -117,14 +127,13 @@ class Postgres:
             "-c", "full_page_writes=off",
         ]  # fmt: skip
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(  # type: ignore[call-overload]
-            server,
+        self.process = subprocess.Popen(
+            self.on_host(self._as_owner(server)),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=self.root,
-            **self._as_owner(),
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -117,11 +117,14 @@ def start_redis(
     appendonly: bool = False,
     appendfsync: str = "everysec",
     password: str = REDIS_PASSWORD,
+    bind: str = "127.0.0.1",
+    on_host: Callable[[list[str]], list[str]] = list,
 ) -> Service:
     """A Redis on `port` that requires `password` (the run's canary: reach it with
     `environment.redis_url(port)`); with `appendonly`, its writes go to an append-only file,
     fsynced every second (as deploy/redis/ ships it) or, with `appendfsync="always"`, before
-    each reply."""
+    each reply. `bind` and `on_host` (a wrapper of the command line, e.g. `netns.Host.argv`)
+    put it on another host."""
     data_dir.mkdir(parents=True, exist_ok=True)
     # In a private file, not on the command line, where `ps` would show it.
     auth = data_dir / "auth.conf"
@@ -131,25 +134,32 @@ def start_redis(
         executable("redis-server"),
         str(auth),
         "--port", str(port),
-        "--bind", "127.0.0.1",
+        "--bind", bind,
         "--dir", str(data_dir),
         "--save", "",
         "--appendonly", "yes" if appendonly else "no",
         "--appendfsync", appendfsync,
         "--daemonize", "no",
     ]  # fmt: skip
-    service = Service("redis", argv, data_dir / "redis.log")
-    wait_for(lambda: port_open(port), timeout=10, what=f"redis on port {port}")
+    service = Service("redis", on_host(argv), data_dir / "redis.log")
+    wait_for(lambda: port_open(port, bind), timeout=10, what=f"redis on {bind}:{port}")
     return service
 
 
-def start_mosquitto(port: int, data_dir: Path) -> Service:
+def start_mosquitto(
+    port: int,
+    data_dir: Path,
+    *,
+    bind: str = "127.0.0.1",
+    on_host: Callable[[list[str]], list[str]] = list,
+) -> Service:
+    """Mosquitto on `port` with persistent sessions; `bind`, `on_host` as for `start_redis`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "mosquitto.conf"
     conf.write_text(
         "\n".join(
             [
-                f"listener {port} 127.0.0.1",
+                f"listener {port} {bind}",
                 "allow_anonymous true",
                 "persistence true",
                 f"persistence_location {data_dir}/",
@@ -162,13 +172,22 @@ def start_mosquitto(port: int, data_dir: Path) -> Service:
             ]
         )
     )
-    service = Service("mosquitto", [executable("mosquitto"), "-c", str(conf)], data_dir / "log")
-    wait_for(lambda: port_open(port), timeout=10, what=f"mosquitto on port {port}")
+    argv = on_host([executable("mosquitto"), "-c", str(conf)])
+    service = Service("mosquitto", argv, data_dir / "log")
+    wait_for(lambda: port_open(port, bind), timeout=10, what=f"mosquitto on {bind}:{port}")
     return service
 
 
-def python_service(name: str, args: list[str], log_path: Path, **popen: Any) -> Service:
-    return Service(name, [sys.executable, *args], log_path, **popen)
+def python_service(
+    name: str,
+    args: list[str],
+    log_path: Path,
+    *,
+    on_host: Callable[[list[str]], list[str]] = list,
+    **popen: Any,
+) -> Service:
+    """This interpreter running `args`; `on_host` wraps the command line to run it elsewhere."""
+    return Service(name, on_host([sys.executable, *args]), log_path, **popen)
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -185,6 +204,7 @@ def mqtt_publish(
     qos: int = 1,
     retain: bool = False,
     timeout: float = 60,
+    host: str = "127.0.0.1",
 ) -> None:
     """Publish with a real MQTT client and return once the broker has acknowledged every one."""
     import uuid
@@ -197,7 +217,7 @@ def mqtt_publish(
     )
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
+    client.connect(host, port)
     client.loop_start()
     try:
         infos = [
@@ -211,6 +231,23 @@ def mqtt_publish(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def mqtt_session_kept(port: int, client_id: str, *, host: str = "127.0.0.1") -> bool:
+    """Whether the broker keeps a session for `client_id`. Asking takes it over (a connected
+    client of that id is disconnected) and asks for no session, so it leaves none behind."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    present: list[bool] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_connect = lambda _c, _u, flags, _rc, _p: present.append(flags.session_present)
+    client.connect(host, port, clean_start=False)
+    try:
+        wait_for(lambda: client.loop(0.1) or present, timeout=10, what=f"CONNACK to {client_id}")
+    finally:
+        client.disconnect()
+    return present[0]
 
 
 def publish_until_acknowledged(

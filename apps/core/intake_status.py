@@ -6,14 +6,25 @@ the pause flag (apps/mqtt/subscriber.py); `manage.py drain` sets the flag, and h
 
 Key `mqtt_subscriber:status:<client_id>` is a hash that expires unless refreshed, so a dead
 subscriber disappears from health by itself instead of looking connected forever.
+
+Members of a shared group (MQTT_SHARED_GROUP) also beat in `mqtt_subscriber:members:<group>`, a
+hash (client id -> Redis's clock at its last report) that does not expire: a member that died is
+still known there, so a surviving one can adopt its session (apps/mqtt/adoption.py), claiming it
+first in `mqtt_subscriber:adopting:<client_id>` (value: the adopter's client id) so that only one
+does. `redis-cli HGETALL mqtt_subscriber:members:<group>/<lane>` lists them; `HDEL` forgets one.
+Each member also keeps its last hand-offs in `mqtt_subscriber:handed_off:<client_id>` (a list,
+newest first, of `[task, messages]`), which the adopter sends again: see `record_hand_off`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+
+from apps.core import task_json
 
 STATUS_KEY_PREFIX = "mqtt_subscriber:status:"
 # Set by `manage.py drain`: subscribers hand on what they hold, then leave the broker (their
@@ -28,6 +39,9 @@ LAST_RECEIVED_KEY = "mqtt_subscriber:last_received"
 # between held a task that is in neither place. Subscribers that see the count change hand on
 # again the messages they handed on last; their idempotency keys absorb the repeats.
 SEND_AGAIN_KEY = "mqtt_subscriber:send_again"
+MEMBERS_KEY_PREFIX = "mqtt_subscriber:members:"
+ADOPTING_KEY_PREFIX = "mqtt_subscriber:adopting:"
+HANDED_OFF_KEY_PREFIX = "mqtt_subscriber:handed_off:"
 STATUS_TTL_SECONDS = 15
 HEARTBEAT_INTERVAL_SECONDS = 5
 
@@ -139,3 +153,87 @@ def request_send_again(client: redis.Redis[str]) -> None:
 
 def send_again_requests(client: redis.Redis[str]) -> int:
     return int(client.get(SEND_AGAIN_KEY) or 0)
+
+
+# Stamped with Redis's clock, not the member's: hosts' clocks may disagree by more than the
+# staleness that makes a member adoptable.
+_BEAT = """
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], now[1] .. '.' .. string.format('%06d', now[2]))
+"""
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def beat_member(client: redis.Redis[str], group: str, client_id: str) -> None:
+    """A member of shared group `group` is alive (the subscriber, at each report)."""
+    client.eval(_BEAT, 1, MEMBERS_KEY_PREFIX + group, client_id)  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class Silence:
+    member: str  # its client id
+    last_beat: float  # Redis's clock
+    seconds: float
+
+
+def silent_members(client: redis.Redis[str], group: str, longer_than: float) -> list[Silence]:
+    """Members of `group` that have not beaten for `longer_than` seconds."""
+    seconds, micros = client.time()
+    now = seconds + micros / 1e6
+    beats = {member: float(at) for member, at in client.hgetall(MEMBERS_KEY_PREFIX + group).items()}
+    return [
+        Silence(member, at, now - at)
+        for member, at in sorted(beats.items())
+        if now - at > longer_than
+    ]
+
+
+def members(client: redis.Redis[str], group: str) -> list[str]:
+    return sorted(client.hkeys(MEMBERS_KEY_PREFIX + group))
+
+
+def forget_member(client: redis.Redis[str], group: str, client_id: str) -> None:
+    with client.pipeline() as pipe:
+        pipe.hdel(MEMBERS_KEY_PREFIX + group, client_id)
+        pipe.delete(HANDED_OFF_KEY_PREFIX + client_id)
+        pipe.execute()
+
+
+def record_hand_off(
+    client: redis.Redis[str], client_id: str, task: str, messages: list[Any], keep: int
+) -> None:
+    """A task a member handed on, kept with its last `keep` others. A worker takes a task from
+    Redis (BRPOP) and records it as unacknowledged in a second round trip; a host that dies in
+    between, or whose connection Redis still believes in when it already answered it, takes the
+    task with it, recorded nowhere. So when a member dies, its adopter sends every member's last
+    hand-offs again; the idempotency keys make the repeats change nothing."""
+    key = HANDED_OFF_KEY_PREFIX + client_id
+    with client.pipeline(transaction=False) as pipe:
+        pipe.lpush(key, task_json.dumps([task, messages]))
+        pipe.ltrim(key, 0, keep - 1)
+        pipe.execute()
+
+
+def hand_offs(client: redis.Redis[str], client_id: str) -> list[tuple[str, list[Any]]]:
+    """A member's last hand-offs (`record_hand_off`), oldest first."""
+    records = client.lrange(HANDED_OFF_KEY_PREFIX + client_id, 0, -1)
+    return [(task, messages) for task, messages in map(task_json.loads, reversed(records))]
+
+
+def claim_adoption(client: redis.Redis[str], client_id: str, adopter: str, ttl: int) -> bool:
+    """Whether `adopter` may adopt `client_id`'s session: no one else does. Renews its claim."""
+    key = ADOPTING_KEY_PREFIX + client_id
+    return bool(client.eval(_CLAIM, 1, key, adopter, ttl))  # type: ignore[no-untyped-call]
+
+
+def release_adoption(client: redis.Redis[str], client_id: str, adopter: str) -> None:
+    client.eval(_RELEASE, 1, ADOPTING_KEY_PREFIX + client_id, adopter)  # type: ignore[no-untyped-call]

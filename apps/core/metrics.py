@@ -53,8 +53,8 @@ MQTT_MESSAGES_DROPPED = Counter(
 )
 MQTT_MESSAGES_SENT_AGAIN = Counter(
     "mqtt_messages_sent_again_total",
-    "Messages the subscriber handed on again after Redis failed or restarted (repeats are "
-    "absorbed by their idempotency keys)",
+    "Messages the subscriber handed on again after Redis failed or restarted, or a host of its "
+    "shared group died (repeats are absorbed by their idempotency keys)",
 )
 DEAD_LETTERS = Counter(
     "dead_letters_total",
@@ -66,6 +66,12 @@ MQTT_SUBSCRIBER_CONNECTED = Gauge(
     "1 while this subscriber process holds a connection to the MQTT broker",
     ["client_id"],
     multiprocess_mode="livemax",
+)
+MQTT_SESSIONS_ADOPTED = Counter(
+    "mqtt_sessions_adopted_total",
+    "Sessions of silent shared-group members adopted by this subscriber, by outcome: drained "
+    "(and ended), interrupted (the member took it back, or the connection dropped)",
+    ["outcome"],
 )
 MQTT_BATCH_SIZE = Histogram(
     "mqtt_batch_size",

@@ -144,6 +144,16 @@ def check_mqtt_subscriber() -> Details:
             "routine` for the rest; under make run, programs mqtt_subscriber_urgent and "
             "mqtt_subscriber) and its log"
         )
+    expected = settings.MQTT_SUBSCRIBERS_EXPECTED
+    if len(connected) < expected:
+        names = ", ".join(sorted(status.client_id for status in connected))
+        raise CheckFailed(
+            f"{len(connected)} of MQTT_SUBSCRIBERS_EXPECTED={expected} subscribers connected "
+            f"({names}): a missing member's share of the shared group waits in its session "
+            "until it returns or a survivor adopts it (MQTT_SHARED_ADOPT_AFTER). Start it again "
+            "(its host's mqtt_subscriber log says why it stopped), or, if it was retired, "
+            "lower MQTT_SUBSCRIBERS_EXPECTED"
+        )
     ages = [s.last_message_age for s in connected if s.last_message_age is not None]
     return {
         "subscribers": sorted(status.client_id for status in connected),

@@ -50,6 +50,7 @@ from apps.core.models import DeadLetter
 from apps.core.redis_client import state_redis
 from apps.core.tasks.base import enqueue
 from apps.core.tasks.celery_settings import TASK_QUEUES, broker_list_keys
+from apps.mqtt.adoption import ADOPT_QUIET_SECONDS, Adopter
 from apps.mqtt.client import app_client
 from apps.mqtt.intake import Intake, Reason, Rejection
 from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS, TopicKind
@@ -99,6 +100,7 @@ class SubscriberConfig:
     shared_group: str
     reconnect_max_delay: int
     receive_maximum: int
+    adopt_after: int
     batch_size: int
     batch_max_size: int
     batch_interval: float
@@ -118,6 +120,7 @@ class SubscriberConfig:
             shared_group=settings.MQTT_SHARED_GROUP,
             reconnect_max_delay=settings.MQTT_RECONNECT_MAX_DELAY,
             receive_maximum=settings.MQTT_RECEIVE_MAXIMUM,
+            adopt_after=settings.MQTT_SHARED_ADOPT_AFTER,
             batch_size=settings.MQTT_BATCH_SIZE,
             batch_max_size=settings.MQTT_BATCH_MAX_SIZE,
             batch_interval=settings.MQTT_BATCH_INTERVAL_MS / 1000,
@@ -149,14 +152,22 @@ class SubscriberConfig:
             if self.lane.reads(kind)
         ]
 
+    def every_filter(self) -> set[str]:
+        """Every filter a session of this group may hold, of any lane, shared or not."""
+        every = {f"{prefix}#" for prefix in ALLOWED_TOPIC_PREFIXES}
+        return every | {self._filter(prefix) for prefix in ALLOWED_TOPIC_PREFIXES}
+
     def stale_filters(self) -> list[str]:
         """Filters a kept session may hold from an earlier configuration and this one does not
         use: plain ones from before MQTT_SHARED_GROUP was set (they would keep delivering every
         message to this member alone), the other lane's (from before the lanes were split)."""
         wanted = {topic for topic, _options in self.subscriptions()}
-        every = {f"{prefix}#" for prefix in ALLOWED_TOPIC_PREFIXES}
-        every |= {self._filter(prefix) for prefix in ALLOWED_TOPIC_PREFIXES}
-        return sorted(every - wanted)
+        return sorted(self.every_filter() - wanted)
+
+    @property
+    def members(self) -> str:
+        """The members this one may adopt (apps/mqtt/adoption.py): the group's, of its lane."""
+        return f"{self.shared_group}/{self.lane.value}"
 
 
 @dataclass(frozen=True)
@@ -207,9 +218,22 @@ class HandedOff:
 
 
 class Subscriber:
-    def __init__(self, config: SubscriberConfig, intake: Intake | None = None) -> None:
+    def __init__(
+        self, config: SubscriberConfig, intake: Intake | None = None, *, adopted: bool = False
+    ) -> None:
+        """`adopted`: the session of a silent member of the group (apps/mqtt/adoption.py), to
+        drain and end: it subscribes to nothing, connects once, and reports no status."""
         self.config = config
         self.intake = intake or Intake()
+        self.adopted = adopted
+        self.connect_tried = False
+        self.released_at: float | None = None  # adopted: when its unsubscribe was acknowledged
+        self.ended: str | None = None  # adopted: why its connection is over
+        self.adopter = (
+            Adopter(config.members, config.client_id, config.adopt_after, self._adopt)
+            if config.shared_group and config.adopt_after and not adopted
+            else None
+        )
         self.stopping = False
         self.last_message_at: float | None = None
         self.connected_since: float | None = None
@@ -256,8 +280,12 @@ class Subscriber:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
         return client
+
+    def _adopt(self, member: str) -> Subscriber:
+        return Subscriber(replace(self.config, client_id=member), self.intake, adopted=True)
 
     # --- paho callbacks (called from _network() in this thread) ---------------------------
 
@@ -270,6 +298,7 @@ class Subscriber:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
+            self.ended = str(reason_code)
             log.error(
                 "MQTT broker refused the connection",
                 reason=str(reason_code),
@@ -281,6 +310,16 @@ class Subscriber:
         self.connection += 1
         self.connected_since = time.time()
         self.connect_backoff.reset()
+        if self.adopted:
+            # Nothing new is assigned to the session from its UNSUBACK on; what it holds still
+            # arrives. Without a session (expired, ended already), the broker made an empty one.
+            log.info(
+                "adopted session connected",
+                member=self.config.client_id,
+                session_present=flags.session_present,
+            )
+            client.unsubscribe(sorted(self.config.every_filter()))
+            return
         log.info(
             "Connected to MQTT Broker",
             host=self.config.host,
@@ -320,6 +359,16 @@ class Subscriber:
             return
         log.info("Subscribed to device topics", filters=filters)
 
+    def _on_unsubscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self.released_at = time.time()
+
     def _on_disconnect(
         self,
         client: mqtt.Client,
@@ -328,6 +377,9 @@ class Subscriber:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if self.adopted:  # over: taken back by its member, or lost; it connects once
+            self.ended = self.ended or str(reason_code)
+            return
         if self.paused or self.shedding:
             log.info("Left the MQTT broker; the session keeps QoS 1 messages meanwhile")
         elif not self.stopping:
@@ -579,6 +631,16 @@ class Subscriber:
         self.handed_off_messages += len(handed.envelopes)
         while self.handed_off_messages > self.config.hold_max_messages:
             self.handed_off_messages -= len(self.handed_off.popleft().envelopes)
+        if self.adopter is None:
+            return  # only an adopter reads the record in Redis (apps/mqtt/adoption.py)
+        try:
+            messages = [envelope.to_message() for envelope in handed.envelopes]
+            intake_status.record_hand_off(
+                self._redis(), self.config.client_id, handed.task, messages, len(self.handed_off)
+            )
+        except redis.RedisError as exc:  # handed on all the same; only the record is missing
+            self.kept_redis = None
+            log.warning("could not record a hand-off in Redis", error=str(exc))
 
     def _send_again(self) -> None:
         """Hand on again the messages last handed on. Redis acknowledged them, but a worker
@@ -650,6 +712,8 @@ class Subscriber:
     # --- main loop ------------------------------------------------------------------------
 
     def _report(self) -> None:
+        if self.adopted:
+            return  # not a member: the session's own member reports, or is silent
         connected = self.client.is_connected() and not self.stopping
         metrics.MQTT_SUBSCRIBER_CONNECTED.labels(client_id=self.config.client_id).set(
             1 if connected else 0
@@ -665,6 +729,8 @@ class Subscriber:
                 paused=self.paused,
                 connected_since=self.connected_since if connected else None,
             )
+            if self.config.shared_group:
+                intake_status.beat_member(state_redis(), self.config.members, self.config.client_id)
         except Exception as exc:  # Redis down must not stop the loop
             log.warning("could not record subscriber status in Redis", error=str(exc))
 
@@ -672,6 +738,7 @@ class Subscriber:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.config.session_expiry
         properties.ReceiveMaximum = self.config.receive_maximum
+        self.connect_tried = True
         try:
             self.client.connect(
                 self.config.host,
@@ -681,6 +748,9 @@ class Subscriber:
                 properties=properties,
             )
         except OSError as exc:
+            if self.adopted:
+                self.ended = f"cannot reach the broker: {exc}"
+                return
             delay = self.connect_backoff.next_delay()
             self.next_connect_at = time.monotonic() + delay
             log.warning(
@@ -702,7 +772,10 @@ class Subscriber:
         # No socket: neither connected nor connecting (paho closes it when a connection drops).
         away = self.paused or self.shedding
         if self.client.socket() is None and now >= self.next_connect_at and not away:
-            self._connect()
+            if self.adopted and self.connect_tried:
+                self.ended = self.ended or "connection lost"  # an adopted session connects once
+            else:
+                self._connect()
         if self.client.socket() is not None:
             rc = self._network(self._loop_timeout())
             if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
@@ -713,6 +786,8 @@ class Subscriber:
         if now >= self.next_report_at:
             self._report()
             self.next_report_at = now + intake_status.HEARTBEAT_INTERVAL_SECONDS
+        if self.adopter is not None and not (self.stopping or away):
+            self.adopter.step()  # not while intake is paused or shedding: it would read on
 
     def _network(self, timeout: float) -> MQTTErrorCode:
         """paho's `loop()` through its API for an outside loop (socket, loop_read, loop_write,
@@ -767,7 +842,10 @@ class Subscriber:
         """How long to wait for the broker: briefly while holding messages (their batches fall
         due), longer when holding none. A message arriving ends the wait either way, so this
         only saves the wake-ups of an idle subscriber (the urgent lane's, nearly always)."""
-        holding = self.pending or self.rejections or self.recheck or self.send_again
+        if self.adopted:
+            return 0.0  # stepped within its adopter's loop, whose own wait serves both
+        adopting = self.adopter is not None and self.adopter.current is not None
+        holding = self.pending or self.rejections or self.recheck or self.send_again or adopting
         return min(0.01, self.config.batch_interval) if holding else IDLE_LOOP_SECONDS
 
     def _follow_pause_flag(self) -> None:
@@ -808,8 +886,29 @@ class Subscriber:
         finally:
             self._shutdown()
 
-    def _leave_broker(self) -> None:
-        """Hand on what we hold and acknowledge it, then disconnect; the session stays."""
+    def drained(self) -> bool:
+        """An adopted session is drained: unsubscribed, then nothing arrived for
+        ADOPT_QUIET_SECONDS, and everything received was handed on and acknowledged."""
+        if self.released_at is None or self.ended is not None:
+            return False
+        quiet_since = max(self.released_at, self.last_message_at or 0.0)
+        if time.time() - quiet_since < ADOPT_QUIET_SECONDS:
+            return False
+        return self.flush(force=True) and not self.held_messages
+
+    def end_session(self) -> None:
+        """Disconnect with a session expiry of 0: the broker deletes the (drained) session."""
+        properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 0
+        self._leave_broker(properties)
+
+    def leave(self) -> None:
+        """Disconnect, keeping the session (and what it holds unacknowledged) for later."""
+        self._leave_broker()
+
+    def _leave_broker(self, properties: Properties | None = None) -> None:
+        """Hand on what we hold and acknowledge it, then disconnect; the session stays, unless
+        `properties` end it."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not self.flush(force=True):
             self._network(0.1)
@@ -821,9 +920,11 @@ class Subscriber:
                 select.select([], [sock], [], 0.05)
             if self.client.loop_write():
                 break
-        self.client.disconnect()
+        self.client.disconnect(properties=properties)
 
     def _shutdown(self) -> None:
+        if self.adopter is not None:
+            self.adopter.stop()
         self._leave_broker()
         self._record_received([], now=True)
         try:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from apps.core.intake_status import write_status
 from apps.core.tasks.celery_settings import QUEUES
 from apps.monitoring.health import CheckResult, _per_queue, canary_max_age
 from tests.services import Service
@@ -164,3 +165,20 @@ def test_every_queue_check_fails_when_the_broadcast_itself_fails():
     results = _per_queue(failed, canaries_run(1))
     assert {name for name, result in results.items() if not result.ok} == set(results)
     assert all(result.error == "no answer within 1.5 s" for result in results.values())
+
+
+@pytest.mark.django_db
+def test_health_fails_naming_the_setting_when_fewer_subscribers_than_expected_are_connected(
+    client: Client, redis_client, settings
+):
+    settings.MQTT_SUBSCRIBERS_EXPECTED = 4
+    for client_id in ("host-a", "host-a-urgent", "host-b-urgent"):
+        write_status(redis_client, client_id, connected=True, last_message_at=None)
+    write_status(redis_client, "host-b", connected=False, last_message_at=None)
+    check = client.get("/monitoring/health/").json()["checks"]["mqtt_subscriber"]
+    assert check["ok"] is False
+    assert "3 of MQTT_SUBSCRIBERS_EXPECTED=4 subscribers connected" in check["error"]
+
+    settings.MQTT_SUBSCRIBERS_EXPECTED = 3
+    check = client.get("/monitoring/health/").json()["checks"]["mqtt_subscriber"]
+    assert check["ok"] is True
