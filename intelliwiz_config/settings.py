@@ -190,9 +190,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": env_str("TEST_SQLITE_PATH", str(VAR_DIR / "test.sqlite3"))
     }
-elif TEST_DATABASE_NAME := env_str("TEST_DATABASE_NAME", ""):
-    # The suite's workers and subscribers connect to the database the test runner creates.
-    DATABASES["default"]["TEST"] = {"NAME": TEST_DATABASE_NAME}
+else:
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # As SQLite's synchronous=FULL: a commit returns once it is on disk, whatever the server
+        # defaults to, since the batch's MQTT messages are acknowledged after it.
+        DATABASES["default"].setdefault("OPTIONS", {})
+        DATABASES["default"]["OPTIONS"]["options"] = "-c synchronous_commit=on"
+    if TEST_DATABASE_NAME := env_str("TEST_DATABASE_NAME", ""):
+        # The suite's workers and subscribers connect to the database the test runner creates.
+        DATABASES["default"]["TEST"] = {"NAME": TEST_DATABASE_NAME}
 
 # --- Redis: one server, one database per role --------------------------------------------
 

@@ -67,11 +67,15 @@ class Postgres:
         self.host = host
         self.password = password
         self.on_host = on_host
-        self.root = Path(tempfile.mkdtemp(prefix="intelliwiz-pg-"))
+        self._account = _runs_as()
+        # Under root, the server's account must reach its directory: not under a TMPDIR inside
+        # a private (0700) scratch directory, as a nested test session has it.
+        self.root = Path(
+            tempfile.mkdtemp(prefix="intelliwiz-pg-", dir="/tmp" if self._account else None)  # noqa: S108
+        )
         self.data = self.root / "data"
         self.log_path = self.root / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self._account = _runs_as()
 
     @property
     def url(self) -> str:
@@ -125,6 +129,9 @@ class Postgres:
             "-c", "fsync=off",
             "-c", "synchronous_commit=off",
             "-c", "full_page_writes=off",
+            # A backend whose client died (a worker killed mid-statement) stops within 1 s
+            # instead of running its statement to the end with its locks held.
+            "-c", "client_connection_check_interval=1000",
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(

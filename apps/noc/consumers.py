@@ -437,7 +437,8 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             return f"you lack {auth.ALERT_ACTION_PERMISSION}"
         with transaction.atomic():
             alert = (
-                Alert.objects.select_for_update()
+                # Only the alert's row: its device is an outer join, which PostgreSQL cannot lock.
+                Alert.objects.select_for_update(of=("self",))
                 .select_related("device")
                 .filter(pk=alert_id, tenant_id=self.tenant_id)
                 .first()

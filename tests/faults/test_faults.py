@@ -23,6 +23,7 @@ import redis
 
 from apps.core.tasks.celery_settings import worker_argv
 from tests import environment
+from tests.database import slow_telemetry_inserts
 from tests.environment import free_port
 from tests.ledger import Broadcasts, Fleet, readings, settle_and_check
 from tests.services import (
@@ -162,7 +163,6 @@ def test_a_worker_main_process_killed_with_prefetched_tasks_loses_and_repeats_no
     fleet: Fleet,
     tmp_path: Path,
 ):
-    from django.db import connection
 
     from apps.monitoring import bus_state
 
@@ -170,12 +170,8 @@ def test_a_worker_main_process_killed_with_prefetched_tasks_loses_and_repeats_no
     published = fleet.telemetry(3_000)
     # Each reading takes a few milliseconds to insert: batches are running and others are
     # prefetched (unacknowledged, held by the worker) when its main process is killed.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TRIGGER slow_50 BEFORE INSERT ON devices_telemetryreading "
-            "WHEN NEW.battery = 50 BEGIN SELECT count(*) FROM (WITH RECURSIVE c(x) AS "
-            "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000) SELECT x FROM c); END"
-        )
+    slow = slow_telemetry_inserts("slow_50", "NEW.battery = 50", steps=5_000)
+    slow.__enter__()
     victim = own_worker("victim", redis_url, tmp_path / "victim.log")
     successor: Service | None = None
     admin = redis.Redis.from_url(f"{redis_url}/0", decode_responses=True)
@@ -219,8 +215,7 @@ def test_a_worker_main_process_killed_with_prefetched_tasks_loses_and_repeats_no
         victim.stop()
         if successor is not None:
             successor.stop()
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER IF EXISTS slow_50")
+        slow.__exit__(None, None, None)
 
 
 def _orphans(parent_pid: int) -> list[Any]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from apps.core.tasks.celery_settings import (
 )
 from apps.devices.models import TelemetryReading
 from tests import environment
+from tests.database import slow_telemetry_inserts
 from tests.environment import free_port
 from tests.factories import create_tenant_with_devices, panic, telemetry
 from tests.services import Service, descendants, metric, mqtt_publish, start_redis, wait_for
@@ -122,21 +124,14 @@ def test_a_worker_child_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     start_subscriber: Callable[..., Service],
     transactional_db: None,
 ):
-    from django.db import connection
 
     create_tenant_with_devices("acme", "sensor-001")
     # Every reading of these takes a few milliseconds to insert, so a batch of 20 is nearly
     # always running when its process is killed.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TRIGGER slow_50 BEFORE INSERT ON devices_telemetryreading "
-            "WHEN NEW.battery = 50 BEGIN SELECT count(*) FROM (WITH RECURSIVE c(x) AS "
-            "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000) SELECT x FROM c); END"
-        )
     general = next(w for w in all_queue_workers if w.name == "celery-general")
     lost_before = general.log().count("WorkerLostError")
     total = 1000
-    try:
+    with slow_telemetry_inserts("slow_50", "NEW.battery = 50", steps=10_000):
         start_subscriber(MQTT_BATCH_SIZE="20")
         mqtt_publish(PORT, numbered_telemetry(total))
         wait_for(
@@ -170,9 +165,6 @@ def test_a_worker_child_killed_mid_batch_loses_nothing_and_duplicates_nothing(
             what=f"all {total} readings after the crash",
         )
         wait_for(lambda: _queues_idle(), timeout=60, what="the general queue to drain")
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER IF EXISTS slow_50")
     assert TelemetryReading.objects.count() == total
     assert ProcessedMessage.objects.count() == total
     assert not DeadLetter.objects.exists()
@@ -245,11 +237,20 @@ def test_a_critical_alert_overtakes_a_backlog_of_10000_general_messages(
 
 
 def _writer_taken() -> bool:
-    """Whether some transaction holds SQLite's writer now (asked without waiting for it)."""
+    """Whether some transaction holds SQLite's writer now (asked without waiting for it); on
+    PostgreSQL, which has no single writer, whether a batch is inserting readings now."""
     import sqlite3
 
     from django.db import connection
 
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'active' AND pid <> pg_backend_pid() "
+                "AND query LIKE '%%devices_telemetryreading%%'"
+            )
+            return bool(cursor.fetchone()[0])
     probe = sqlite3.connect(connection.settings_dict["NAME"], timeout=0, isolation_level=None)
     try:
         probe.execute("BEGIN IMMEDIATE")
@@ -271,19 +272,14 @@ def test_a_critical_alert_commits_while_a_general_batch_holds_the_writer_which_r
     """The bound of apps/core/write_priority.py: a critical transaction does not wait for a
     general batch to finish, only for its current statement. Here the batch's reading takes
     seconds to insert (a trigger counts to 5 * 10^6 while no alert exists), and more statements
-    follow it (the batch's broadcast is written last); the alert must commit before the batch."""
+    follow it (the batch's broadcast is written last); the alert must commit before the batch.
+    PostgreSQL has no single writer: the alert commits while the batch sleeps in its insert."""
     from django.db import connection
 
     create_tenant_with_devices("acme", "sensor-001", "panic-007")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TRIGGER slow_until_an_alert BEFORE INSERT ON devices_telemetryreading "
-            "WHEN NOT EXISTS (SELECT 1 FROM alerts_alert) BEGIN SELECT count(*) FROM "
-            "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000) "
-            "SELECT x FROM c); END"
-        )
     preempted_before = metric("bus_transactions_preempted_total", queue="general")
-    try:
+    slow, asleep = "NOT EXISTS (SELECT 1 FROM alerts_alert)", 10
+    with slow_telemetry_inserts("slow_until_an_alert", slow, 5_000_000, postgres_seconds=asleep):
         start_subscriber()
         mqtt_publish(PORT, [("device/sensor-001/telemetry", telemetry(msg_id="slow"))])
         wait_for(
@@ -297,17 +293,22 @@ def test_a_critical_alert_commits_while_a_general_batch_holds_the_writer_which_r
         )
         # Given up, not lost: the batch ran again (quickly, an alert exists now), whole, once.
         wait_for(lambda: TelemetryReading.objects.count() == 1, timeout=30, what="the redone batch")
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER IF EXISTS slow_until_an_alert")
     # The batch claimed its key as its first statement, before the panic was even published.
     # Had the alert waited for that transaction to commit, the claim would be older than the
     # alert; it is younger: the claim that stands is the redone batch's, after the alert's commit.
     alert = Alert.objects.get(source_id="panic-007")
     claim = ProcessedMessage.objects.get(kind="telemetry")
-    assert claim.processed_at > alert.created_at, "the alert waited for the general batch"
     assert ProcessedMessage.objects.count() == 2
     assert not DeadLetter.objects.exists()
+    if connection.vendor == "postgresql":
+        # The batch claimed its key, then slept `asleep` s in its insert, then committed, once,
+        # untouched: an alert that had waited for it would be younger than claim + asleep.
+        assert alert.created_at < claim.processed_at + timedelta(seconds=asleep), (
+            "the alert waited for the general batch"
+        )
+        assert metric("bus_transactions_preempted_total", queue="general") == preempted_before
+        return
+    assert claim.processed_at > alert.created_at, "the alert waited for the general batch"
     assert metric("bus_transactions_preempted_total", queue="general") > preempted_before
 
 
@@ -670,17 +671,11 @@ def test_a_retry_that_cannot_be_published_leaves_the_batch_in_the_broker(
 def test_a_batch_that_kills_its_worker_is_split_its_killer_dead_lettered_and_the_rest_drains(
     private_broker: str, transactional_db: None, tmp_path: Path
 ):
-    from django.db import connection
 
     create_tenant_with_devices("acme", "sensor-001")
-    # A reading with battery 13 never finishes inserting: SQLite spins in C, where no Python
-    # exception (the soft time limit) can reach it, so the hard time limit kills the worker.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TRIGGER poison_13 BEFORE INSERT ON devices_telemetryreading "
-            "WHEN NEW.battery = 13 BEGIN SELECT count(*) FROM (WITH RECURSIVE c(x) AS "
-            "(SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c); END"
-        )
+    # A reading with battery 13 never finishes inserting: the database works on it (SQLite in
+    # C, where no Python exception such as the soft time limit reaches; PostgreSQL in its own
+    # process), so the hard time limit kills the worker.
     messages = [
         telemetry_envelope(str(battery), json.loads(telemetry(battery=battery)))
         for battery in [*range(20, 40), 13]
@@ -699,24 +694,23 @@ def test_a_batch_that_kills_its_worker_is_split_its_killer_dead_lettered_and_the
         [telemetry_envelope(f"behind-{batch}-{i}", json.loads(telemetry())) for i in range(100)]
         for batch in range(100)
     ]
-    try:
-        send_batches(private_broker, [messages, *behind])  # the killer first, 10,000 behind it
-        letter = wait_for(
-            lambda: DeadLetter.objects.filter(reason="poison").first(),
-            timeout=120,
-            interval=0.5,
-            what="the message that kills its worker to be dead-lettered",
-        )
-        wait_for(
-            lambda: TelemetryReading.objects.count() == 20 + 10_000,
-            timeout=120,
-            interval=0.5,
-            what="the other 20 messages of its batch and the 10,000 behind it",
-        )
-    finally:
-        worker.stop()
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER IF EXISTS poison_13")
+    with slow_telemetry_inserts("poison_13", "NEW.battery = 13", steps=None):
+        try:
+            send_batches(private_broker, [messages, *behind])  # the killer first, 10,000 after
+            letter = wait_for(
+                lambda: DeadLetter.objects.filter(reason="poison").first(),
+                timeout=120,
+                interval=0.5,
+                what="the message that kills its worker to be dead-lettered",
+            )
+            wait_for(
+                lambda: TelemetryReading.objects.count() == 20 + 10_000,
+                timeout=120,
+                interval=0.5,
+                what="the other 20 messages of its batch and the 10,000 behind it",
+            )
+        finally:
+            worker.stop()
     assert letter.envelope["key"] == "device/sensor-001/telemetry#13"
     assert "killed the worker 2 times" in letter.detail
     assert DeadLetter.objects.count() == 1
