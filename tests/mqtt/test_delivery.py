@@ -350,6 +350,16 @@ def test_while_redis_is_down_nothing_is_acknowledged_and_the_broker_keeps_every_
     assert ProcessedMessage.objects.count() == 200
 
 
+def all_150_stored_the_taken_batch_sent_again(subscriber: Service) -> None:
+    wait_for(
+        lambda: TelemetryReading.objects.count() == 150,
+        timeout=60,
+        interval=0.2,
+        what="all 150 messages, the taken batch sent again",
+    )
+    assert "messages handed on last were sent again" in subscriber.log()
+
+
 @pytest.mark.faults  # a Redis crash and restart, ~40 s: in `make test-faults`
 def test_a_task_taken_from_its_queue_as_redis_died_is_sent_again_when_redis_restarts(
     start_subscriber: Callable[..., Service],
@@ -384,13 +394,7 @@ def test_a_task_taken_from_its_queue_as_redis_died_is_sent_again_when_redis_rest
     redis_service = start_redis(port, data, appendonly=True, appendfsync="always")
     worker = general_worker("general-private", broker_url, tmp_path / "worker.log")
     try:
-        wait_for(
-            lambda: TelemetryReading.objects.count() == 150,
-            timeout=60,
-            interval=0.2,
-            what="all 150 messages, the taken batch sent again",
-        )
-        assert "messages handed on last were sent again" in subscriber.log()
+        all_150_stored_the_taken_batch_sent_again(subscriber)
     finally:
         worker.stop()
         redis_service.stop()
@@ -443,13 +447,7 @@ def test_a_task_a_killed_worker_took_but_never_recorded_is_sent_again_on_requeue
             check=True,
         )
         assert "asked the MQTT subscribers to send their last messages again" in requeue.stdout
-        wait_for(
-            lambda: TelemetryReading.objects.count() == 150,
-            timeout=60,
-            interval=0.2,
-            what="all 150 messages, the taken batch sent again",
-        )
-        assert "messages handed on last were sent again" in subscriber.log()
+        all_150_stored_the_taken_batch_sent_again(subscriber)
     finally:
         worker.stop()
         redis_service.stop()
