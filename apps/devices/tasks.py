@@ -22,4 +22,6 @@ def prune_readings() -> int:
     By the time they were received, not the device's clock, which may be wrong.
     """
     cutoff = timezone.now() - timedelta(days=settings.READING_RETENTION_DAYS)
-    return sum(delete_before(model, "received_at", cutoff) for model in READING_MODELS)
+    return sum(
+        delete_before(model, "received_at", cutoff, follows_pk=True) for model in READING_MODELS
+    )

@@ -11,7 +11,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 from apps.alerts.models import Alert, AlertStatus
 from apps.alerts.services import AlertSignal, raise_alert, transition
 from apps.core.models import DeadLetter
-from apps.core.retention import CHUNK_ROWS
+from apps.core.retention import CHUNK_ROWS, delete_before
 from apps.core.tasks import celery_settings
 from apps.devices.models import Device, SensorReading, TelemetryReading
 from intelliwiz_config.celery import app
@@ -116,3 +116,24 @@ def test_every_retention_job_is_on_the_beat_schedule():
         celery_settings.PRUNE_CLOSED_ALERTS,
         celery_settings.PRUNE_EXPIRED_TOKENS,
     } <= scheduled
+
+
+def test_a_prune_with_nothing_due_reads_only_the_oldest_row_by_its_primary_key():
+    """Most hourly runs find nothing to prune; without an index on the time field, finding so
+    read the whole table. A time that grows with the primary key answers from the oldest row."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    tenant = create_tenant_with_devices("acme", "sensor-001")
+    device = Device.objects.get(device_id="sensor-001", tenant=tenant)
+    kept = [reading(TelemetryReading, device, days) for days in (10, 5, 1)]
+    cutoff = NOW - timedelta(days=30)
+    with CaptureQueriesContext(connection) as queries:
+        assert delete_before(TelemetryReading, "received_at", cutoff, follows_pk=True) == 0
+    assert len(queries) == 1
+    assert "LIMIT 1" in queries[0]["sql"]
+    old = reading(TelemetryReading, device, 40)  # a later key with an older time: left alone
+    assert delete_before(TelemetryReading, "received_at", cutoff, follows_pk=True) == 0
+    assert delete_before(TelemetryReading, "received_at", cutoff) == 1
+    assert sorted(TelemetryReading.objects.values_list("pk", flat=True)) == kept
+    assert old not in kept

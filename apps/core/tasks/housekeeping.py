@@ -18,7 +18,7 @@ from apps.core.tasks.celery_settings import PRUNE_DEAD_LETTERS, RESEND_BROADCAST
 def prune_dead_letters() -> int:
     """Forget dead letters older than DEAD_LETTER_RETENTION_DAYS (hourly, from beat)."""
     cutoff = timezone.now() - timedelta(days=settings.DEAD_LETTER_RETENTION_DAYS)
-    return delete_before(DeadLetter, "created_at", cutoff)
+    return delete_before(DeadLetter, "created_at", cutoff, follows_pk=True)
 
 
 @shared_task(name=RESEND_BROADCASTS, acks_late=True)

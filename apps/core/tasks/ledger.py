@@ -90,4 +90,4 @@ def prune_processed_messages() -> int:
     short chunks: an hour of keys at 1,000 msg/s is 3.6 million rows, too many for one
     transaction beside the processing tasks."""
     cutoff = timezone.now() - timedelta(days=settings.IDEMPOTENCY_RETENTION_DAYS)
-    return delete_before(ProcessedMessage, "processed_at", cutoff)
+    return delete_before(ProcessedMessage, "processed_at", cutoff, follows_pk=True)
