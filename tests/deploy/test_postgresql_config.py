@@ -120,6 +120,7 @@ def test_postgresql_takes_every_shipped_setting_and_pg_hba_line_without_an_error
             ).fetchall()
         )
     assert {name for name, _ in settings} == {
+        "client_connection_check_interval",
         "listen_addresses",
         "max_connections",
         "password_encryption",
