@@ -3,8 +3,6 @@ admits the bus's role to its database over TLS only (only the addresses are chan
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,50 +10,15 @@ from pathlib import Path
 import dj_database_url
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests import postgres
 from tests.environment import canary, free_port
 from tests.postgres import Postgres
 from tests.services import ROOT, wait_for
+from tests.tls import self_signed_certificate
 
 SHIPPED = ROOT / "deploy" / "postgresql"
 APP_HOST = "10.0.1.11/32"  # the example's first application host; the test's is 127.0.0.1
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (its own CA, so that verify-full can check it) and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "server.crt", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +34,7 @@ def server() -> Iterator[tuple[Postgres, Path]]:
     pg = Postgres(free_port(), canary("pgconfig")).start()
     try:
         owner = os.stat(pg.data)
-        cert, key = self_signed(pg.data)
+        cert, key = self_signed_certificate(pg.data)
         for path in (cert, key):
             os.chown(path, owner.st_uid, owner.st_gid)
         key.chmod(0o600)
