@@ -194,8 +194,8 @@ else:
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # As SQLite's synchronous=FULL: a commit returns once it is on disk, whatever the server
         # defaults to, since the batch's MQTT messages are acknowledged after it.
-        DATABASES["default"].setdefault("OPTIONS", {})
-        DATABASES["default"]["OPTIONS"]["options"] = "-c synchronous_commit=on"
+        _options = DATABASES["default"].setdefault("OPTIONS", {})  # ?options=… in the URL kept
+        _options["options"] = f"{_options.get('options', '')} -c synchronous_commit=on".strip()
     if TEST_DATABASE_NAME := env_str("TEST_DATABASE_NAME", ""):
         # The suite's workers and subscribers connect to the database the test runner creates.
         DATABASES["default"]["TEST"] = {"NAME": TEST_DATABASE_NAME}
