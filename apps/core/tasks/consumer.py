@@ -71,11 +71,11 @@ class RecordingQoS(redis_transport.QoS):
             )
             request_send_again(state_redis())
 
-    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
-        self._restored = getattr(self, "_restored", 0) + 1
-        super().restore_by_tag(tag, client, leftmost)
+    _restored = 0  # tasks put back by restore_by_tag, counted for restore_visible
 
-    _restored = 0
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        self._restored += 1
+        super().restore_by_tag(tag, client, leftmost)
 
 
 # Every Redis channel of this worker process records through it (kombu reads Channel.QoS).
