@@ -178,6 +178,17 @@ CIRCUIT_BREAKER_TRANSITIONS = Counter(
     "Circuit breaker state changes, by service and new state",
     ["service", "state"],
 )
+CIRCUIT_BREAKER_CALLS_REFUSED = Counter(
+    "circuit_breaker_calls_refused_total",
+    "Calls refused without being attempted, by service: its breaker was open or its one "
+    "half-open trial call was under way",
+    ["service"],
+)
+CIRCUIT_BREAKER_RESETS = Counter(
+    "circuit_breaker_resets_total",
+    "Breakers closed by hand with manage.py circuit_breaker reset, by service",
+    ["service"],
+)
 
 # --- The metric files themselves (apps/core/metric_files.py) -------------------------------
 
