@@ -36,7 +36,7 @@ SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 # while it has no key) by `manage.py circuit_breaker status` and the circuit_breaker_state gauge.
 MQTT_BROKER: Final = "mqtt_broker"
 SERVICES: Final[Mapping[str, str]] = {
-    MQTT_BROKER: "commands to devices over MQTT (apps/mqtt/tasks.py publish_device_command)",
+    MQTT_BROKER: "commands to devices over MQTT (task publish_device_command)",
 }
 T = TypeVar("T")
 
@@ -141,9 +141,9 @@ class CircuitBreaker:
 
         self._update(failed)
 
-    def reset(self, by: str) -> BreakerState | None:
+    def reset(self, by: str) -> str | None:
         """Close the breaker by hand (as `redis-cli DEL` does), logged with who did it; return
-        the state it had (None: no record, it was closed)."""
+        the record it removed, as stored (None: there was none, it was closed)."""
         raw = self.client.getdel(self.key)
         if raw is None:
             log.info("circuit breaker reset by hand: it was closed", service=self.service, by=by)
@@ -162,7 +162,7 @@ class CircuitBreaker:
             was=before.state if before else "unreadable",
             failures=before.failures if before else None,
         )
-        return before
+        return raw
 
     def _update(self, change: Callable[[BreakerState], BreakerState]) -> None:
         """Apply `change` atomically (WATCH/MULTI): concurrent workers never lose a count."""

@@ -240,7 +240,10 @@ MQTT_PREFIX_SUBSCRIBERS = ScrapeGauge(
     ("prefix",),
 )
 CIRCUIT_BREAKER_STATE = ScrapeGauge(
-    "circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", ("service",)
+    "circuit_breaker_state",
+    "Circuit breaker state: 0 closed, 1 half-open, 2 open; every breaker the code declares "
+    "(0 while it has no record) and every one with a record in Redis",
+    ("service",),
 )
 BUS_STATE_READABLE = ScrapeGauge(
     "message_bus_redis_up",
