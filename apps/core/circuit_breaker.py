@@ -2,18 +2,22 @@
 
 The value is plain JSON, readable with `redis-cli GET circuit_breaker:mqtt_broker`:
 `{"state": "closed" | "open" | "half_open", "failures": N, "opened_at": epoch seconds}`.
-After `failure_threshold` consecutive failures the breaker opens and calls fail fast; after
-`reset_timeout` seconds one trial call is let through (half-open): success closes it, failure
-opens it again. `redis-cli DEL circuit_breaker:<service>` resets it by hand.
+After `failure_threshold` consecutive failures the breaker opens and calls are refused without
+being attempted (counted: `circuit_breaker_calls_refused_total`); `reset_timeout` seconds after
+`opened_at` one process claims the one trial call (half-open, `opened_at` then marks the trial's
+start; the others are still refused): success closes it, failure opens it again. No key means
+closed: `redis-cli DEL circuit_breaker:<service>` resets it by hand, as does
+`manage.py circuit_breaker reset <service>`, which also logs who did it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import redis
 import structlog
@@ -26,6 +30,14 @@ log = structlog.get_logger(__name__)
 
 KEY_PREFIX = "circuit_breaker:"
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+
+# Every breaker the code uses under a fixed name, with what it guards: each is reported (closed
+# while it has no key) by `manage.py circuit_breaker status` and the circuit_breaker_state gauge.
+MQTT_BROKER: Final = "mqtt_broker"
+SERVICES: Final[Mapping[str, str]] = {
+    MQTT_BROKER: "commands to devices over MQTT (task publish_device_command)",
+}
 T = TypeVar("T")
 
 
@@ -86,21 +98,35 @@ class CircuitBreaker:
         return result
 
     def before_call(self) -> None:
+        """Return when the call may go ahead; raise CircuitOpenError (counted) when not."""
         current = read_state(self.client, self.service)
-        if current.state != OPEN:
+        if current.state == CLOSED:
             return
-        waited = time.time() - (current.opened_at or 0)
-        if waited < self.reset_timeout:
-            raise CircuitOpenError(
-                f"Circuit breaker open for {self.service}: {current.failures} failures, "
-                f"retrying in {self.reset_timeout - waited:.0f} s "
-                f"(reset by hand: redis-cli DEL {self.key})"
-            )
+        if self.seconds_to_trial(current) > 0:
+            raise self._refused(current)
 
-        def trial(state: BreakerState) -> BreakerState:
-            return BreakerState(HALF_OPEN, state.failures, state.opened_at)
+        def claim_trial(state: BreakerState) -> BreakerState:
+            # Atomic: of the processes that get here at once, one makes the trial call.
+            if state.state == CLOSED:
+                return state
+            if self.seconds_to_trial(state) > 0:
+                raise self._refused(state)
+            return BreakerState(HALF_OPEN, state.failures, time.time())
 
-        self._update(trial)
+        self._update(claim_trial)
+
+    def seconds_to_trial(self, state: BreakerState) -> float:
+        """Seconds until a trial call may go (after a trial call that never reported, another)."""
+        return (state.opened_at or 0) + self.reset_timeout - time.time()
+
+    def _refused(self, state: BreakerState) -> CircuitOpenError:
+        metrics.CIRCUIT_BREAKER_CALLS_REFUSED.labels(service=self.service).inc()
+        trial = "a trial call is under way, " if state.state == HALF_OPEN else ""
+        return CircuitOpenError(
+            f"Circuit breaker {state.state.replace('_', '-')} for {self.service}: {trial}"
+            f"{state.failures} failures, retrying in {max(0.0, self.seconds_to_trial(state)):.0f}"
+            f" s (reset by hand: redis-cli DEL {self.key})"
+        )
 
     def record_success(self) -> None:
         if read_state(self.client, self.service) != BreakerState():
@@ -115,6 +141,29 @@ class CircuitBreaker:
 
         self._update(failed)
 
+    def reset(self, by: str) -> str | None:
+        """Close the breaker by hand (as `redis-cli DEL` does), logged with who did it; return
+        the record it removed, as stored (None: there was none, it was closed)."""
+        raw = self.client.getdel(self.key)
+        if raw is None:
+            log.info("circuit breaker reset by hand: it was closed", service=self.service, by=by)
+            return None
+        try:
+            before: BreakerState | None = decode(raw)
+        except ValueError:
+            before = None
+        metrics.CIRCUIT_BREAKER_RESETS.labels(service=self.service).inc()
+        if before is None or before.state != CLOSED:
+            metrics.CIRCUIT_BREAKER_TRANSITIONS.labels(service=self.service, state=CLOSED).inc()
+        log.warning(
+            "circuit breaker reset by hand: closed, calls go through again",
+            service=self.service,
+            by=by,
+            was=before.state if before else "unreadable",
+            failures=before.failures if before else None,
+        )
+        return raw
+
     def _update(self, change: Callable[[BreakerState], BreakerState]) -> None:
         """Apply `change` atomically (WATCH/MULTI): concurrent workers never lose a count."""
         states: list[BreakerState] = []
@@ -124,7 +173,8 @@ class CircuitBreaker:
             after = change(before)
             states[:] = [before, after]
             pipe.multi()
-            pipe.set(self.key, json.dumps(asdict(after)))
+            if after != before:
+                pipe.set(self.key, json.dumps(asdict(after)))
 
         self.client.transaction(transaction, self.key)  # type: ignore[no-untyped-call]
         before, after = states

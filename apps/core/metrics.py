@@ -178,6 +178,17 @@ CIRCUIT_BREAKER_TRANSITIONS = Counter(
     "Circuit breaker state changes, by service and new state",
     ["service", "state"],
 )
+CIRCUIT_BREAKER_CALLS_REFUSED = Counter(
+    "circuit_breaker_calls_refused_total",
+    "Calls refused without being attempted, by service: its breaker was open or its one "
+    "half-open trial call was under way",
+    ["service"],
+)
+CIRCUIT_BREAKER_RESETS = Counter(
+    "circuit_breaker_resets_total",
+    "Breakers closed by hand with manage.py circuit_breaker reset, by service",
+    ["service"],
+)
 
 # --- The metric files themselves (apps/core/metric_files.py) -------------------------------
 
@@ -229,7 +240,10 @@ MQTT_PREFIX_SUBSCRIBERS = ScrapeGauge(
     ("prefix",),
 )
 CIRCUIT_BREAKER_STATE = ScrapeGauge(
-    "circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", ("service",)
+    "circuit_breaker_state",
+    "Circuit breaker state: 0 closed, 1 half-open, 2 open; every breaker the code declares "
+    "(0 while it has no record) and every one with a record in Redis",
+    ("service",),
 )
 BUS_STATE_READABLE = ScrapeGauge(
     "message_bus_redis_up",

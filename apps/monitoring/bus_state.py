@@ -106,6 +106,16 @@ def breakers(client: redis.Redis[str]) -> dict[str, circuit_breaker.BreakerState
     return result
 
 
+def every_breaker(client: redis.Redis[str]) -> dict[str, circuit_breaker.BreakerState | None]:
+    """The breakers the code declares (closed while they have no record) and every breaker
+    with a record, by service."""
+    recorded = breakers(client)
+    return {
+        service: recorded[service] if service in recorded else circuit_breaker.BreakerState()
+        for service in sorted({*circuit_breaker.SERVICES, *recorded})
+    }
+
+
 # --- Worker heartbeats ---------------------------------------------------------------------
 
 

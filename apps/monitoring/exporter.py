@@ -88,7 +88,7 @@ class BusStateCollector(Collector):
 
     def _circuit_breakers(self) -> GaugeMetricFamily:
         family = metrics.CIRCUIT_BREAKER_STATE.family()
-        for service, state in bus_state.breakers(self.client).items():
+        for service, state in bus_state.every_breaker(self.client).items():
             if state is None or state.state not in CIRCUIT_BREAKER_STATES:
                 log.warning("Unreadable circuit breaker record", service=service)
                 continue

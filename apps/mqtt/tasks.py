@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from apps.core.circuit_breaker import CircuitBreaker, CircuitOpenError
+from apps.core.circuit_breaker import MQTT_BROKER, CircuitBreaker, CircuitOpenError
 from apps.core.tasks.base import BusTask, retry_delay, retry_later, run_batch
 from apps.core.tasks.celery_settings import PUBLISH_DEVICE_COMMAND
 from apps.mqtt.consumers.base import with_devices
@@ -39,7 +39,7 @@ def publish_device_command(
 ) -> None:
     """Send a command to a device, through the `mqtt_broker` circuit breaker."""
     check_command(device_id, command)  # a bad command is refused, not retried
-    breaker = CircuitBreaker("mqtt_broker")
+    breaker = CircuitBreaker(MQTT_BROKER)
     command_id = str(self.request.id)
     try:
         breaker.call(lambda: downlink().publish(device_id, command, params or {}, command_id))
