@@ -2,7 +2,8 @@
 
 Each client authenticates as the NOC does (`Authorization: Bearer <JWT>` at the handshake; never
 a token in the URL), waits for its snapshot, then records what its tenant's stream brings:
-the messages each `telemetry_update` counts, and when each `critical_alert` arrived. It
+the messages each `telemetry_update` counts, and when each `critical_alert` arrived: the first
+(the subscriber's provisional one, apps/mqtt/announce.py) and the stored one (with its id). It
 acknowledges what it read about once a second (`{"type": "ack", "seq": n}`), well inside the
 consumer's message-rate limit, so the flow control never cuts a reading client off. The clients
 run in a thread with their own event loop; the counts are read from the bench's thread.
@@ -34,8 +35,10 @@ class NocClients:
         self._lock = threading.Lock()
         self._telemetry: Counter[int] = Counter()
         self._progress: list[tuple[float, int]] = []  # (arrival, messages counted so far)
-        # source id -> monotonic arrival times of its critical_alert events (more than one: a dup)
+        # source id -> monotonic arrival times of its critical_alert events, provisional or
+        # stored; and of the stored ones alone (more than one: a duplicate effect)
         self.critical_alerts: dict[str, list[float]] = defaultdict(list)
+        self.stored_alerts: dict[str, list[float]] = defaultdict(list)
         self.other_tenants_alerts: list[tuple[int, str]] = []
         self.closed: list[str] = []
         self._expected_sources: dict[int, set[str]] = {}
@@ -70,9 +73,14 @@ class NocClients:
             times = self.critical_alerts.get(source)
             return times[0] if times else None
 
+    def stored_alert_arrival(self, source: str) -> float | None:
+        with self._lock:
+            times = self.stored_alerts.get(source)
+            return times[0] if times else None
+
     def duplicate_alerts(self) -> int:
         with self._lock:
-            return sum(len(times) - 1 for times in self.critical_alerts.values() if times)
+            return sum(len(times) - 1 for times in self.stored_alerts.values() if times)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -169,3 +177,5 @@ class NocClients:
                 if expected is not None and source not in expected:
                     self.other_tenants_alerts.append((tenant, source))
                 self.critical_alerts[source].append(now)
+                if not frame.get("provisional"):
+                    self.stored_alerts[source].append(now)

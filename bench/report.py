@@ -99,6 +99,11 @@ def table(r: dict[str, Any]) -> str:
         ("Alert publish -> critical_alert p50", f"{alert['p50']:.1f} ms", "target <= 10 ms"),
         ("Alert p95", f"{alert['p95']:.1f} ms", ""),
         ("Alert p99", f"{alert['p99']:.1f} ms", "target <= 50 ms"),
+        *(
+            (f"  the stored alert (with its id), {p}", f"{stored[p]:.1f} ms", "")
+            for p in ("p50", "p99")
+            if (stored := r.get("alert_stored_latency_ms"))
+        ),
         ("  under background telemetry", _rate(alert["background_msgs_per_s"]),
          f"{alert['background_rate_source']}; {alert['samples']} samples"),
         *(

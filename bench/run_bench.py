@@ -94,12 +94,14 @@ CLOSE_HINTS = (
     "or NOC_MAX_CONNECTS_PER_MINUTE; 4430: NOC_MAX_SOCKETS_PER_USER; 4401/4403: refused"
 )
 ALERT_WARMUP_SECONDS = 2.0  # background telemetry alone before the first panic
-# An alert's latency in three parts, between publish, the subscriber's receipt, the worker's
-# creation of its row (in its transaction) and the critical_alert frame at the NOC client.
+# An alert's latency in parts, between publish, the subscriber's receipt, the first
+# critical_alert frame at the NOC client (the subscriber's provisional one, apps/mqtt/announce.py),
+# the worker's creation of its row (in its transaction) and the stored alert's frame.
 ALERT_STAGES = (
     "publish -> subscriber",
+    "subscriber -> NOC, provisional (hand-off, announce, Daphne)",
     "subscriber -> alert row (hand-off, queue, writer, lookups)",
-    "alert row -> NOC (commit, broadcast, Daphne)",
+    "alert row -> NOC, stored (commit, broadcast, Daphne)",
 )
 
 
@@ -421,7 +423,7 @@ class Bench:
                     # Until every alert arrived, or none for stall_seconds: those are lost.
                     arrived, progress_at = -1, time.monotonic()
                     while arrived < len(sent_at):
-                        count = sum(1 for d in sent_at if noc.alert_arrival(d) is not None)
+                        count = sum(1 for d in sent_at if noc.stored_alert_arrival(d) is not None)
                         if count > arrived:
                             arrived, progress_at = count, time.monotonic()
                         elif time.monotonic() - progress_at > plan.stall_seconds:
@@ -451,7 +453,12 @@ class Bench:
                 for d in sent_at
                 if (arrival := noc.alert_arrival(d)) is not None
             ]
-            missing = sorted(d for d in sent_at if noc.alert_arrival(d) is None)
+            stored_latencies = [
+                arrival - sent_at[d]
+                for d in sent_at
+                if (arrival := noc.stored_alert_arrival(d)) is not None
+            ]
+            missing = sorted(d for d in sent_at if noc.stored_alert_arrival(d) is None)
             duplicates = noc.duplicate_alerts()
             self._check_clients(noc, "alerts")
         stages = self._alert_stages(sent_at, noc)
@@ -460,13 +467,14 @@ class Bench:
         not_stored = sorted(set(sent_at) - set(rows))
         if missing:
             self.failures.append(
-                f"alerts: {len(missing)} critical_alert events never reached the NOC "
+                f"alerts: {len(missing)} stored critical_alert events never reached the NOC "
                 f"(none came for {plan.stall_seconds:.0f} s) "
                 f"(e.g. {missing[:5]}); {len(not_stored)} have no alert row: see "
                 "celery-critical.log and mqtt_subscriber.log"
             )
         return {
             "latencies": latencies,
+            "stored_latencies": stored_latencies,
             "stages": stages,
             "samples": len(sent_at),
             "lost": max(len(missing), len(not_stored)),
@@ -497,11 +505,16 @@ class Bench:
         }
         stages: dict[str, list[float]] = {stage: [] for stage in ALERT_STAGES}
         for device, sent in sent_at.items():
-            arrival = noc.alert_arrival(device)
-            if arrival is None or device not in received or device not in created:
+            first, stored = noc.alert_arrival(device), noc.stored_alert_arrival(device)
+            if first is None or stored is None or device not in received or device not in created:
                 continue
-            marks = [sent + to_wall, received[device], created[device], arrival + to_wall]
-            for stage, start, end in zip(ALERT_STAGES, marks, marks[1:], strict=False):
+            spans = [
+                (sent + to_wall, received[device]),
+                (received[device], first + to_wall),
+                (received[device], created[device]),
+                (created[device], stored + to_wall),
+            ]
+            for stage, (start, end) in zip(ALERT_STAGES, spans, strict=True):
                 stages[stage].append(max(0.0, end - start))
         return stages
 
@@ -570,6 +583,12 @@ def run_alerts_only(bench: Bench, started: float) -> bool:
         f"{alerts['duplicates'] + background.duplicate_count}",
         flush=True,
     )
+    stored = report.latency_summary(alerts["stored_latencies"])
+    print(
+        f"      stored alert (with its id): p50 {stored['p50']} / p95 {stored['p95']} / "
+        f"p99 {stored['p99']} ms",
+        flush=True,
+    )
     _print_stages(alerts["stages"])
     if background.lost_count or background.duplicate_count or background.dead_letters:
         bench.failures.append(
@@ -616,7 +635,12 @@ def measure_all(
     )
     alerts = bench.alerts(background_rate)
     latency = report.latency_summary(alerts["latencies"])
-    print(f"      p50 {latency['p50']} ms, p99 {latency['p99']} ms", flush=True)
+    stored = report.latency_summary(alerts["stored_latencies"])
+    print(
+        f"      p50 {latency['p50']} ms, p99 {latency['p99']} ms; the stored alert: "
+        f"p50 {stored['p50']} ms, p99 {stored['p99']} ms",
+        flush=True,
+    )
     stages = _print_stages(alerts["stages"])
 
     step(7, f"baseline: {plan.baseline_messages:,} messages, a task per message")
@@ -675,6 +699,7 @@ def measure_all(
             "background_lag_s": alerts["background_lag_s"],
             "stages": stages,
         },
+        "alert_stored_latency_ms": stored,
         "lost": lost,
         "duplicate_effects": duplicates,
         "cpu_seconds": {name: u.cpu_seconds for name, u in usages.items()},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,3 +52,35 @@ def slow_telemetry_inserts(
                 cursor.execute(f"DROP FUNCTION IF EXISTS {name}()")
             else:
                 cursor.execute(f"DROP TRIGGER IF EXISTS {name}")
+
+
+def hold_the_writer(seconds: float) -> subprocess.Popen[bytes]:
+    """Another process holds the database's write lock for `seconds`: SQLite's EXCLUSIVE lock,
+    or on PostgreSQL its EXCLUSIVE mode on every table (reads go on, writes wait), as SQLite's
+    does in WAL mode."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        tables = ", ".join(map(connection.ops.quote_name, connection.introspection.table_names()))
+        code = (
+            "import os, time, psycopg\n"
+            "c = psycopg.connect(os.environ['DATABASE_URL'])\n"
+            f"c.execute({f'LOCK TABLE {tables} IN EXCLUSIVE MODE'!r})\n"
+            "print('locked', flush=True)\n"
+            f"time.sleep({seconds})\n"
+            "c.rollback()\n"
+        )
+    else:
+        path = os.environ["TEST_SQLITE_PATH"]
+        code = (
+            "import sqlite3, sys, time\n"
+            f"c = sqlite3.connect({path!r}, isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            f"time.sleep({seconds})\n"
+            "c.execute('ROLLBACK')\n"
+        )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == b"locked"
+    return process

@@ -56,6 +56,12 @@ MQTT_MESSAGES_SENT_AGAIN = Counter(
     "Messages the subscriber handed on again after Redis failed or restarted, or a host of its "
     "shared group died (repeats are absorbed by their idempotency keys)",
 )
+ALERTS_ANNOUNCED = Counter(
+    "mqtt_alerts_announced_total",
+    "Critical alerts the subscriber sent the NOC as provisional critical_alert events ahead of "
+    "their rows (apps/mqtt/announce.py), by outcome: sent, failed (the stored alert follows)",
+    ["outcome"],
+)
 DEAD_LETTERS = Counter(
     "dead_letters_total",
     "Messages written to the dead-letter store, by stage and reason",

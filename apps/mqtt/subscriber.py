@@ -51,6 +51,7 @@ from apps.core.redis_client import state_redis
 from apps.core.tasks.base import enqueue
 from apps.core.tasks.celery_settings import TASK_QUEUES, broker_list_keys
 from apps.mqtt.adoption import ADOPT_QUIET_SECONDS, Adopter
+from apps.mqtt.announce import announce_critical
 from apps.mqtt.client import app_client
 from apps.mqtt.intake import Intake, Reason, Rejection
 from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS, TopicKind
@@ -625,6 +626,9 @@ class Subscriber:
         metrics.MQTT_BATCH_SIZE.labels(queue=queue).observe(len(pending.envelopes))
         for delivery in pending.deliveries:
             self._ack(delivery)
+        if KINDS_BY_NAME[kind].immediate:
+            # Handed on, so it will be stored: the NOC need not wait for the row to see it.
+            announce_critical(pending.envelopes)
 
     def _remember(self, handed: HandedOff) -> None:
         self.handed_off.append(handed)

@@ -23,7 +23,7 @@ import redis
 
 from apps.core.tasks.celery_settings import worker_argv
 from tests import environment
-from tests.database import slow_telemetry_inserts
+from tests.database import hold_the_writer, slow_telemetry_inserts
 from tests.environment import free_port
 from tests.ledger import Broadcasts, Fleet, readings, settle_and_check
 from tests.services import (
@@ -321,7 +321,7 @@ def test_a_database_locked_for_30_s_loses_no_batch_and_recovers_without_endless_
     )
     with Broadcasts(fleet.tenants) as broadcasts:
         start_subscriber()
-        lock = _lock_database(seconds=30)
+        lock = hold_the_writer(seconds=30)
         try:
             mqtt_publish(PORT, published)
             assert readings() == 0
@@ -338,35 +338,3 @@ def test_a_database_locked_for_30_s_loses_no_batch_and_recovers_without_endless_
     # Each batch retried a bounded number of times, and the backlog done soon after the lock.
     assert retried - retried_before <= 5 * 2_000 / 100
     assert recovered_in < 120
-
-
-def _lock_database(seconds: float) -> subprocess.Popen[bytes]:
-    """Another process holds the database's write lock for `seconds`: SQLite's EXCLUSIVE lock,
-    or on PostgreSQL its EXCLUSIVE mode on every table (reads go on, writes wait), as SQLite's
-    does in WAL mode."""
-    from django.db import connection
-
-    if connection.vendor == "postgresql":
-        tables = ", ".join(map(connection.ops.quote_name, connection.introspection.table_names()))
-        code = (
-            "import os, time, psycopg\n"
-            "c = psycopg.connect(os.environ['DATABASE_URL'])\n"
-            f"c.execute({f'LOCK TABLE {tables} IN EXCLUSIVE MODE'!r})\n"
-            "print('locked', flush=True)\n"
-            f"time.sleep({seconds})\n"
-            "c.rollback()\n"
-        )
-    else:
-        path = os.environ["TEST_SQLITE_PATH"]
-        code = (
-            "import sqlite3, sys, time\n"
-            f"c = sqlite3.connect({path!r}, isolation_level=None)\n"
-            "c.execute('BEGIN EXCLUSIVE')\n"
-            "print('locked', flush=True)\n"
-            f"time.sleep({seconds})\n"
-            "c.execute('ROLLBACK')\n"
-        )
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == b"locked"
-    return process

@@ -830,6 +830,8 @@ class TenantIsolation(RuleBasedStateMachine):
                 if message["type"] in ("critical_alert", "alert_updated"):
                     alerts.append(message)
                 for alert in alerts:
+                    if alert.get("provisional"):
+                        continue  # not stored yet (apps/mqtt/announce.py): its source_id, above
                     owner = alert_owners.get(alert["id"])
                     if owner is None:
                         owner = Alert.objects.get(pk=alert["id"]).tenant_id

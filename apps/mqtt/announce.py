@@ -1,0 +1,108 @@
+"""Critical alerts shown on the NOC the moment the subscriber has handed them on.
+
+A panic must not wait for its row: the Celery hand-off, the critical worker and the database's
+writer cost tens of milliseconds on a busy host, and an operator needs seconds to act. So once
+the urgent lane has put an alert's task in Redis (it will be stored: acknowledged, held,
+retried, dead-lettered with a reason if it never can be), it sends the tenant's dashboards a
+`critical_alert` of its own, marked `"provisional": true`: no `id` yet, `status` "RECEIVED",
+the message's idempotency `key`. The stored alert follows as the worker's event, with its id
+(`critical_alert`, or `alert_updated` for a repeat of an active one). Dashboards show the first
+at once and replace it with the second (docs/architecture.md, "The critical path").
+
+Announced only what the stored path will itself announce as `critical_alert`: a CRITICAL alert
+of a registered device with no active CRITICAL alert of that type; the tenant and site are read
+from the registry as committed now, not from a cache, so an alert never goes to a device's
+former tenant. Best effort: a failure is counted and logged, never stops the hand-off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from apps.alerts.models import ACTIVE_STATUSES, Alert, Severity
+from apps.core import metrics
+from apps.core.envelope import Envelope
+from apps.core.events import Event, EventType, broadcast_events
+from apps.devices.models import Device
+
+log = structlog.get_logger(__name__)
+
+PROVISIONAL_STATUS = "RECEIVED"
+
+
+def announce_critical(envelopes: list[Envelope]) -> int:
+    """Send a provisional `critical_alert` for each of these alert messages that will raise a
+    new critical alert; the number the channel layer took."""
+    critical = [e for e in envelopes if e.payload.get("severity") == Severity.CRITICAL]
+    if not critical:
+        return 0
+    try:
+        events = _events(critical)
+        sent = broadcast_events(events)
+    except Exception as exc:  # the stored alert's own event still follows
+        metrics.ALERTS_ANNOUNCED.labels(outcome="failed").inc(len(critical))
+        log.warning(
+            "could not announce critical alerts ahead of storing them; the stored alert follows",
+            error=f"{type(exc).__name__}: {exc}",
+            alerts=len(critical),
+        )
+        return 0
+    metrics.ALERTS_ANNOUNCED.labels(outcome="sent").inc(sent)
+    if sent < len(events):
+        metrics.ALERTS_ANNOUNCED.labels(outcome="failed").inc(len(events) - sent)
+    return sent
+
+
+def _events(critical: list[Envelope]) -> list[Event]:
+    sources = {envelope.source_id for envelope in critical}
+    devices = {
+        device_id: (tenant_id, site)
+        for device_id, tenant_id, site in Device.objects.filter(device_id__in=sources)
+        .values_list("device_id", "tenant_id", "site")
+        .order_by()
+    }
+    active = set(
+        Alert.objects.filter(
+            source_id__in=sources, status__in=ACTIVE_STATUSES, severity=Severity.CRITICAL
+        )
+        .values_list("tenant_id", "source_id", "alert_type")
+        .order_by()
+    )
+    events: list[Event] = []
+    announced: set[tuple[int, str, str]] = set()
+    for envelope in critical:
+        payload: dict[str, Any] = envelope.payload
+        found = devices.get(envelope.source_id)
+        if found is None:
+            continue  # not registered (any more): its task dead-letters it
+        tenant_id, site = found
+        identity = (tenant_id, envelope.source_id, str(payload["alert_type"]))
+        if identity in active or identity in announced:
+            continue  # a repeat: the stored path says alert_updated, and so do we (nothing)
+        announced.add(identity)
+        location = payload.get("location") or {}
+        events.append(
+            Event(
+                tenant_id,
+                EventType.CRITICAL_ALERT,
+                {
+                    "id": None,
+                    "provisional": True,
+                    "key": envelope.key,
+                    "source_id": envelope.source_id,
+                    "alert_type": payload["alert_type"],
+                    "severity": payload["severity"],
+                    "status": PROVISIONAL_STATUS,
+                    "message": payload.get("message", ""),
+                    "lat": location.get("lat"),
+                    "lon": location.get("lon"),
+                    "count": 1,
+                    "site": site,
+                    "first_seen": payload["timestamp"],
+                    "last_seen": payload["timestamp"],
+                },
+            )
+        )
+    return events
