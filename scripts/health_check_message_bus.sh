@@ -6,7 +6,8 @@
 # Hosts, ports and keys (REDIS_URL, MQTT_HOST, MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD, HTTP_HOST,
 # HTTP_PORT, MONITORING_API_KEY) are the ones the application resolves from the environment and
 # .env (`manage.py shell_settings`). No `set -e`: every check runs and reports, the exit code
-# sums up.
+# sums up. The checks run at once, so the whole takes about as long as the slowest (the Celery
+# ping, a few seconds), however many parts are down.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,58 +66,68 @@ if [ -n "${MQTT_USERNAME:-}" ]; then
     >"$work/mqtt/mosquitto_sub")
 fi
 
-failed=()
 report() {  # report NAME OK|FAIL DETAIL
   printf '%-4s %-28s %s\n' "$2" "$1" "$3"
-  [ "$2" = OK ] || failed+=("$1")
 }
 one_line() { tr '\n' ' ' | sed 's/[[:space:]]*$//' | cut -c1-200; }
 
+# The checks are independent and each may wait up to its timeout: they run at once, each into a
+# file of its own, and their lines are printed in this order once all are done.
+
 # Redis: the Celery broker and the bus state.
-answer=$(timeout "$CHECK_TIMEOUT" "${redis_cli[@]}" ping 2>&1)
-if [ "$answer" = PONG ]; then
-  report redis OK "PONG from $REDIS_URL_SHOWN"
-else
-  report redis FAIL "no PONG from $REDIS_URL_SHOWN: $(one_line <<<"$answer")"
-fi
+check_redis() {
+  answer=$(timeout "$CHECK_TIMEOUT" "${redis_cli[@]}" ping 2>&1)
+  if [ "$answer" = PONG ]; then
+    report redis OK "PONG from $REDIS_URL_SHOWN"
+  else
+    report redis FAIL "no PONG from $REDIS_URL_SHOWN: $(one_line <<<"$answer")"
+  fi
+}
 
 # MQTT broker: it publishes its uptime on $SYS every few seconds.
-# shellcheck disable=SC2016  # $SYS is the broker's topic, not a shell variable
-if uptime=$(XDG_CONFIG_HOME="$work/mqtt" mosquitto_sub -h "$MQTT_HOST" -p "$MQTT_PORT" \
-  -t '$SYS/broker/uptime' -C 1 -W "$CHECK_TIMEOUT" 2>&1) && [ -n "$uptime" ]; then
-  report "mqtt broker" OK "$MQTT_HOST:$MQTT_PORT up $uptime"
-else
-  report "mqtt broker" FAIL "no \$SYS/broker/uptime from $MQTT_HOST:$MQTT_PORT: $(one_line <<<"$uptime")"
-fi
+check_broker() {
+  # shellcheck disable=SC2016  # $SYS is the broker's topic, not a shell variable
+  if uptime=$(XDG_CONFIG_HOME="$work/mqtt" mosquitto_sub -h "$MQTT_HOST" -p "$MQTT_PORT" \
+    -t '$SYS/broker/uptime' -C 1 -W "$CHECK_TIMEOUT" 2>&1) && [ -n "$uptime" ]; then
+    report "mqtt broker" OK "$MQTT_HOST:$MQTT_PORT up $uptime"
+  else
+    report "mqtt broker" FAIL "no \$SYS/broker/uptime from $MQTT_HOST:$MQTT_PORT: $(one_line <<<"$uptime")"
+  fi
+}
 
 # Celery: one ping broadcast; every queue's worker node on this host must answer it.
 host=$(hostname)
-queues=$(cd "$ROOT" && "$PYTHON" -c \
-  'from apps.core.tasks.celery_settings import QUEUES; print(" ".join(q.name for q in QUEUES))')
-pongs=$(cd "$ROOT" && timeout $((CHECK_TIMEOUT + 10)) "$CELERY" -A intelliwiz_config \
-  inspect ping --timeout 3 --json 2>/dev/null)
-for queue in $queues; do
-  if grep -q "\"$queue@$host\"" <<<"$pongs"; then
-    report "celery $queue" OK "$queue@$host answered ping"
-  else
-    report "celery $queue" FAIL "no answer to ping from $queue@$host"
-  fi
-done
+check_celery() {
+  queues=$(cd "$ROOT" && "$PYTHON" -c \
+    'from apps.core.tasks.celery_settings import QUEUES; print(" ".join(q.name for q in QUEUES))')
+  pongs=$(cd "$ROOT" && timeout $((CHECK_TIMEOUT + 10)) "$CELERY" -A intelliwiz_config \
+    inspect ping --timeout 3 --json 2>/dev/null)
+  for queue in $queues; do
+    if grep -q "\"$queue@$host\"" <<<"$pongs"; then
+      report "celery $queue" OK "$queue@$host answered ping"
+    else
+      report "celery $queue" FAIL "no answer to ping from $queue@$host"
+    fi
+  done
+}
 
 # The subscriber process on this host (`manage.py mqtt_subscriber`, under supervisor or systemd).
 # A name match cannot tell this stack's subscriber from another's (a test run, a second stack),
 # so the next check asks Redis.
-if pids=$(pgrep -f -- 'manage.py mqtt_subscriber'); then
-  report "mqtt subscriber process" OK "pid $(one_line <<<"$pids")"
-else
-  report "mqtt subscriber process" FAIL "no 'manage.py mqtt_subscriber' process on $host"
-fi
+check_subscriber_process() {
+  if pids=$(pgrep -f -- 'manage.py mqtt_subscriber'); then
+    report "mqtt subscriber process" OK "pid $(one_line <<<"$pids")"
+  else
+    report "mqtt subscriber process" FAIL "no 'manage.py mqtt_subscriber' process on $host"
+  fi
+}
 
 # The subscribers of *this* stack: each refreshes mqtt_subscriber:status:<client id> in Redis
 # (DB 0) every 5 s, with the topic kinds its session reads, and the key expires 15 s after the
 # last refresh (apps/core/intake_status.py). Judged as /monitoring/health/ judges them: every kind
 # must be read by a connected subscriber (the urgent lane's alerts and the routine lane's rest).
-if subscribers=$(cd "$ROOT" && timeout $((CHECK_TIMEOUT + 10)) "$PYTHON" - 2>&1 <<'EOF'
+check_subscribers() {
+  if subscribers=$(cd "$ROOT" && timeout $((CHECK_TIMEOUT + 10)) "$PYTHON" - 2>&1 <<'EOF'
 import django
 
 django.setup()
@@ -124,14 +135,16 @@ from apps.monitoring.health import check_mqtt_subscriber
 
 print(" ".join(check_mqtt_subscriber()["subscribers"]))
 EOF
-); then
-  report "mqtt subscriber connected" OK "$(tail -n 1 <<<"$subscribers")"
-else
-  report "mqtt subscriber connected" FAIL "$(tail -n 1 <<<"$subscribers" | sed 's/^.*CheckFailed: //')"
-fi
+  ); then
+    report "mqtt subscriber connected" OK "$(tail -n 1 <<<"$subscribers")"
+  else
+    report "mqtt subscriber connected" FAIL "$(tail -n 1 <<<"$subscribers" | sed 's/^.*CheckFailed: //')"
+  fi
+}
 
 # Channel layer: a message sent to a fresh channel comes back, through Redis DB 2.
-if layer=$(cd "$ROOT" && timeout $((CHECK_TIMEOUT + 10)) "$PYTHON" - 2>&1 <<'EOF'
+check_channel_layer() {
+  if layer=$(cd "$ROOT" && timeout $((CHECK_TIMEOUT + 10)) "$PYTHON" - 2>&1 <<'EOF'
 import asyncio
 import django
 
@@ -140,36 +153,40 @@ from apps.monitoring.health import check_channel_layer
 
 asyncio.run(check_channel_layer())
 EOF
-); then
-  report "channel layer" OK "round trip through Redis"
-else
-  report "channel layer" FAIL "$(tail -n 1 <<<"$layer")"
-fi
+  ); then
+    report "channel layer" OK "round trip through Redis"
+  else
+    report "channel layer" FAIL "$(tail -n 1 <<<"$layer")"
+  fi
+}
 
 # Metrics: the endpoint answers and carries the Celery gauges read from Redis.
-if ! metrics=$(curl -sS --max-time "$CHECK_TIMEOUT" -f "${curl_auth[@]}" \
-  "$BASE_URL/metrics/export/" 2>&1); then
-  report "metrics endpoint" FAIL "$BASE_URL/metrics/export/: $(one_line <<<"$metrics")"
-elif grep -q '^celery_queue_depth{' <<<"$metrics"; then
-  report "metrics endpoint" OK "$BASE_URL/metrics/export/ has the celery gauges"
-else
-  report "metrics endpoint" FAIL "$BASE_URL/metrics/export/ answered without celery_queue_depth \
-($(grep '^message_bus_redis_up' <<<"$metrics" || echo 'no message_bus_redis_up'))"
-fi
+check_metrics() {
+  if ! metrics=$(curl -sS --max-time "$CHECK_TIMEOUT" -f "${curl_auth[@]}" \
+    "$BASE_URL/metrics/export/" 2>&1); then
+    report "metrics endpoint" FAIL "$BASE_URL/metrics/export/: $(one_line <<<"$metrics")"
+  elif grep -q '^celery_queue_depth{' <<<"$metrics"; then
+    report "metrics endpoint" OK "$BASE_URL/metrics/export/ has the celery gauges"
+  else
+    report "metrics endpoint" FAIL "$BASE_URL/metrics/export/ answered without celery_queue_depth \
+  ($(grep '^message_bus_redis_up' <<<"$metrics" || echo 'no message_bus_redis_up'))"
+  fi
+}
 
 # The application's own view: 200, or 503 naming what is down.
-body_file="$work/health.json"
-error_file="$work/health.err"
-status=$(curl -sS --max-time $((CHECK_TIMEOUT + 5)) -o "$body_file" -w '%{http_code}' \
-  "${curl_auth[@]}" "$BASE_URL/monitoring/health/" 2>"$error_file")
-if [ "$status" = 200 ]; then
-  report "/monitoring/health/" OK "200 healthy"
-elif [ "$status" = 000 ]; then
-  report "/monitoring/health/" FAIL "no answer from $BASE_URL: $(one_line <"$error_file")"
-elif [ "$status" = 401 ]; then
-  report "/monitoring/health/" FAIL "HTTP 401: MONITORING_API_KEY is missing or not the server's"
-else
-  down=$("$PYTHON" -c '
+check_health_endpoint() {
+  body_file="$work/health.json"
+  error_file="$work/health.err"
+  status=$(curl -sS --max-time $((CHECK_TIMEOUT + 5)) -o "$body_file" -w '%{http_code}' \
+    "${curl_auth[@]}" "$BASE_URL/monitoring/health/" 2>"$error_file")
+  if [ "$status" = 200 ]; then
+    report "/monitoring/health/" OK "200 healthy"
+  elif [ "$status" = 000 ]; then
+    report "/monitoring/health/" FAIL "no answer from $BASE_URL: $(one_line <"$error_file")"
+  elif [ "$status" = 401 ]; then
+    report "/monitoring/health/" FAIL "HTTP 401: MONITORING_API_KEY is missing or not the server's"
+  else
+    down=$("$PYTHON" -c '
 import json, sys
 try:
     checks = json.load(open(sys.argv[1]))["checks"]
@@ -178,8 +195,27 @@ except (ValueError, KeyError):
 down = [name + " (" + check.get("error", "down") + ")" for name, check in checks.items() if not check["ok"]]
 print(", ".join(down))
 ' "$body_file" 2>/dev/null)
-  report "/monitoring/health/" FAIL "HTTP $status${down:+; down: $down}"
-fi
+    report "/monitoring/health/" FAIL "HTTP $status${down:+; down: $down}"
+  fi
+}
+
+checks=(check_redis check_broker check_celery check_subscriber_process check_subscribers
+  check_channel_layer check_metrics check_health_endpoint)
+for check in "${checks[@]}"; do
+  "$check" >"$work/$check.out" &
+done
+wait
+failed=()
+for check in "${checks[@]}"; do
+  [ -s "$work/$check.out" ] || report "$check" FAIL "the check printed nothing" >"$work/$check.out"
+  while IFS= read -r output; do
+    printf '%s\n' "$output"
+    if [ "${output:0:4}" != "OK  " ]; then
+      name=${output:5:28}
+      failed+=("${name%"${name##*[![:space:]]}"}")
+    fi
+  done <"$work/$check.out"
+done
 
 if [ ${#failed[@]} -eq 0 ]; then
   echo "All message bus components healthy"
