@@ -36,7 +36,10 @@ from apps.notifications.models import Channel, Kind, NotificationAttempt, Notifi
 
 log = structlog.get_logger(__name__)
 
-SMTP_BREAKER = "smtp"  # e-mail's one endpoint is the SMTP server (EMAIL_HOST)
+SMTP_BREAKER = "smtp"
+DELIVERY_NAMESPACE = uuid.UUID(
+    "5d0c3f4e-8a43-4c41-9f0e-6a1d2b7c9e10"
+)  # e-mail's one endpoint is the SMTP server (EMAIL_HOST)
 
 
 class DeliveryFailed(Exception):
@@ -95,6 +98,9 @@ def dispatch_notifications(found: list[dict[str, Any]]) -> dict[str, int]:
             key = storm.recipient_key(rule.tenant_id, rule.channel, recipient)
             channels[key] = rule.channel
             alert = entry["alert"]
+            # The same id if this dispatch runs again (a worker lost mid-task): receivers that
+            # refuse a delivery id seen before refuse the duplicate.
+            once = f"{alert['id']}/{alert['severity']}/{rule.pk}/{recipient}"
             per_recipient[key].append(
                 Delivery(
                     rule.tenant_id,
@@ -103,6 +109,7 @@ def dispatch_notifications(found: list[dict[str, Any]]) -> dict[str, int]:
                     Kind.ALERT,
                     {"alert": alert},
                     alert_id=alert["id"],
+                    delivery_id=str(uuid.uuid5(DELIVERY_NAMESPACE, once)),
                 )
             )
     sent = folded = 0
