@@ -52,14 +52,13 @@ class Delivery:
 
     tenant_id: int
     rule_id: int
-    recipient: str
+    # The e-mail address; empty for a webhook, whose URL is read from the rule as it is sent: a
+    # task message or digest entry in Redis never holds a URL (its path or query may be a token).
+    address: str
     kind: str
     payload: dict[str, Any]
     alert_id: int | None = None
     delivery_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    def shown_recipient(self, channel: str) -> str:
-        return webhooks.endpoint(self.recipient) if channel == Channel.WEBHOOK else self.recipient
 
     def body(self) -> bytes:
         event = "alert.raised" if self.kind == Kind.ALERT else "alert.digest"
@@ -89,14 +88,14 @@ def dispatch_notifications(found: list[dict[str, Any]]) -> dict[str, int]:
     recipient's digest past its window's limit. One Redis round trip per recipient."""
     rules = NotificationRule.objects.in_bulk({entry["rule_id"] for entry in found})
     per_recipient: dict[str, list[Delivery]] = defaultdict(list)
-    channels: dict[str, str] = {}
+    rule_of: dict[str, NotificationRule] = {}
     for entry in found:
         rule = rules.get(entry["rule_id"])
         if rule is None or not rule.enabled or rule.tenant_id != entry["tenant_id"]:
             continue  # deleted or disabled since the alert matched it
         for recipient in rule.recipients():
             key = storm.recipient_key(rule.tenant_id, rule.channel, recipient)
-            channels[key] = rule.channel
+            rule_of[key] = rule
             alert = entry["alert"]
             # The same id if this dispatch runs again (a worker lost mid-task): receivers that
             # refuse a delivery id seen before refuse the duplicate.
@@ -105,7 +104,7 @@ def dispatch_notifications(found: list[dict[str, Any]]) -> dict[str, int]:
                 Delivery(
                     rule.tenant_id,
                     rule.pk,
-                    recipient,
+                    recipient if rule.channel == Channel.EMAIL else "",
                     Kind.ALERT,
                     {"alert": alert},
                     alert_id=alert["id"],
@@ -120,7 +119,7 @@ def dispatch_notifications(found: list[dict[str, Any]]) -> dict[str, int]:
             _queue(delivery)
         rest = deliveries[admitted:]
         storm.fold(key, [asdict(delivery) for delivery in rest])
-        attempts += [_attempt(d, channels[key], 0, Outcome.FOLDED) for d in rest]
+        attempts += [_attempt(d, rule_of[key], 0, Outcome.FOLDED) for d in rest]
         sent, folded = sent + admitted, folded + len(rest)
     NotificationAttempt.objects.bulk_create(attempts)
     if folded:
@@ -146,7 +145,7 @@ def flush_notification_digests() -> int:
             Delivery(
                 last["tenant_id"],
                 last["rule_id"],
-                last["recipient"],
+                last["address"],
                 Kind.DIGEST,
                 {"alerts": alerts, "count": len(alerts)},
             )
@@ -171,7 +170,7 @@ def deliver_notification(self: Task[Any, Any], fields: dict[str, Any]) -> str:
     if outcome in {Outcome.FAILED, Outcome.CIRCUIT_OPEN} and last:
         outcome = Outcome.GAVE_UP
     NotificationAttempt.objects.create(
-        **_attempt_fields(delivery, rule.channel, number, outcome),
+        **_attempt_fields(delivery, rule, number, outcome),
         status_code=status,
         error=mask_url(error)[:2000],
         duration_ms=int((time.monotonic() - started) * 1000),
@@ -186,8 +185,8 @@ def deliver_notification(self: Task[Any, Any], fields: dict[str, Any]) -> str:
             "notification not delivered; retrying",
             **_ids(delivery),
             channel=rule.channel,
-            endpoint=delivery.shown_recipient(rule.channel),
-            breaker=_breaker_of(rule.channel, delivery),
+            endpoint=_shown_recipient(rule, delivery),
+            breaker=_breaker_of(rule),
             attempt=number,
             retry_in_s=round(delay, 1),
             error=error,
@@ -198,8 +197,8 @@ def deliver_notification(self: Task[Any, Any], fields: dict[str, Any]) -> str:
             "notification not delivered; giving up",
             **_ids(delivery),
             channel=rule.channel,
-            endpoint=delivery.shown_recipient(rule.channel),
-            breaker=_breaker_of(rule.channel, delivery),
+            endpoint=_shown_recipient(rule, delivery),
+            breaker=_breaker_of(rule),
             attempts=number,
             status_code=status,
             error=error,
@@ -209,20 +208,28 @@ def deliver_notification(self: Task[Any, Any], fields: dict[str, Any]) -> str:
     return str(outcome)
 
 
-def _breaker_of(channel: str, delivery: Delivery) -> str:
+def _breaker_of(rule: NotificationRule) -> str:
     return (
-        webhooks.breaker_service(delivery.recipient) if channel == Channel.WEBHOOK else SMTP_BREAKER
+        webhooks.breaker_service(rule.webhook_url)
+        if rule.channel == Channel.WEBHOOK
+        else SMTP_BREAKER
+    )
+
+
+def _shown_recipient(rule: NotificationRule, delivery: Delivery) -> str:
+    return (
+        webhooks.endpoint(rule.webhook_url) if rule.channel == Channel.WEBHOOK else delivery.address
     )
 
 
 def _post(rule: NotificationRule, delivery: Delivery) -> tuple[Outcome, int | None, str]:
-    breaker = CircuitBreaker(_breaker_of(Channel.WEBHOOK, delivery))
+    breaker = CircuitBreaker(_breaker_of(rule))
     try:
         breaker.before_call()
     except CircuitOpenError as exc:
         return Outcome.CIRCUIT_OPEN, None, str(exc)
     answer = webhooks.post(
-        delivery.recipient,
+        rule.webhook_url,
         rule.webhook_secret,
         delivery.body(),
         delivery.delivery_id,
@@ -240,7 +247,7 @@ def _post(rule: NotificationRule, delivery: Delivery) -> tuple[Outcome, int | No
 
 def _mail(delivery: Delivery) -> tuple[Outcome, int | None, str]:
     subject, text = _mail_text(delivery)
-    message = EmailMessage(subject, text, to=[delivery.recipient])
+    message = EmailMessage(subject, text, to=[delivery.address])
     message.extra_headers = {webhooks.DELIVERY_HEADER: delivery.delivery_id}
     try:
         CircuitBreaker(SMTP_BREAKER).call(lambda: message.send(fail_silently=False))
@@ -280,19 +287,23 @@ def _ids(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-def _attempt_fields(delivery: Delivery, channel: str, number: int, outcome: str) -> dict[str, Any]:
+def _attempt_fields(
+    delivery: Delivery, rule: NotificationRule, number: int, outcome: str
+) -> dict[str, Any]:
     return {
         "tenant_id": delivery.tenant_id,
         "alert_id": delivery.alert_id,
         "rule_id": delivery.rule_id,
         "delivery_id": delivery.delivery_id,
         "kind": delivery.kind,
-        "channel": channel,
-        "recipient": delivery.shown_recipient(channel),
+        "channel": rule.channel,
+        "recipient": _shown_recipient(rule, delivery),
         "attempt": number,
         "outcome": outcome,
     }
 
 
-def _attempt(delivery: Delivery, channel: str, number: int, outcome: str) -> NotificationAttempt:
-    return NotificationAttempt(**_attempt_fields(delivery, channel, number, outcome))
+def _attempt(
+    delivery: Delivery, rule: NotificationRule, number: int, outcome: str
+) -> NotificationAttempt:
+    return NotificationAttempt(**_attempt_fields(delivery, rule, number, outcome))

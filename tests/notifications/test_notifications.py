@@ -164,6 +164,21 @@ def raise_for(tenant: Tenant, types: list[str], severity: str = Severity.CRITICA
     return [event.data["id"] for event in events]
 
 
+def redis_contents() -> str:
+    """Every key and value of the bus's Redis database (queues, digests, breakers), as text."""
+    client = state_redis()
+    readers: dict[str, Callable[[str], Any]] = {
+        "string": client.get,
+        "list": lambda key: client.lrange(key, 0, -1),
+        "hash": client.hgetall,
+        "set": client.smembers,
+        "zset": lambda key: client.zrange(key, 0, -1),
+    }
+    return "\n".join(
+        f"{key} {readers.get(client.type(key), str)(key)}" for key in client.scan_iter()
+    )
+
+
 def outcomes(alert_id: int) -> list[str]:
     return list(
         NotificationAttempt.objects.filter(alert_id=alert_id).values_list("outcome", flat=True)
@@ -256,6 +271,7 @@ def test_500_alerts_to_one_recipient_make_at_most_n_messages_and_one_digest(noti
         timeout=10,
         what="the window to end",
     )
+    assert "token=abc" not in redis_contents()  # the URL's token is in no key or value
     current_app.send_task(FLUSH_NOTIFICATION_DIGESTS)  # what beat does every 15 s
     [digest] = wait_for(lambda: receiver.of_kind("alert.digest"), timeout=15, what="the digest")
 
