@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 from django.utils import timezone
 
+from apps.core import metrics
 from apps.core.backoff import backoff_delay
 from apps.core.circuit_breaker import CircuitBreaker, CircuitOpenError
 from apps.core.logging import mask_url
@@ -122,6 +123,8 @@ def dispatch_notifications(found: list[dict[str, Any]]) -> dict[str, int]:
         attempts += [_attempt(d, rule_of[key], 0, Outcome.FOLDED) for d in rest]
         sent, folded = sent + admitted, folded + len(rest)
     NotificationAttempt.objects.bulk_create(attempts)
+    for attempt in attempts:
+        metrics.NOTIFICATIONS.labels(channel=attempt.channel, outcome=attempt.outcome).inc()
     if folded:
         log.warning(
             "notifications folded into digests (storm control)",
@@ -175,6 +178,7 @@ def deliver_notification(self: Task[Any, Any], fields: dict[str, Any]) -> str:
         error=mask_url(error)[:2000],
         duration_ms=int((time.monotonic() - started) * 1000),
     )
+    metrics.NOTIFICATIONS.labels(channel=rule.channel, outcome=outcome).inc()
     if outcome in {Outcome.FAILED, Outcome.CIRCUIT_OPEN}:
         delay = backoff_delay(
             number - 1,
