@@ -37,9 +37,10 @@ from apps.devices.models import Device
 from apps.notifications import rules, storm, webhooks
 from apps.notifications.models import NotificationAttempt, NotificationRule, Outcome
 from apps.tenants.models import Tenant
-from tests.factories import operator
+from tests import environment
+from tests.factories import create_tenant_with_devices, operator, panic
 from tests.noc.test_api import client_for
-from tests.services import Service, metric, wait_for
+from tests.services import Service, metric, mqtt_publish, wait_for
 
 SECRET = "receiver-shared-secret-of-at-least-32-chars"
 TOLERANCE_SECONDS = 300
@@ -211,6 +212,18 @@ def test_a_receiver_gets_signed_deliveries_of_matching_alerts_only(notifier, rec
     assert "token" not in json.dumps(attempt)
     stranger = operator(tenant_with_devices("other"), "stranger", password=None)
     assert client_for(stranger).get(f"/api/alerts/{critical}/notifications/").status_code == 404
+
+
+def test_a_panic_published_by_a_device_reaches_the_webhook(bus, receivers):
+    receiver = receivers()
+    tenant = create_tenant_with_devices("acme", "panic-007")
+    webhook_rule(tenant, receiver.url, alert_types=["PANIC"])
+
+    mqtt_publish(environment.MQTT_PORT, [("alert/panic-007/panic", panic())])
+
+    [document] = wait_for(lambda: receiver.of_kind("alert.raised"), timeout=30, what="delivery")
+    assert document["alert"]["source_id"] == "panic-007"
+    assert document["alert"]["alert_type"] == "PANIC"
 
 
 def test_a_failing_receiver_trips_its_breaker_and_another_tenants_still_gets_its_delivery(
