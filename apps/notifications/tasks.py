@@ -89,14 +89,12 @@ def dispatch_notifications(found: list[dict[str, Any]]) -> dict[str, int]:
     recipient's digest past its window's limit. One Redis round trip per recipient."""
     rules = NotificationRule.objects.in_bulk({entry["rule_id"] for entry in found})
     per_recipient: dict[str, list[Delivery]] = defaultdict(list)
-    rule_of: dict[str, NotificationRule] = {}
     for entry in found:
         rule = rules.get(entry["rule_id"])
         if rule is None or not rule.enabled or rule.tenant_id != entry["tenant_id"]:
             continue  # deleted or disabled since the alert matched it
         for recipient in rule.recipients():
             key = storm.recipient_key(rule.tenant_id, rule.channel, recipient)
-            rule_of[key] = rule
             alert = entry["alert"]
             # The same id if this dispatch runs again (a worker lost mid-task): receivers that
             # refuse a delivery id seen before refuse the duplicate.
@@ -120,7 +118,7 @@ def dispatch_notifications(found: list[dict[str, Any]]) -> dict[str, int]:
             _queue(delivery)
         rest = deliveries[admitted:]
         storm.fold(key, [asdict(delivery) for delivery in rest])
-        attempts += [_attempt(d, rule_of[key], 0, Outcome.FOLDED) for d in rest]
+        attempts += [_attempt(d, rules[d.rule_id], 0, Outcome.FOLDED) for d in rest]
         sent, folded = sent + admitted, folded + len(rest)
     NotificationAttempt.objects.bulk_create(attempts)
     for attempt in attempts:

@@ -93,15 +93,12 @@ class NotificationRuleSerializer(serializers.ModelSerializer[NotificationRule]):
         return data
 
 
-class CanManageRules(DjangoModelPermissions):
-    """GET for anyone with NOC access; POST/PUT/PATCH/DELETE need the model's permissions."""
-
-
 class NotificationRuleViewSet(viewsets.ModelViewSet[NotificationRule]):
     """The tenant's notification rules."""
 
     serializer_class = NotificationRuleSerializer
-    permission_classes = [HasNocAccess, CanManageRules]
+    # GET for anyone with NOC access; POST, PUT, PATCH and DELETE need the model's permissions.
+    permission_classes = [HasNocAccess, DjangoModelPermissions]
 
     def get_queryset(self) -> QuerySet[NotificationRule]:
         tenant_id = caller_tenant_id(self.request)
