@@ -118,6 +118,7 @@ INSTALLED_APPS = [
     "apps.tenants",
     "apps.devices",
     "apps.alerts",
+    "apps.notifications",
     "apps.mqtt",
     "apps.noc",
     "apps.monitoring",
@@ -363,6 +364,11 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "AlertStatusEnum": "apps.alerts.models.AlertStatus",
         "DeviceStatusEnum": "apps.devices.models.Device.Status",
+        # Rules list severities and types: the same choice sets as an alert's one value.
+        "SeverityEnum": "apps.alerts.models.Severity",
+        "AlertTypeEnum": "apps.alerts.models.AlertType",
+        "NotificationKindEnum": "apps.notifications.models.Kind",
+        "DeviceKindEnum": "apps.devices.models.Device.Kind",
     },
 }
 
@@ -498,6 +504,40 @@ DEAD_LETTER_RETENTION_DAYS = env_int("DEAD_LETTER_RETENTION_DAYS", 30, minimum=1
 ALERT_RETENTION_DAYS = env_int("ALERT_RETENTION_DAYS", 365, minimum=1)
 CIRCUIT_BREAKER_FAILURE_THRESHOLD = env_int("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5, minimum=1)
 CIRCUIT_BREAKER_RESET_SECONDS = env_int("CIRCUIT_BREAKER_RESET_SECONDS", 300, minimum=1)
+
+# --- Notifications of alerts (apps/notifications, docs/notifications.md) ----------------------
+
+# A webhook receiver that has not answered within this many seconds has failed this attempt.
+NOTIFICATION_WEBHOOK_TIMEOUT_SECONDS = env_float("NOTIFICATION_WEBHOOK_TIMEOUT_SECONDS", 5.0)
+# Attempts per delivery (webhook or e-mail), the retries spaced by capped, jittered backoff.
+NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 5, minimum=1)
+NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 5.0)
+NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 300.0)
+if not 0 < NOTIFICATION_RETRY_MAX_SECONDS < celery_settings.VISIBILITY_TIMEOUT_SECONDS:
+    # A retry waits in its worker's memory until due; one held past the visibility timeout is
+    # handed to another worker as well, and would be delivered twice.
+    raise ImproperlyConfigured(
+        f"NOTIFICATION_RETRY_MAX_SECONDS={NOTIFICATION_RETRY_MAX_SECONDS} must be above 0 and "
+        f"below the broker's visibility timeout ({celery_settings.VISIBILITY_TIMEOUT_SECONDS} s)"
+    )
+# Storm control: at most this many notifications per recipient (webhook URL or e-mail address)
+# per window; the rest of the window's are sent as one digest when it ends.
+NOTIFICATION_MAX_PER_WINDOW = env_int("NOTIFICATION_MAX_PER_WINDOW", 10, minimum=1)
+NOTIFICATION_WINDOW_SECONDS = env_int("NOTIFICATION_WINDOW_SECONDS", 300, minimum=1)
+# E-mail goes through Django's backend: SMTP by default; the console or file backends for trials.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive; set one")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "intelliwiz@localhost")
+# Where the file backend (django.core.mail.backends.filebased.EmailBackend) writes messages.
+EMAIL_FILE_PATH = Path(env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail")))
 
 # --- HTTP / the local stack (make run) ---------------------------------------------------------
 

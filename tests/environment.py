@@ -103,6 +103,16 @@ os.environ.update(
         "DEVICE_OFFLINE_AFTER": "10",
         # Unconfirmed NOC events are resent by the resend task once this old (core/outbox.py).
         "BROADCAST_RESEND_AFTER_SECONDS": "2",
+        # Notifications (apps/notifications): a receiver that hangs fails in a second, retries
+        # follow within a second, and storm windows end within the test.
+        "NOTIFICATION_WEBHOOK_TIMEOUT_SECONDS": "1",
+        "NOTIFICATION_RETRY_BASE_SECONDS": "0.2",
+        "NOTIFICATION_RETRY_MAX_SECONDS": "1",
+        "NOTIFICATION_MAX_PER_WINDOW": "5",
+        "NOTIFICATION_WINDOW_SECONDS": "4",
+        # E-mail as files the tests read (the worker that sends it is another process).
+        "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "EMAIL_FILE_PATH": str(SCRATCH / "mail"),
         "PYTHONUNBUFFERED": "1",
     }
 )

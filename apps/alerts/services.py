@@ -71,9 +71,10 @@ def serialize_alert(alert: Alert) -> dict[str, Any]:
 
 
 def _event(alert: Alert, *, new: bool) -> Event:
+    """`new`: the alert was just raised or its severity rose (what notifications act on)."""
     critical = new and alert.severity == Severity.CRITICAL
     event_type = EventType.CRITICAL_ALERT if critical else EventType.ALERT_UPDATED
-    return Event(alert.tenant_id, event_type, serialize_alert(alert))
+    return Event(alert.tenant_id, event_type, {**serialize_alert(alert), "raised": new})
 
 
 def active_alerts(devices: Iterable[Device], alert_types: Iterable[str]) -> dict[AlertKey, Alert]:

@@ -35,9 +35,13 @@ SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 # Every breaker the code uses under a fixed name, with what it guards: each is reported (closed
 # while it has no key) by `manage.py circuit_breaker status` and the circuit_breaker_state gauge.
 MQTT_BROKER: Final = "mqtt_broker"
+SMTP: Final = "smtp"
 SERVICES: Final[Mapping[str, str]] = {
     MQTT_BROKER: "commands to devices over MQTT (task publish_device_command)",
+    SMTP: "alert notifications by e-mail (EMAIL_HOST; apps/notifications)",
 }
+# Each webhook endpoint of a notification rule has its own, `webhook:<hash of its address>`
+# (apps/notifications/webhooks.py), reported once it has a key.
 T = TypeVar("T")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from channels.layers import get_channel_layer
+from django.dispatch import Signal
 
 from apps.core import metrics
 
@@ -40,6 +41,13 @@ class Event:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "message_type", EventType(self.message_type))
+
+
+# Sent with `events=[Event, ...]` inside the transaction that records them
+# (outbox.broadcast_on_commit), before they are broadcast: how an app above core reacts to
+# events (notifications) without core importing it. A receiver runs on the hot path of every
+# batch: it must return at once for events it does not act on.
+events_recorded = Signal()
 
 
 # A channel-layer message holding several events of one tenant, in order: a batch's events go

@@ -196,6 +196,13 @@ CIRCUIT_BREAKER_RESETS = Counter(
     ["service"],
 )
 
+NOTIFICATIONS = Counter(
+    "notifications_total",
+    "Notifications of alerts by channel and outcome: each delivery attempt (delivered, failed, "
+    "rejected, circuit_open, gave_up) and each notification folded into a digest (folded)",
+    ["channel", "outcome"],
+)
+
 # --- The metric files themselves (apps/core/metric_files.py) -------------------------------
 
 PROCESSES_ARCHIVED = Counter(

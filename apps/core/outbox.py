@@ -1,9 +1,9 @@
 """The broadcast outbox: NOC events leave only after their effects commit, and always leave.
 
 `broadcast_on_commit(events)` writes the events in the caller's transaction (one
-`PendingBroadcast` row) and sends them to the channel layer once it commits; the events the
-layer took are then marked, in one round trip, in a Redis set (`broadcasts_sent`, members
-`<row id>:<index>`).
+`PendingBroadcast` row), hands them to the receivers of `events.events_recorded` (notifications)
+and sends them to the channel layer once it commits; the events the layer took are then marked,
+in one round trip, in a Redis set (`broadcasts_sent`, members `<row id>:<index>`).
 Beat's `resend_broadcasts` (core/tasks/housekeeping.py) deletes the rows whose events are all
 marked, and sends the unmarked events of rows older than BROADCAST_RESEND_AFTER_SECONDS: those
 of a process that died between its commit and its sends (a killed pool process, the hard time
@@ -28,7 +28,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core import metrics
-from apps.core.events import Event, broadcast_events
+from apps.core.events import Event, broadcast_events, events_recorded
 from apps.core.models import PendingBroadcast
 from apps.core.redis_client import state_redis
 
@@ -43,6 +43,7 @@ def broadcast_on_commit(events: list[Event]) -> None:
     that sending is not confirmed. Call it inside the transaction of the effects they describe."""
     if not events:
         return
+    events_recorded.send(sender=Event, events=events)
     row = PendingBroadcast.objects.create(events=[_fields(event) for event in events])
     transaction.on_commit(lambda: _send(row.pk, events))
 

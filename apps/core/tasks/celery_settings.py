@@ -135,6 +135,11 @@ RESEND_BROADCASTS: Final = "apps.core.tasks.housekeeping.resend_broadcasts"
 PRUNE_READINGS: Final = "apps.devices.tasks.prune_readings"
 PRUNE_CLOSED_ALERTS: Final = "apps.alerts.tasks.prune_closed_alerts"
 PRUNE_EXPIRED_TOKENS: Final = "apps.noc.tasks.prune_expired_tokens"
+# Notifications of alerts (apps/notifications): fan-out with storm control, one delivery
+# (webhook or e-mail) with its retries, and the digests of storm windows that have ended.
+DISPATCH_NOTIFICATIONS: Final = "apps.notifications.tasks.dispatch_notifications"
+DELIVER_NOTIFICATION: Final = "apps.notifications.tasks.deliver_notification"
+FLUSH_NOTIFICATION_DIGESTS: Final = "apps.notifications.tasks.flush_notification_digests"
 # The health canary: a tiny task sent to each queue at top priority; the worker that runs it
 # records when, so health can tell a queue that is consumed from one whose worker merely answers.
 CANARY_TASK: Final = "apps.monitoring.tasks.canary"
@@ -156,6 +161,9 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     # Default route only: beat sends one canary to *every* queue with queue= (BEAT_SCHEDULE).
     CANARY_TASK: GENERAL,
     PUBLISH_DEVICE_COMMAND: EXTERNAL_API,
+    DISPATCH_NOTIFICATIONS: EXTERNAL_API,
+    DELIVER_NOTIFICATION: EXTERNAL_API,
+    FLUSH_NOTIFICATION_DIGESTS: EXTERNAL_API,
 }
 TASK_MODULES: Final = sorted({name.rpartition(".")[0] for name in TASK_QUEUES})
 
@@ -226,6 +234,8 @@ BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
     "prune-dead-letters": {"task": PRUNE_DEAD_LETTERS, "schedule": 3600.0},
     "prune-readings": {"task": PRUNE_READINGS, "schedule": 3600.0},
     "prune-closed-alerts": {"task": PRUNE_CLOSED_ALERTS, "schedule": 3600.0},
+    # Digests of the notifications storm control folded, once each window has ended.
+    "flush-notification-digests": {"task": FLUSH_NOTIFICATION_DIGESTS, "schedule": 15.0},
     # Every refresh records its new token (apps/noc/auth.py): forget them once expired.
     "prune-expired-tokens": {"task": PRUNE_EXPIRED_TOKENS, "schedule": 3600.0},
     **{

@@ -1,4 +1,5 @@
-"""`/api/`: tokens, alerts, devices, readings, and the OpenAPI schema describing them."""
+"""`/api/`: tokens, alerts, devices, readings, notification rules and attempts, and the OpenAPI
+schema describing them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from rest_framework_simplejwt.views import (
 )
 
 from apps.core.client_address import client_address
+from apps.noc.api.notifications import AlertNotificationsView, NotificationRuleViewSet
 from apps.noc.api.views import AlertViewSet, DeviceViewSet
 from apps.noc.logins import lockout_response
 
@@ -25,6 +27,7 @@ app_name = "api"
 router = DefaultRouter()
 router.register("alerts", AlertViewSet, basename="alert")
 router.register("devices", DeviceViewSet, basename="device")
+router.register("notification-rules", NotificationRuleViewSet, basename="notification-rule")
 
 
 class ClientAddressRateThrottle(ScopedRateThrottle):
@@ -72,6 +75,11 @@ urlpatterns = [
     path("token/logout/", LogoutView.as_view(), name="token-logout"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path(
+        "alerts/<int:pk>/notifications/",
+        AlertNotificationsView.as_view(),
+        name="alert-notifications",
+    ),
     path("", include(router.urls)),
     # Last: a path no route takes (an id the router's pattern refuses, say) is a JSON 404 too.
     re_path(r"^.*/$", not_found),
