@@ -99,7 +99,7 @@ ALERT_WARMUP_SECONDS = 2.0  # background telemetry alone before the first panic
 # the worker's creation of its row (in its transaction) and the stored alert's frame.
 ALERT_STAGES = (
     "publish -> subscriber",
-    "subscriber -> NOC, provisional (hand-off, announce, Daphne)",
+    "subscriber -> NOC, provisional (registry read, broadcast, Daphne)",
     "subscriber -> alert row (hand-off, queue, writer, lookups)",
     "alert row -> NOC, stored (commit, broadcast, Daphne)",
 )

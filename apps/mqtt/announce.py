@@ -1,13 +1,16 @@
-"""Critical alerts shown on the NOC the moment the subscriber has handed them on.
+"""Critical alerts shown on the NOC the moment the subscriber has validated them.
 
 A panic must not wait for its row: the Celery hand-off, the critical worker and the database's
-writer cost tens of milliseconds on a busy host, and an operator needs seconds to act. So once
-the urgent lane has put an alert's task in Redis (it will be stored: acknowledged, held,
-retried, dead-lettered with a reason if it never can be), it sends the tenant's dashboards a
-`critical_alert` of its own, marked `"provisional": true`: no `id` yet, `status` "RECEIVED",
-the message's idempotency `key`. The stored alert follows as the worker's event, with its id
-(`critical_alert`, or `alert_updated` for a repeat of an active one). Dashboards show the first
-at once and replace it with the second (docs/architecture.md, "The critical path").
+writer cost tens of milliseconds on a busy host, and an operator needs seconds to act. So as the
+subscriber hands an alert on, it first sends the tenant's dashboards a `critical_alert` of its
+own, marked `"provisional": true`: no `id` yet, `status` "RECEIVED", the message's idempotency
+`key`. The alert is safe by then: the broker keeps it until the hand-off succeeds and is
+acknowledged, and from Redis it is stored, retried or dead-lettered with a reason. The stored
+alert follows as the worker's event, with its id (`critical_alert`, or `alert_updated` for a
+repeat of an active one). Dashboards show the first at once and replace it with the second
+(docs/architecture.md, "The critical path"). A hand-off that failed and is tried again
+announces again (Redis, which carries both, was down, so rarely both times): dashboards key
+the provisional alert by device and alert type.
 
 Announced only what the stored path will itself announce as `critical_alert`: a CRITICAL alert
 of a registered device with no active CRITICAL alert of that type; the tenant and site are read

@@ -616,6 +616,9 @@ class Subscriber:
         self.rejections.clear()
 
     def _enqueue(self, kind: str, pending: PendingTask) -> None:
+        if KINDS_BY_NAME[kind].immediate:
+            # Held unacknowledged until handed on, so it will be stored: the NOC need not wait.
+            announce_critical(pending.envelopes)
         task = KINDS_BY_NAME[kind].task
         queue = enqueue(task, pending.envelopes).name
         if not self.backlog.get(queue, (0.0, True))[1]:
@@ -626,9 +629,6 @@ class Subscriber:
         metrics.MQTT_BATCH_SIZE.labels(queue=queue).observe(len(pending.envelopes))
         for delivery in pending.deliveries:
             self._ack(delivery)
-        if KINDS_BY_NAME[kind].immediate:
-            # Handed on, so it will be stored: the NOC need not wait for the row to see it.
-            announce_critical(pending.envelopes)
 
     def _remember(self, handed: HandedOff) -> None:
         self.handed_off.append(handed)
