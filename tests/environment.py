@@ -103,6 +103,8 @@ os.environ.update(
         "DEVICE_OFFLINE_AFTER": "10",
         # Unconfirmed NOC events are resent by the resend task once this old (core/outbox.py).
         "BROADCAST_RESEND_AFTER_SECONDS": "2",
+        # Workers look for a newly trained anomaly model this often (apps/anomaly/registry.py).
+        "ANOMALY_MODEL_CHECK_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
     }
 )

@@ -135,6 +135,8 @@ RESEND_BROADCASTS: Final = "apps.core.tasks.housekeeping.resend_broadcasts"
 PRUNE_READINGS: Final = "apps.devices.tasks.prune_readings"
 PRUNE_CLOSED_ALERTS: Final = "apps.alerts.tasks.prune_closed_alerts"
 PRUNE_EXPIRED_TOKENS: Final = "apps.noc.tasks.prune_expired_tokens"
+# Runs for up to ML_TRAINING's time limits; acks_late=False: at most once (see the note below).
+TRAIN_ANOMALY_MODELS: Final = "apps.anomaly.tasks.train_anomaly_models"
 # The health canary: a tiny task sent to each queue at top priority; the worker that runs it
 # records when, so health can tell a queue that is consumed from one whose worker merely answers.
 CANARY_TASK: Final = "apps.monitoring.tasks.canary"
@@ -156,6 +158,7 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     # Default route only: beat sends one canary to *every* queue with queue= (BEAT_SCHEDULE).
     CANARY_TASK: GENERAL,
     PUBLISH_DEVICE_COMMAND: EXTERNAL_API,
+    TRAIN_ANOMALY_MODELS: ML_TRAINING,
 }
 TASK_MODULES: Final = sorted({name.rpartition(".")[0] for name in TASK_QUEUES})
 
@@ -228,6 +231,8 @@ BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
     "prune-closed-alerts": {"task": PRUNE_CLOSED_ALERTS, "schedule": 3600.0},
     # Every refresh records its new token (apps/noc/auth.py): forget them once expired.
     "prune-expired-tokens": {"task": PRUNE_EXPIRED_TOKENS, "schedule": 3600.0},
+    # Every tenant's anomaly models, weekly, from the readings of ANOMALY_TRAINING_DAYS.
+    "train-anomaly-models": {"task": TRAIN_ANOMALY_MODELS, "schedule": 7 * 86400.0},
     **{
         f"health-canary-{queue.name}": {
             "task": CANARY_TASK,
