@@ -7,7 +7,8 @@ it reads which models are current (one query) and loads only the ones it does no
 A process whose tenants have no model holds an empty dict.
 
 A model is stored as plain numbers (JSON: the robust location and precision matrix), never as
-a pickle, and loaded only if the bytes match their SHA-256; scoring needs numpy alone.
+a pickle, and loaded only if the bytes match their SHA-256; scoring needs numpy alone, imported
+with the first model (features.py says why).
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import numpy as np
 import structlog
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from apps.anomaly.features import Matrix
 from apps.anomaly.models import AnomalyModel
 from apps.core.redis_client import state_redis
+
+if TYPE_CHECKING:
+    from apps.anomaly.features import Matrix
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +47,8 @@ class Estimate:
     def distance(self, values: Matrix) -> Matrix:
         """Each row's robust (Mahalanobis) distance from the location: how many standard
         deviations out it is, with the features' correlations taken into account."""
+        import numpy as np
+
         centred = values - self.location
         squared: Matrix = np.einsum("ij,jk,ik->i", centred, self.precision, centred)
         distances: Matrix = np.sqrt(np.maximum(squared, 0.0))
@@ -82,6 +86,8 @@ def serialize(estimate: Estimate) -> tuple[bytes, str]:
 def deserialize(data: bytes, sha256: str) -> Estimate:
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError("the stored model's bytes do not match their SHA-256")
+    import numpy as np
+
     numbers: dict[str, Any] = json.loads(data)
     location = np.array(numbers["location"], dtype=np.float64)
     precision = np.array(numbers["precision"], dtype=np.float64)
@@ -120,10 +126,6 @@ class ModelCache:
             self._models = self._reload()
             self._generation = generation
         return self._models
-
-    def forget(self) -> None:
-        """Reload at the next call (tests, and a process that must see a change at once)."""
-        self.__init__()  # type: ignore[misc]
 
     def _reload(self) -> dict[ModelKey, LoadedModel]:
         held = {model.pk: model for model in self._models.values()}

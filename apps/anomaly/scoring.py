@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alerts
 from apps.anomaly.features import complete, matrix, row_values
@@ -31,6 +29,8 @@ def detect(readings: Sequence[Reading]) -> list[Event]:
     models = MODELS.current()
     if not models:
         return []
+    import numpy as np
+
     by_model: dict[int, tuple[LoadedModel, list[Reading]]] = {}
     for device, row in readings:
         model = models.get((device.tenant_id, device.kind))

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -26,10 +26,13 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps.anomaly import registry
-from apps.anomaly.features import FEATURES, Matrix, complete, matrix
+from apps.anomaly.features import FEATURES, complete, matrix
 from apps.anomaly.models import AnomalyModel, TrainingRun
 from apps.devices.models import Device, TelemetryReading
 from apps.tenants.models import Tenant
+
+if TYPE_CHECKING:
+    from apps.anomaly.features import Matrix
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +117,7 @@ def train_one(tenant_id: int, kind: str, step: _Steps) -> TrainingRun:
     step("reading", 0, f"reading {kind} telemetry received since {start:%Y-%m-%d %H:%M} UTC")
     try:
         values = _readings(tenant_id, kind, start, end)
+        run.samples = len(values)
         usable = fit_ready(values, kind)
         step("fitting", 1, f"fitting {ALGORITHM} on {len(usable)} of {len(values)} readings")
         fitted = fit(usable, dropped=len(values) - len(usable))

@@ -4,6 +4,7 @@ data that cannot make a model (empty, NaN-laden, too little) keeping the previou
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -13,12 +14,15 @@ from django.test import override_settings
 from sklearn.ensemble import IsolationForest
 
 from apps.anomaly import registry
-from apps.anomaly.features import FEATURES, Matrix, matrix
+from apps.anomaly.features import FEATURES, matrix
 from apps.anomaly.models import AnomalyModel, TrainingRun
 from apps.anomaly.training import Progress, train
 from apps.devices.models import Device, TelemetryReading
 from tests.anomaly.data import anomalous, normal, store
 from tests.factories import create_tenant_with_devices
+
+if TYPE_CHECKING:
+    from apps.anomaly.features import Matrix
 
 pytestmark = pytest.mark.django_db
 Rates = tuple[float, float]
