@@ -62,7 +62,7 @@ class TrainingRun(models.Model):
     device_kind = models.CharField(max_length=20, choices=Device.Kind.choices)
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.RUNNING)
     reason = models.TextField(blank=True)
-    samples = models.PositiveIntegerField(default=0)
+    samples = models.PositiveIntegerField(default=0)  # readings read, complete or not
     model = models.ForeignKey(AnomalyModel, on_delete=models.SET_NULL, null=True, blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)

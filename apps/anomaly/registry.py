@@ -1,6 +1,6 @@
 """The current model of each tenant and device kind, loaded once per process.
 
-Scoring asks `current_models()` in every telemetry batch. It looks for news at most every
+Scoring asks `MODELS.current()` in every telemetry batch. It looks for news at most every
 ANOMALY_MODEL_CHECK_SECONDS with one Redis GET of `anomaly:model_generation`, a counter the
 training task raises after it commits a model; when the number differs from the one it loaded,
 it reads which models are current (one query) and loads only the ones it does not hold yet.
@@ -141,7 +141,7 @@ class ModelCache:
 
 
 def _load(pk: int) -> LoadedModel | None:
-    row = AnomalyModel.objects.filter(pk=pk).first()
+    row = AnomalyModel.objects.select_related("tenant").filter(pk=pk).first()
     if row is None:  # replaced between the two queries: the next generation names its successor
         return None
     try:
@@ -153,7 +153,7 @@ def _load(pk: int) -> LoadedModel | None:
             device_kind=row.device_kind,
             version=row.version,
             error=f"{type(exc).__name__}: {exc}",
-            hint=f"retrain it: manage.py train_models --tenant {row.tenant_id} "
+            hint=f"retrain it: manage.py train_models --tenant {row.tenant.name} "
             f"--kind {row.device_kind}",
         )
         return None

@@ -121,6 +121,8 @@ def train_one(tenant_id: int, kind: str, step: _Steps) -> TrainingRun:
         usable = fit_ready(values, kind)
         step("fitting", 1, f"fitting {ALGORITHM} on {len(usable)} of {len(values)} readings")
         fitted = fit(usable, dropped=len(values) - len(usable))
+        # A run racing this one for the same tenant and kind fails here on the unique version.
+        model = _store(tenant_id, kind, fitted, start, end, len(usable))
     except UnfitData as exc:
         return _finish(run, step, TrainingRun.Outcome.KEPT, f"{exc}; {_previous(tenant_id, kind)}")
     except SoftTimeLimitExceeded:
@@ -134,9 +136,7 @@ def train_one(tenant_id: int, kind: str, step: _Steps) -> TrainingRun:
         log.exception("anomaly training failed", tenant_id=tenant_id, device_kind=kind)
         reason = f"{type(exc).__name__}: {exc}; {_previous(tenant_id, kind)}"
         return _finish(run, step, TrainingRun.Outcome.FAILED, reason)
-    model = _store(tenant_id, kind, fitted, start, end, len(usable))
     run.model = model
-    run.samples = len(usable)
     metrics = fitted.metrics
     return _finish(
         run,
