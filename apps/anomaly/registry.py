@@ -1,9 +1,11 @@
 """The current model of each tenant and device kind, loaded once per process.
 
 Scoring asks `MODELS.current()` in every telemetry batch. It looks for news at most every
-ANOMALY_MODEL_CHECK_SECONDS with one Redis GET of `anomaly:model_generation`, a counter the
-training task raises after it commits a model; when the number differs from the one it loaded,
-it reads which models are current (one query) and loads only the ones it does not hold yet.
+ANOMALY_MODEL_CHECK_SECONDS with one Redis GET of `anomaly:model_generation`, a random token
+the training task sets anew after it commits a model (a token, not a counter: a counter that
+Redis lost would count 1, 2, … again and match what a process already holds); when the token
+differs from the one it loaded, it reads which models are current (one query) and loads only the
+ones it does not hold yet.
 A process whose tenants have no model holds an empty dict.
 
 A model is stored as plain numbers (JSON: the robust location and precision matrix), never as
@@ -17,6 +19,7 @@ import hashlib
 import json
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -67,7 +70,7 @@ class LoadedModel:
 def announce_new_models() -> None:
     """Tell every process's cache that the current models changed (call after the commit)."""
     try:
-        state_redis().incr(GENERATION_KEY)
+        state_redis().set(GENERATION_KEY, uuid.uuid4().hex)
     except RedisError as exc:
         log.warning(
             "could not announce a new anomaly model; processes load it after their next reload",
