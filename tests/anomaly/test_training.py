@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
@@ -144,3 +145,23 @@ def test_train_models_shows_each_step_and_why_a_model_was_kept(capsys, redis_cli
 
     with pytest.raises(CommandError, match="no tenant named 'initech'"):
         call_command("train_models", "--tenant", "initech")
+
+
+def test_a_run_stopped_by_the_soft_time_limit_keeps_the_previous_model_and_says_so():
+    rng = np.random.default_rng(4)
+    tenant, devices = sensors("acme")
+    store(devices, normal(rng, 600))
+    train([tenant])
+
+    def time_is_up(progress: Progress) -> None:
+        # Celery raises it in the task wherever it is when the soft limit passes: here, fitting.
+        if progress.stage == "fitting":
+            raise SoftTimeLimitExceeded()
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        train([tenant], report=time_is_up)
+
+    last = TrainingRun.objects.filter(tenant=tenant).order_by("-pk").first()
+    assert last.outcome == TrainingRun.Outcome.FAILED
+    assert "soft time limit; model v1 stays in use" in last.reason
+    assert AnomalyModel.objects.get(tenant=tenant, is_current=True).version == 1
