@@ -119,6 +119,7 @@ INSTALLED_APPS = [
     "apps.devices",
     "apps.alerts",
     "apps.notifications",
+    "apps.anomaly",
     "apps.mqtt",
     "apps.noc",
     "apps.monitoring",
@@ -538,6 +539,33 @@ EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "intelliwiz@localhost")
 # Where the file backend (django.core.mail.backends.filebased.EmailBackend) writes messages.
 EMAIL_FILE_PATH = Path(env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail")))
+# --- Anomaly detection (apps/anomaly, docs/anomaly.md) ---------------------------------------
+
+# A model per tenant and device kind learns from the telemetry received in this many days.
+ANOMALY_TRAINING_DAYS = env_int("ANOMALY_TRAINING_DAYS", 28, minimum=1)
+# Fewer complete readings than this keep the previous model; at most this many (the newest) are
+# read: memory and time grow with it (ml_training's 4-hour limit).
+ANOMALY_MIN_SAMPLES = env_int("ANOMALY_MIN_SAMPLES", 500, minimum=10)
+ANOMALY_MAX_SAMPLES = env_int("ANOMALY_MAX_SAMPLES", 200_000, minimum=100)
+if ANOMALY_MAX_SAMPLES < ANOMALY_MIN_SAMPLES:
+    raise ImproperlyConfigured(
+        f"ANOMALY_MAX_SAMPLES={ANOMALY_MAX_SAMPLES} is below "
+        f"ANOMALY_MIN_SAMPLES={ANOMALY_MIN_SAMPLES}: no model could ever be trained"
+    )
+# Share of readings lacking a feature beyond which the data is refused as unfit.
+ANOMALY_MAX_INCOMPLETE_SHARE = env_float("ANOMALY_MAX_INCOMPLETE_SHARE", 0.5)
+# Share of training readings scoring at or above the threshold: set it to at least the share of
+# anomalies expected in the training data (below it, the weaker anomalies pass unflagged); on
+# clean data it is about the false positive rate.
+ANOMALY_CONTAMINATION = env_float("ANOMALY_CONTAMINATION", 0.02)
+for _name, _share in (
+    ("ANOMALY_MAX_INCOMPLETE_SHARE", ANOMALY_MAX_INCOMPLETE_SHARE),
+    ("ANOMALY_CONTAMINATION", ANOMALY_CONTAMINATION),
+):
+    if not 0 < _share < 1:
+        raise ImproperlyConfigured(f"{_name}={_share:g} must be between 0 and 1")
+# Each worker looks for a newly trained model at most this often (one Redis GET).
+ANOMALY_MODEL_CHECK_SECONDS = env_float("ANOMALY_MODEL_CHECK_SECONDS", 5.0)
 
 # --- HTTP / the local stack (make run) ---------------------------------------------------------
 

@@ -113,6 +113,8 @@ os.environ.update(
         # E-mail as files the tests read (the worker that sends it is another process).
         "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
         "EMAIL_FILE_PATH": str(SCRATCH / "mail"),
+        # Workers look for a newly trained anomaly model this often (apps/anomaly/registry.py).
+        "ANOMALY_MODEL_CHECK_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
     }
 )

@@ -28,10 +28,11 @@ class AlertType(models.TextChoices):
     GEOFENCE_VIOLATION = "GEOFENCE_VIOLATION", "Geofence violation"
     OFFLINE = "OFFLINE", "Device offline"
     SYSTEM_HEALTH = "SYSTEM_HEALTH", "System resources"
+    ANOMALY = "ANOMALY", "Anomalous readings"
 
 
 # What a device may report on `alert/<id>/<kind>`; the other types are raised by the system's
-# own rules (battery, geofences, presence, resources).
+# own rules (battery, geofences, presence, resources, anomaly models).
 DEVICE_ALERT_TYPES = (
     AlertType.PANIC,
     AlertType.SOS,

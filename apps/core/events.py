@@ -31,6 +31,7 @@ class EventType(StrEnum):
     TELEMETRY_UPDATE = "telemetry_update"
     DEVICE_STATUS = "device_status"
     TASK_PROGRESS = "task_progress"
+    ANOMALY_DETECTED = "anomaly_detected"
 
 
 @dataclass(frozen=True)

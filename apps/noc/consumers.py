@@ -473,6 +473,10 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         if wanted:
             await self._send_frame("device_status", f'{{"devices": [{", ".join(wanted)}]}}')
 
+    async def anomaly_detected(self, event: dict[str, Any]) -> None:
+        if self._alert_wanted(event["data"]):
+            await self._send_frame("anomaly_detected", _event_json(event))
+
     async def task_progress(self, event: dict[str, Any]) -> None:
         if self.filters is not None:
             await self._send_frame("task_progress", _event_json(event))

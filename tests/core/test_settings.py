@@ -76,6 +76,7 @@ def test_an_invalid_fernet_key_is_named():
         ("JWT_SIGNING_KEY", "short-key", "JWT_SIGNING_KEY is 9 characters; use at least 32"),
         ("MONITORING_API_KEY", "x" * 31, "MONITORING_API_KEY is 31 characters; use at least 32"),
         ("TRUSTED_PROXIES", "nginx", "TRUSTED_PROXIES: 'nginx' is not an IP address or network"),
+        ("ANOMALY_CONTAMINATION", "5", "ANOMALY_CONTAMINATION=5 must be between 0 and 1"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(variable: str, value: str, message: str):

@@ -140,6 +140,8 @@ PRUNE_EXPIRED_TOKENS: Final = "apps.noc.tasks.prune_expired_tokens"
 DISPATCH_NOTIFICATIONS: Final = "apps.notifications.tasks.dispatch_notifications"
 DELIVER_NOTIFICATION: Final = "apps.notifications.tasks.deliver_notification"
 FLUSH_NOTIFICATION_DIGESTS: Final = "apps.notifications.tasks.flush_notification_digests"
+# Runs for up to ML_TRAINING's time limits; acks_late=False: at most once (see the note below).
+TRAIN_ANOMALY_MODELS: Final = "apps.anomaly.tasks.train_anomaly_models"
 # The health canary: a tiny task sent to each queue at top priority; the worker that runs it
 # records when, so health can tell a queue that is consumed from one whose worker merely answers.
 CANARY_TASK: Final = "apps.monitoring.tasks.canary"
@@ -164,6 +166,7 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     DISPATCH_NOTIFICATIONS: EXTERNAL_API,
     DELIVER_NOTIFICATION: EXTERNAL_API,
     FLUSH_NOTIFICATION_DIGESTS: EXTERNAL_API,
+    TRAIN_ANOMALY_MODELS: ML_TRAINING,
 }
 TASK_MODULES: Final = sorted({name.rpartition(".")[0] for name in TASK_QUEUES})
 
@@ -238,6 +241,8 @@ BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
     "flush-notification-digests": {"task": FLUSH_NOTIFICATION_DIGESTS, "schedule": 15.0},
     # Every refresh records its new token (apps/noc/auth.py): forget them once expired.
     "prune-expired-tokens": {"task": PRUNE_EXPIRED_TOKENS, "schedule": 3600.0},
+    # Every tenant's anomaly models, weekly, from the readings of ANOMALY_TRAINING_DAYS.
+    "train-anomaly-models": {"task": TRAIN_ANOMALY_MODELS, "schedule": 7 * 86400.0},
     **{
         f"health-canary-{queue.name}": {
             "task": CANARY_TASK,

@@ -1,7 +1,9 @@
-"""device/<id>/telemetry: store readings, keep device state, LOW_BATTERY on and off.
+"""device/<id>/telemetry: store readings, keep device state, LOW_BATTERY on and off, ANOMALY.
 
 The battery rule runs over the batch: each device's latest reading decides, and the alerts it
-raises or clears are found and written for all devices at once (apps/alerts/services.py).
+raises or clears are found and written for all devices at once (apps/alerts/services.py). Every
+reading is scored with its tenant and device kind's anomaly model, if it has one
+(apps/anomaly/scoring.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from django.conf import settings
 
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, settle_alerts
+from apps.anomaly import scoring
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
 from apps.devices.models import Device, TelemetryReading
@@ -23,17 +26,18 @@ def process(batch: DeviceBatch) -> list[Event]:
     events: list[Event] = []
     rows: list[dict[str, Any]] = []
     latest: dict[str, tuple[Any, TelemetryPayload]] = {}
+    scored: list[scoring.Reading] = []
     for envelope in batch.messages:
         payload = TelemetryPayload.model_validate(envelope.payload)
-        rows.append(
-            {
-                **reading_fields(batch, envelope, payload.timestamp),
-                "battery": payload.battery,
-                "signal": payload.signal,
-                "temperature": payload.temperature,
-                "connectivity": payload.connectivity or "",
-            }
-        )
+        row = {
+            **reading_fields(batch, envelope, payload.timestamp),
+            "battery": payload.battery,
+            "signal": payload.signal,
+            "temperature": payload.temperature,
+            "connectivity": payload.connectivity or "",
+        }
+        rows.append(row)
+        scored.append((batch.device(envelope), row))
         current = latest.get(envelope.source_id)
         if current is None or payload.timestamp >= current[0]:
             latest[envelope.source_id] = (payload.timestamp, payload)
@@ -69,5 +73,6 @@ def process(batch: DeviceBatch) -> list[Event]:
             "recorded_at": recorded_at.isoformat(),
         }
     events.extend(settle_alerts(AlertType.LOW_BATTERY, low, recovered))
+    events.extend(scoring.detect(scored))
     events.extend(telemetry_updates(updates, batch))
     return events
