@@ -179,7 +179,7 @@ def test_the_subscriber_the_acl_and_the_routes_follow_the_topic_table():
     from apps.mqtt.subscriber import ALLOWED_TOPIC_PREFIXES
     from apps.mqtt.topics import TOPIC_KINDS
 
-    assert list(ALLOWED_TOPIC_PREFIXES) == [kind.prefix for kind in TOPIC_KINDS]
+    assert list(ALLOWED_TOPIC_PREFIXES) == list(dict.fromkeys(kind.prefix for kind in TOPIC_KINDS))
     acl = render_acl("app-account", [(f"dev-{kind}", kind) for kind in Device.Kind])
     for kind in TOPIC_KINDS:
         assert kind.task in TASK_QUEUES, f"{kind.name}'s task has no queue in celery_settings"
