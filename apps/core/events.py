@@ -30,6 +30,7 @@ class EventType(StrEnum):
     TELEMETRY_UPDATE = "telemetry_update"
     DEVICE_STATUS = "device_status"
     TASK_PROGRESS = "task_progress"
+    COMMAND_UPDATED = "command_updated"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Final
 
 from apps.alerts.models import AlertType
 from apps.core.tasks.celery_settings import (
+    PROCESS_COMMAND_ACKS,
     PROCESS_DEVICE_ALERTS,
     PROCESS_DEVICE_TELEMETRY,
     PROCESS_GUARD_GPS,
@@ -31,7 +32,7 @@ from apps.core.tasks.celery_settings import (
 )
 from apps.devices.models import DEVICE_ID_RULE, Device, is_device_id, word_pattern, word_rule
 from apps.mqtt import schemas
-from apps.mqtt.consumers import alerts, gps, sensor, system_health, telemetry
+from apps.mqtt.consumers import alerts, command_ack, gps, sensor, system_health, telemetry
 from apps.mqtt.consumers.base import Consumer
 
 MAX_SEGMENT = 32
@@ -124,6 +125,17 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         schema=schemas.TelemetryPayload,
         consumer=telemetry.process,
         task=PROCESS_DEVICE_TELEMETRY,
+        immediate=False,
+        registers_as=Device.Kind.OTHER,
+        published_by=EVERY_KIND,
+    ),
+    TopicKind(
+        name="command_ack",
+        prefix="device/",  # beside telemetry: rows of one prefix differ by their segments
+        segments=frozenset({"command_ack"}),
+        schema=schemas.CommandAckPayload,
+        consumer=command_ack.process,
+        task=PROCESS_COMMAND_ACKS,
         immediate=False,
         registers_as=Device.Kind.OTHER,
         published_by=EVERY_KIND,

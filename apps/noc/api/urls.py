@@ -1,4 +1,4 @@
-"""`/api/`: tokens, alerts, devices, readings, and the OpenAPI schema describing them."""
+"""`/api/`: tokens, alerts, devices, readings, device commands, and the OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from rest_framework_simplejwt.views import (
 )
 
 from apps.core.client_address import client_address
-from apps.noc.api.views import AlertViewSet, DeviceViewSet
+from apps.noc.api.views import AlertViewSet, CommandViewSet, DeviceViewSet
 from apps.noc.logins import lockout_response
 
 app_name = "api"
@@ -25,6 +25,7 @@ app_name = "api"
 router = DefaultRouter()
 router.register("alerts", AlertViewSet, basename="alert")
 router.register("devices", DeviceViewSet, basename="device")
+router.register("commands", CommandViewSet, basename="command")
 
 
 class ClientAddressRateThrottle(ScopedRateThrottle):
