@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from apps.core.outbox import broadcast_on_commit
-from apps.devices.commands import cancel, check_command, queue_command
+from apps.devices.commands import cancel, queue_command
 from apps.devices.models import Device, DeviceCommand
 from apps.tenants.models import User
 
@@ -27,7 +27,6 @@ def tenant_commands(tenant_id: int | None) -> QuerySet[DeviceCommand]:
 def send_command(
     user: User, device: Device, name: str, params: Any, ttl_seconds: int | None
 ) -> DeviceCommand:
-    check_command(name, params, ttl_seconds)
     with transaction.atomic():
         command, event = queue_command(device, name, params, ttl_seconds=ttl_seconds, by=user)
         broadcast_on_commit([event])
