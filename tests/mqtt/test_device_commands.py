@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from django.utils import timezone
-from paho.mqtt.enums import CallbackAPIVersion
 from rest_framework.test import APIClient
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -24,43 +21,11 @@ from apps.devices.models import CommandStatus, Device, DeviceCommand
 from apps.noc.auth import issue_access_token
 from tests import environment
 from tests.factories import create_tenant_with_devices, operator, payload, telemetry
-from tests.services import Service, metric, mqtt_publish, wait_for
+from tests.services import DeviceClient, Service, metric, mqtt_publish, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 IGNORED = "device_command_acks_ignored_total"
-
-
-class DeviceClient:
-    """A device: a real MQTT client subscribed to command/<id>/#, which answers on
-    device/<id>/command_ack as the protocol says (docs/commands.md)."""
-
-    def __init__(self, device_id: str) -> None:
-        self.device_id = device_id
-        self.commands: list[tuple[str, dict[str, Any]]] = []
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device_id}-test")
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.on_message = lambda c, u, m: self.commands.append(
-            (m.topic, json.loads(m.payload))
-        )
-        self.client.connect("127.0.0.1", environment.MQTT_PORT)
-        self.client.subscribe(f"command/{device_id}/#", qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10), "the device's subscription was not acknowledged"
-
-    def received(self, count: int = 1) -> list[tuple[str, dict[str, Any]]]:
-        wait_for(lambda: len(self.commands) >= count, timeout=20, what="a command on the device")
-        return self.commands
-
-    def answer(self, command_id: str, result: str, detail: str = "") -> None:
-        body = payload(command_id=command_id, result=result, detail=detail)
-        info = self.client.publish(f"device/{self.device_id}/command_ack", body, qos=1)
-        info.wait_for_publish(timeout=10)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def websocket(port: int, token: str) -> Any:
@@ -125,8 +90,8 @@ def test_a_command_reaches_the_device_its_answers_finish_it_and_only_its_tenant_
     globex = create_tenant_with_devices("globex", "door-9")
     alice_token = issue_access_token(operator(acme, "alice", password=None))
     bob_token = issue_access_token(operator(globex, "bob", password=None))
-    door = DeviceClient("door-7")
-    intruder = DeviceClient("door-9")
+    door = DeviceClient("door-7", environment.MQTT_PORT)
+    intruder = DeviceClient("door-9", environment.MQTT_PORT)
     before = ignored()
 
     async def scenario() -> tuple[str, Stream, Stream, dict[str, Any]]:
@@ -261,7 +226,7 @@ def test_a_command_to_an_offline_device_waits_until_the_device_is_heard_from_aga
         status=Device.Status.OFFLINE, last_seen=timezone.now() - timedelta(hours=1)
     )
     [external_api] = [w for w in all_queue_workers if w.name == "celery-external_api"]
-    door = DeviceClient("door-7")
+    door = DeviceClient("door-7", environment.MQTT_PORT)
     api = APIClient()
     api.force_authenticate(alice)
     try:
