@@ -48,8 +48,8 @@ MAX_TTL_SECONDS = 86400
 # A worker's publish takes at most the downlink's connect and publish timeouts (5 s each): while
 # one may be on the wire, a QUEUED command is not cancelled (it could reach the device anyway).
 PUBLISH_WINDOW_SECONDS = 15
-# The sweep sends again a QUEUED command of a reachable device left unattempted this long (its
-# first send was lost: Redis down at commit, retries given up while the broker was down).
+# The sweep sends again a QUEUED command of a reachable device left unattempted this long, with
+# no retry planned (its sending was lost: Redis down at commit, a worker that died).
 SEND_AGAIN_AFTER_SECONDS = 60
 
 PENDING = (CommandStatus.QUEUED, CommandStatus.SENT, CommandStatus.DELIVERED)
@@ -266,6 +266,7 @@ def left_waiting(now: datetime, limit: int = 500) -> list[UUID]:
         )
         .exclude(device__status=Device.Status.OFFLINE)
         .exclude(attempted_at__gte=long_ago)
+        .exclude(retry_at__gte=long_ago)  # a retry is planned, or was due only just now
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]
     )

@@ -261,6 +261,8 @@ class DeviceCommand(models.Model):
     # When a worker last began to publish it: it may not be cancelled while that may be on the
     # wire, and the sweep sends it again only long after (apps/devices/commands.py).
     attempted_at = models.DateTimeField(null=True, blank=True)
+    # When the worker's next try is due after a failed publish: the sweep leaves it to that try.
+    retry_at = models.DateTimeField(null=True, blank=True)
     result_detail = models.TextField(blank=True)
 
     class Meta:

@@ -10,7 +10,7 @@ ran out and sends those left waiting (their first sending was lost).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -56,8 +56,8 @@ def _claim(command_id: str, now: datetime) -> DeviceCommand | None:
             return None
         if commands.being_published(command, now):
             return None
-        command.attempted_at = now
-        command.save(update_fields=["attempted_at"])
+        command.attempted_at, command.retry_at = now, None
+        command.save(update_fields=["attempted_at", "retry_at"])
     return command
 
 
@@ -92,14 +92,18 @@ def send_device_command(self: Task[Any, Any], command_id: str) -> str:
             )
         )
     except (CircuitOpenError, DownlinkError) as exc:
-        # It may be cancelled again; the retry claims it anew.
-        DeviceCommand.objects.filter(pk=command.pk).update(attempted_at=None)
         delay = (
             breaker.reset_timeout
             if isinstance(exc, CircuitOpenError)
             else retry_delay(self.request.retries)
         )
-        if (command.expires_at - timezone.now()).total_seconds() <= delay:
+        now = timezone.now()
+        will_retry = (command.expires_at - now).total_seconds() > delay
+        # Not on the wire: it may be cancelled at once. The sweep leaves a planned retry alone.
+        DeviceCommand.objects.filter(pk=command.pk).update(
+            attempted_at=None, retry_at=now + timedelta(seconds=delay) if will_retry else None
+        )
+        if not will_retry:
             log.warning(
                 "device command not sent; it expires before the next try",
                 command_id=command_id,
