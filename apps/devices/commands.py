@@ -167,7 +167,9 @@ def _event(command: DeviceCommand, step: DeviceCommandTransition) -> Event:
 def queue_command(
     device: Device, name: str, params: dict[str, Any], *, ttl_seconds: int | None, by: User | None
 ) -> tuple[DeviceCommand, Event]:
-    """A new QUEUED command to `device`, sent once the caller's transaction commits."""
+    """A new QUEUED command to `device` and its event. The caller broadcasts the event and
+    then asks for the sending (`send_on_commit`), in that order: on_commit callbacks run in
+    order, so QUEUED reaches the NOC before the worker can announce SENT."""
     check_command(name, params, ttl_seconds)
     ttl = ttl_seconds or settings.DEVICE_COMMAND_TTL_SECONDS
     command = DeviceCommand.objects.create(
@@ -181,7 +183,6 @@ def queue_command(
     step = DeviceCommandTransition.objects.create(
         command=command, to_status=CommandStatus.QUEUED, by=by, note=f"time to live {ttl} s"
     )
-    send_on_commit([command.pk])
     return command, _event(command, step)
 
 

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from apps.core.outbox import broadcast_on_commit
-from apps.devices.commands import cancel, queue_command
+from apps.devices.commands import cancel, queue_command, send_on_commit
 from apps.devices.models import Device, DeviceCommand
 from apps.tenants.models import User
 
@@ -30,6 +30,7 @@ def send_command(
     with transaction.atomic():
         command, event = queue_command(device, name, params, ttl_seconds=ttl_seconds, by=user)
         broadcast_on_commit([event])
+        send_on_commit([command.pk])  # after: QUEUED must leave before the worker's SENT
     return command
 
 
