@@ -1,9 +1,9 @@
 """Device commands and their lifecycle (the states and their AWS IoT Jobs and ThingsBoard RPC
 names: docs/commands.md).
 
-    QUEUED ──▶ SENT ──▶ DELIVERED ──▶ SUCCEEDED | FAILED
-      │          └──────────┴──────▶ EXPIRED (its TTL ran out)
-      └──▶ CANCELLED (by an operator)
+    QUEUED ──▶ SENT ──▶ DELIVERED ──▶ SUCCEEDED | FAILED   (a device may answer early)
+    QUEUED, SENT or DELIVERED ──▶ EXPIRED   (its TTL ran out first)
+    QUEUED ──▶ CANCELLED   (by an operator)
 
 The rules a command must meet (name, parameters, TTL) are written here only: the REST API, the
 WebSocket and the downlink all check with `check_command`. Each function that changes a command
