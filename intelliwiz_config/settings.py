@@ -370,6 +370,7 @@ SPECTACULAR_SETTINGS = {
         "AlertTypeEnum": "apps.alerts.models.AlertType",
         "NotificationKindEnum": "apps.notifications.models.Kind",
         "DeviceKindEnum": "apps.devices.models.Device.Kind",
+        "CommandStatusEnum": "apps.devices.models.CommandStatus",
     },
 }
 
@@ -473,6 +474,12 @@ if DEVICE_AUTO_REGISTER and not DEVICE_AUTO_REGISTER_TENANT:
 # --- Processing ---------------------------------------------------------------------------
 
 DEVICE_OFFLINE_AFTER = env_int("DEVICE_OFFLINE_AFTER", 300, minimum=10)
+# A device command's time to live when the operator names none (apps/devices/commands.py).
+DEVICE_COMMAND_TTL_SECONDS = env_int("DEVICE_COMMAND_TTL_SECONDS", 300, minimum=1)
+if DEVICE_COMMAND_TTL_SECONDS > 86400:
+    raise ImproperlyConfigured(
+        f"DEVICE_COMMAND_TTL_SECONDS={DEVICE_COMMAND_TTL_SECONDS} must be at most 86400 (a day)"
+    )
 LOW_BATTERY_PERCENT = env_float("LOW_BATTERY_PERCENT", 20.0)
 SYSTEM_RESOURCE_ALERT_PERCENT = env_float("SYSTEM_RESOURCE_ALERT_PERCENT", 90.0)
 SMOKE_ALARM_THRESHOLD = env_float("SMOKE_ALARM_THRESHOLD", 100.0)

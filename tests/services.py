@@ -14,14 +14,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import psutil
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.environment import REDIS_PASSWORD, free_port, redis_url
 
@@ -268,6 +272,45 @@ def publish_until_acknowledged(
                 resent += 1
                 wait_for(lambda: port_open(port), timeout=60, what=f"the broker on port {port}")
     return resent
+
+
+class DeviceClient:
+    """A device: a real MQTT client subscribed to command/<id>/#, which answers on
+    device/<id>/command_ack as the protocol says (docs/commands.md)."""
+
+    def __init__(self, device_id: str, port: int, host: str = "127.0.0.1") -> None:
+        self.device_id = device_id
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device_id}-test")
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.on_message = lambda c, u, m: self.commands.append(
+            (m.topic, json.loads(m.payload))
+        )
+        self.client.connect(host, port)
+        self.client.subscribe(f"command/{device_id}/#", qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the device's subscription was not acknowledged"
+
+    def received(self, count: int = 1) -> list[tuple[str, dict[str, Any]]]:
+        wait_for(lambda: len(self.commands) >= count, timeout=20, what="a command on the device")
+        return self.commands
+
+    def answer(self, command_id: str, result: str, detail: str = "") -> None:
+        body = json.dumps(
+            {
+                "command_id": command_id,
+                "result": result,
+                "detail": detail,
+                "timestamp": datetime.now(tz=UTC).isoformat(),
+            }
+        )
+        info = self.client.publish(f"device/{self.device_id}/command_ack", body, qos=1)
+        info.wait_for_publish(timeout=10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 # --- `make run`'s whole stack (manage.py runstack) -----------------------------------------

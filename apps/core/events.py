@@ -32,6 +32,7 @@ class EventType(StrEnum):
     DEVICE_STATUS = "device_status"
     TASK_PROGRESS = "task_progress"
     ANOMALY_DETECTED = "anomaly_detected"
+    COMMAND_UPDATED = "command_updated"
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,14 @@ NOC_EVENTS_DROPPED = Counter(
 
 # --- Outbound calls -----------------------------------------------------------------------
 
+DEVICE_COMMAND_ACKS_IGNORED = Counter(
+    "device_command_acks_ignored_total",
+    "Device answers on device/<id>/command_ack that changed nothing, by reason (unknown_command: "
+    "no such command id; other_device: the command is another device's; duplicate: it was "
+    "answered already; too_late: it had expired or been cancelled)",
+    ["reason"],
+)
+
 CIRCUIT_BREAKER_TRANSITIONS = Counter(
     "circuit_breaker_transitions_total",
     "Circuit breaker state changes, by service and new state",

@@ -1,6 +1,8 @@
+from typing import Any
+
 from django.contrib import admin
 
-from apps.devices.models import Device, Geofence, Guard
+from apps.devices.models import Device, DeviceCommand, DeviceCommandTransition, Geofence, Guard
 
 
 @admin.register(Device)
@@ -21,3 +23,30 @@ class GuardAdmin(admin.ModelAdmin[Guard]):
 class GeofenceAdmin(admin.ModelAdmin[Geofence]):
     list_display = ["name", "tenant", "shape", "active"]
     list_filter = ["tenant", "shape", "active"]
+
+
+class DeviceCommandTransitionInline(admin.TabularInline[DeviceCommandTransition, DeviceCommand]):
+    model = DeviceCommandTransition
+    extra = 0
+    can_delete = False
+    readonly_fields = ["from_status", "to_status", "by", "at", "note"]
+
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(DeviceCommand)
+class DeviceCommandAdmin(admin.ModelAdmin[DeviceCommand]):
+    """Read only: a command moves through its states by its lifecycle (apps/devices/commands.py),
+    never by an edit."""
+
+    list_display = ["id", "name", "device", "tenant", "status", "created_at", "expires_at"]
+    list_filter = ["tenant", "status"]
+    search_fields = ["id", "name", "device__device_id"]
+    inlines = [DeviceCommandTransitionInline]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -223,3 +224,73 @@ class SystemHealthSample(Reading):
 
     class Meta(Reading.Meta):
         indexes = [models.Index(fields=["device", "recorded_at"])]
+
+
+class CommandStatus(models.TextChoices):
+    """A device command's states (the lifecycle and its mapping to AWS IoT Jobs and ThingsBoard
+    RPC: docs/commands.md). QUEUED → SENT → DELIVERED → SUCCEEDED | FAILED; any of the first
+    three → EXPIRED at its TTL; QUEUED → CANCELLED by an operator."""
+
+    QUEUED = "QUEUED", "Queued"
+    SENT = "SENT", "Sent (the broker took it)"
+    DELIVERED = "DELIVERED", "Delivered (the device has it)"
+    SUCCEEDED = "SUCCEEDED", "Succeeded"
+    FAILED = "FAILED", "Failed"
+    EXPIRED = "EXPIRED", "Expired"
+    CANCELLED = "CANCELLED", "Cancelled"
+
+
+class DeviceCommand(models.Model):
+    """A command an operator sent to a device; its id is the `command_id` the device answers
+    with (apps/devices/commands.py has its lifecycle)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
+    name = models.CharField(max_length=32)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=10, choices=CommandStatus.choices, default=CommandStatus.QUEUED
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expires_at = models.DateTimeField()
+    # When a worker last began to publish it: it may not be cancelled while that may be on the
+    # wire, and the sweep sends it again only long after (apps/devices/commands.py).
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    # When the worker's next try is due after a failed publish: the sweep leaves it to that try.
+    retry_at = models.DateTimeField(null=True, blank=True)
+    result_detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["device", "status"]),
+            models.Index(fields=["status", "expires_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} to {self.device_id} ({self.status})"
+
+
+class DeviceCommandTransition(models.Model):
+    """One change of a command's state: who (empty for the system or the device), when, why."""
+
+    command = models.ForeignKey(DeviceCommand, on_delete=models.CASCADE, related_name="transitions")
+    from_status = models.CharField(max_length=10, choices=CommandStatus.choices, blank=True)
+    to_status = models.CharField(max_length=10, choices=CommandStatus.choices)
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    at = models.DateTimeField(auto_now_add=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '—'} → {self.to_status}"

@@ -166,7 +166,7 @@ def readers_by_prefix(statuses: list[SubscriberStatus]) -> dict[str, int]:
     for status in statuses:
         if not status.connected:
             continue
-        for kind in TOPIC_KINDS:
-            if status.kinds is None or kind.name in status.kinds:
-                readers[kind.prefix] += 1
+        read = {k.prefix for k in TOPIC_KINDS if status.kinds is None or k.name in status.kinds}
+        for prefix in read:
+            readers[prefix] += 1
     return readers

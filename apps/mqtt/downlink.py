@@ -6,7 +6,6 @@ Publish errors are raised, never swallowed, so the circuit breaker sees them.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from typing import Any
 
@@ -14,6 +13,8 @@ import paho.mqtt.client as mqtt
 import structlog
 from django.conf import settings
 
+from apps.devices.commands import CommandRefused
+from apps.devices.commands import check_command as check_command_rules
 from apps.devices.models import is_device_id
 from apps.mqtt.client import app_client
 
@@ -23,22 +24,18 @@ COMMAND_TOPIC = "command/{device_id}/{command}"
 PUBLISH_TIMEOUT_SECONDS = 5.0
 
 
-COMMAND_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
-
-
 class DownlinkError(Exception):
     pass
 
 
-class InvalidCommandError(ValueError):
-    """A command that can never be sent (no retry helps)."""
+# A command that can never be sent (no retry helps); its rules are apps/devices/commands.py's.
+InvalidCommandError = CommandRefused
 
 
-def check_command(device_id: str, command: str) -> None:
+def check_command(device_id: str, command: str, params: dict[str, Any] | None = None) -> None:
     if not is_device_id(device_id):
         raise InvalidCommandError(f"not a device id: {device_id!r}")
-    if not COMMAND_PATTERN.fullmatch(command):
-        raise InvalidCommandError(f"command must be 1-32 letters, digits, _ or -: {command!r}")
+    check_command_rules(command, params if params is not None else {})
 
 
 class Downlink:
@@ -72,12 +69,21 @@ class Downlink:
         return client
 
     def publish(
-        self, device_id: str, command: str, params: dict[str, Any], command_id: str
+        self,
+        device_id: str,
+        command: str,
+        params: dict[str, Any],
+        command_id: str,
+        expires_at: str | None = None,
     ) -> None:
-        """Publish a command; `command_id` lets the device ignore a retried duplicate."""
-        check_command(device_id, command)
+        """Publish a command; `command_id` lets the device ignore a retried duplicate, and
+        answer on device/<id>/command_ack (docs/commands.md)."""
+        check_command(device_id, command, params)
         topic = COMMAND_TOPIC.format(device_id=device_id, command=command)
-        body = json.dumps({"command": command, "command_id": command_id, "params": params})
+        message = {"command": command, "command_id": command_id, "params": params}
+        if expires_at is not None:
+            message["expires_at"] = expires_at
+        body = json.dumps(message)
         with self._lock:
             info = self._connected_client().publish(topic, body, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:

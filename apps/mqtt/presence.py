@@ -21,6 +21,7 @@ from apps.core.events import Event
 from apps.core.outbox import broadcast_on_commit
 from apps.core.redis_client import state_redis
 from apps.core.tasks.celery_settings import DETECT_OFFLINE_DEVICES
+from apps.devices.commands import send_on_commit, waiting_for
 from apps.devices.models import Device
 from apps.devices.services import status_events
 
@@ -28,9 +29,9 @@ log = structlog.get_logger(__name__)
 
 
 def mark_seen(seen: list[tuple[Device, datetime]]) -> list[Event]:
-    """Record that devices were heard from: a new device is ONLINE, an OFFLINE one is back
-    and its alert cleared. The caller writes the devices' changed fields and announces their
-    new status (consumers/base.py)."""
+    """Record that devices were heard from: a new device is ONLINE, an OFFLINE one is back,
+    its alert cleared and the commands that waited for it sent. The caller writes the devices'
+    changed fields and announces their new status (consumers/base.py)."""
     back: list[tuple[Device, str]] = []
     for device, at in seen:
         if device.last_seen is not None and at <= device.last_seen:
@@ -41,6 +42,8 @@ def mark_seen(seen: list[tuple[Device, datetime]]) -> list[Event]:
         elif device.status == Device.Status.OFFLINE:
             device.status = Device.Status.ONLINE
             back.append((device, "device reported again"))
+    if back:
+        send_on_commit(waiting_for(device for device, _ in back))
     return clear_alerts(AlertType.OFFLINE, back)
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final
+from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from apps.alerts.models import DEVICE_ALERT_TYPES, AlertType, Severity
+from apps.devices.commands import CommandResult
 
 # "'PANIC', 'SOS', … or 'EQUIPMENT_FAILURE'", as pydantic words a choice of literals.
 _DEVICE_ALERT_NAMES = " or ".join(
@@ -141,3 +143,29 @@ class SystemHealthPayload(DevicePayload):
     memory: Percent | None = None
     disk: Percent | None = None
     uptime: int | None = Field(default=None, ge=0, le=INT64_MAX)
+
+
+class CommandAckPayload(DevicePayload):
+    """A device's answer to a command it was sent (apps/devices/commands.py)."""
+
+    command_id: UUID
+    result: CommandResult
+    detail: str = Field(default="", max_length=1000)
+
+    @field_validator("command_id", mode="before")
+    @classmethod
+    def _uuid(cls, value: Any) -> Any:
+        # pydantic's own message quotes the offending character, unprintable ones included.
+        if isinstance(value, str):
+            try:
+                return UUID(value)
+            except ValueError:
+                raise PydanticCustomError(
+                    "uuid_parsing", "Input should be the command's id, a UUID (8-4-4-4-12 hex)"
+                ) from None
+        return value
+
+    @field_validator("result", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value

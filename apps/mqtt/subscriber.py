@@ -141,16 +141,16 @@ class SubscriberConfig:
         """Each of the lane's prefixes' filter and options. Retained messages are not sent on
         subscribing: they were delivered live when published, and every reconnect would replay
         them."""
+        prefixes = dict.fromkeys(kind.prefix for kind in TOPIC_KINDS if self.lane.reads(kind))
         return [
             (
-                self._filter(kind.prefix),
+                self._filter(prefix),
                 SubscribeOptions(
-                    qos=ALLOWED_TOPIC_PREFIXES[kind.prefix],
+                    qos=ALLOWED_TOPIC_PREFIXES[prefix],
                     retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
                 ),
             )
-            for kind in TOPIC_KINDS
-            if self.lane.reads(kind)
+            for prefix in prefixes  # one each: rows of a prefix share it (topics.py)
         ]
 
     def every_filter(self) -> set[str]:

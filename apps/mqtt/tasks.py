@@ -37,8 +37,10 @@ PROCESSING_TASKS: dict[str, BusTask] = {kind.name: _processing_task(kind) for ki
 def publish_device_command(
     self: Task[Any, Any], device_id: str, command: str, params: dict[str, Any] | None = None
 ) -> None:
-    """Send a command to a device, through the `mqtt_broker` circuit breaker."""
-    check_command(device_id, command)  # a bad command is refused, not retried
+    """Send a command to a device, through the `mqtt_broker` circuit breaker, and keep nothing:
+    the runbook's probe of the downlink. Operators' commands are stored and followed through
+    their states: apps/mqtt/commands.py."""
+    check_command(device_id, command, params)  # a bad command is refused, not retried
     breaker = CircuitBreaker(MQTT_BROKER)
     command_id = str(self.request.id)
     try:

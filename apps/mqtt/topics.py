@@ -23,6 +23,7 @@ from typing import Final
 
 from apps.alerts.models import AlertType
 from apps.core.tasks.celery_settings import (
+    PROCESS_COMMAND_ACKS,
     PROCESS_DEVICE_ALERTS,
     PROCESS_DEVICE_TELEMETRY,
     PROCESS_GUARD_GPS,
@@ -31,7 +32,7 @@ from apps.core.tasks.celery_settings import (
 )
 from apps.devices.models import DEVICE_ID_RULE, Device, is_device_id, word_pattern, word_rule
 from apps.mqtt import schemas
-from apps.mqtt.consumers import alerts, gps, sensor, system_health, telemetry
+from apps.mqtt.consumers import alerts, command_ack, gps, sensor, system_health, telemetry
 from apps.mqtt.consumers.base import Consumer
 
 MAX_SEGMENT = 32
@@ -129,6 +130,17 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         published_by=EVERY_KIND,
     ),
     TopicKind(
+        name="command_ack",
+        prefix="device/",  # beside telemetry: rows of one prefix differ by their segments
+        segments=frozenset({"command_ack"}),
+        schema=schemas.CommandAckPayload,
+        consumer=command_ack.process,
+        task=PROCESS_COMMAND_ACKS,
+        immediate=False,
+        registers_as=Device.Kind.OTHER,
+        published_by=EVERY_KIND,
+    ),
+    TopicKind(
         name="sensor",
         prefix="sensor/",
         segments=None,
@@ -155,11 +167,23 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
     ),
 )
 KINDS_BY_NAME: Final = {kind.name: kind for kind in TOPIC_KINDS}
+# Each prefix's rows, in table order. The subscriber subscribes per prefix (`<prefix>#`), so the
+# rows of one prefix must be read by the same lane, and only one of them may take any segment.
+KINDS_BY_PREFIX: Final[dict[str, tuple[TopicKind, ...]]] = {
+    prefix: tuple(kind for kind in TOPIC_KINDS if kind.prefix == prefix)
+    for prefix in dict.fromkeys(kind.prefix for kind in TOPIC_KINDS)
+}
+for _prefix, _kinds in KINDS_BY_PREFIX.items():
+    if len({kind.immediate for kind in _kinds}) > 1:
+        raise ValueError(f"the rows of {_prefix} must all be immediate or none: one subscription")
+    if len(_kinds) > 1 and any(kind.segments is None for kind in _kinds):
+        raise ValueError(f"a row of {_prefix}, shared with others, must name its segments")
 
 
 def prefixes_for(device_kind: str) -> list[str]:
-    """The prefixes a device of this kind may publish under (its ACL)."""
-    return [kind.prefix for kind in TOPIC_KINDS if device_kind in kind.published_by]
+    """The prefixes a device of this kind may publish under (its ACL), each once."""
+    kinds = [kind.prefix for kind in TOPIC_KINDS if device_kind in kind.published_by]
+    return list(dict.fromkeys(kinds))
 
 
 @dataclass(frozen=True)
@@ -174,13 +198,13 @@ class TopicError(ValueError):
 
 
 def parse_topic(topic: str) -> ParsedTopic:
-    kind = next((k for k in TOPIC_KINDS if topic.startswith(k.prefix)), None)
-    if kind is None:
-        allowed = ", ".join(k.prefix for k in TOPIC_KINDS)
+    prefix = next((p for p in KINDS_BY_PREFIX if topic.startswith(p)), None)
+    if prefix is None:
+        allowed = ", ".join(KINDS_BY_PREFIX)
         raise TopicError(f"prefix not allowed (allowed: {allowed})")
-    parts = topic[len(kind.prefix) :].split("/")
+    parts = topic[len(prefix) :].split("/")
     if len(parts) != 2 or not parts[1]:
-        raise TopicError(f"topic must look like {kind.prefix}<source_id>/<kind>")
+        raise TopicError(f"topic must look like {prefix}<source_id>/<kind>")
     source_id, segment = parts
     if len(segment) > MAX_SEGMENT:
         raise TopicError(f"kind segment longer than {MAX_SEGMENT} characters")
@@ -188,9 +212,9 @@ def parse_topic(topic: str) -> ParsedTopic:
         raise TopicError(f"kind segment must be {SEGMENT_RULE}")
     if not is_device_id(source_id):
         raise TopicError(f"source id must be {DEVICE_ID_RULE}")
-    if kind.segments is not None and segment not in kind.segments:
-        expected = " or ".join(sorted(kind.segments))
-        raise TopicError(
-            f"kind segment {segment!r} not accepted under {kind.prefix}; use {expected}"
-        )
+    rows = KINDS_BY_PREFIX[prefix]
+    kind = next((k for k in rows if k.segments is None or segment in k.segments), None)
+    if kind is None:
+        expected = " or ".join(sorted(s for k in rows for s in k.segments or ()))
+        raise TopicError(f"kind segment {segment!r} not accepted under {prefix}; use {expected}")
     return ParsedTopic(source_id, segment, kind)

@@ -36,6 +36,9 @@ from apps.tenants.models import User
 
 NOC_PERMISSION = "alerts.view_noc_dashboard"
 ALERT_ACTION_PERMISSION = "alerts.change_alert"
+# Sending and cancelling device commands: an operator's other write action, so for now the one
+# who may act on alerts may also command the tenant's devices.
+COMMAND_PERMISSION = ALERT_ACTION_PERMISSION
 REQUIRED_CLAIMS = ("exp", "iat", "nbf", "aud", "iss", "tenant_id")
 
 # WebSocket close codes: 4401 "who are you?", 4403 "not for you", 4410 "your access changed

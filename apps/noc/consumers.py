@@ -48,15 +48,19 @@ from apps.alerts.services import TransitionError, serialize_alert, transition
 from apps.core import metrics
 from apps.core.events import EventType, tenant_group
 from apps.core.outbox import broadcast_on_commit
-from apps.devices.models import Device
+from apps.devices.commands import CommandRefused, CommandStateError
+from apps.devices.models import Device, DeviceCommand
 from apps.devices.services import device_state
 from apps.noc import auth, feeds, limits, rounds
+from apps.noc.commands import cancel_command, send_command, tenant_commands
 from apps.noc.messages import (
     Ack,
     AcknowledgeAlert,
+    CancelCommand,
     Filters,
     Heartbeat,
     ResolveAlert,
+    SendCommand,
     Subscribe,
     Unsubscribe,
     client_message,
@@ -416,6 +420,8 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             await self._send_event("unsubscribed", {})
         elif isinstance(message, AcknowledgeAlert | ResolveAlert):
             await self._act_on_alert(message)
+        elif isinstance(message, SendCommand | CancelCommand):
+            await self._act_on_command(message)
 
     async def _act_on_alert(self, message: AcknowledgeAlert | ResolveAlert) -> None:
         target = (
@@ -452,6 +458,36 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
             broadcast_on_commit([event])
         return None
 
+    async def _act_on_command(self, message: SendCommand | CancelCommand) -> None:
+        """Its states then come as command_updated events, to every dashboard of the tenant."""
+        outcome = await self._command(message)
+        if isinstance(outcome, str):
+            await self._send_event("error", {"error": outcome, "action": message.type})
+        else:
+            done = {"action": message.type, "command_id": str(outcome.pk)}
+            await self._send_event("action_done", done)
+
+    @database_sync_to_async
+    def _command(self, message: SendCommand | CancelCommand) -> DeviceCommand | str:
+        if not self.user.has_perm(auth.COMMAND_PERMISSION):
+            return f"you lack {auth.COMMAND_PERMISSION}"
+        try:
+            if isinstance(message, CancelCommand):
+                commands = tenant_commands(self.tenant_id)
+                return cancel_command(self.user, commands, message.command_id)
+            device = Device.objects.filter(
+                tenant_id=self.tenant_id, device_id=message.device_id
+            ).first()
+            if device is None:
+                return "no such device"
+            return send_command(
+                self.user, device, message.command, message.params, message.ttl_seconds
+            )
+        except DeviceCommand.DoesNotExist:
+            return "no such command"
+        except (CommandRefused, CommandStateError) as exc:
+            return str(exc)
+
     # --- server → client: handlers named after the event types ---------------------------------
 
     async def critical_alert(self, event: dict[str, Any]) -> None:
@@ -476,6 +512,10 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
     async def anomaly_detected(self, event: dict[str, Any]) -> None:
         if self._alert_wanted(event["data"]):
             await self._send_frame("anomaly_detected", _event_json(event))
+
+    async def command_updated(self, event: dict[str, Any]) -> None:
+        if self._device_wanted(event["data"]):
+            await self._send_frame("command_updated", _event_json(event))
 
     async def task_progress(self, event: dict[str, Any]) -> None:
         if self.filters is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -40,6 +41,21 @@ class ResolveAlert(_ClientMessage):
     note: str = Field(default="", max_length=1000)
 
 
+class SendCommand(_ClientMessage):
+    """A command to one of the tenant's devices; its rules: apps/devices/commands.py."""
+
+    type: Literal["send_command"]
+    device_id: str = Field(max_length=64)
+    command: str = Field(max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    ttl_seconds: int | None = None
+
+
+class CancelCommand(_ClientMessage):
+    type: Literal["cancel_command"]
+    command_id: UUID
+
+
 class Heartbeat(_ClientMessage):
     type: Literal["heartbeat"]
 
@@ -52,7 +68,14 @@ class Ack(_ClientMessage):
 
 
 ClientMessage = Annotated[
-    Subscribe | Unsubscribe | AcknowledgeAlert | ResolveAlert | Heartbeat | Ack,
+    Subscribe
+    | Unsubscribe
+    | AcknowledgeAlert
+    | ResolveAlert
+    | SendCommand
+    | CancelCommand
+    | Heartbeat
+    | Ack,
     Field(discriminator="type"),
 ]
 client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)

@@ -7,6 +7,7 @@ kind may do must be made in both places, on purpose.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,12 +28,16 @@ MESSAGES = {
     "smoke reading": ("sensor/{id}/smoke", payload(type="smoke", value=3, msg_id="1")),
     "door reading": ("sensor/{id}/door", payload(type="door", state="closed", msg_id="1")),
     "system health": ("system/{id}/health", payload(cpu=12.0, msg_id="1")),
+    "command answer": (
+        "device/{id}/command_ack",
+        payload(command_id=str(uuid.uuid4()), result="success", msg_id="1"),
+    ),
     **{
         alert_type: (f"alert/{{id}}/{alert_type.lower()}", panic(alert_type=alert_type, msg_id="1"))
         for alert_type in ("PANIC", "SOS", "MEDICAL", "FIRE", "INTRUSION", "EQUIPMENT_FAILURE")
     },
 }
-EVERY_DEVICE = {"telemetry", "EQUIPMENT_FAILURE"}
+EVERY_DEVICE = {"telemetry", "command answer", "EQUIPMENT_FAILURE"}
 MAY_PUBLISH = {
     "sensor": EVERY_DEVICE | {"temperature"},
     "panic_button": EVERY_DEVICE | {"PANIC", "SOS", "MEDICAL"},

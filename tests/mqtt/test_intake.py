@@ -179,7 +179,7 @@ def test_the_subscriber_the_acl_and_the_routes_follow_the_topic_table():
     from apps.mqtt.subscriber import ALLOWED_TOPIC_PREFIXES
     from apps.mqtt.topics import TOPIC_KINDS
 
-    assert list(ALLOWED_TOPIC_PREFIXES) == [kind.prefix for kind in TOPIC_KINDS]
+    assert list(ALLOWED_TOPIC_PREFIXES) == list(dict.fromkeys(kind.prefix for kind in TOPIC_KINDS))
     acl = render_acl("app-account", [(f"dev-{kind}", kind) for kind in Device.Kind])
     for kind in TOPIC_KINDS:
         assert kind.task in TASK_QUEUES, f"{kind.name}'s task has no queue in celery_settings"
@@ -263,3 +263,36 @@ def test_the_cache_of_refused_ids_forgets_the_oldest_beyond_its_bound(
         intake.check("device/stranger-10/telemetry", body)  # refused lately: remembered
     with django_assert_num_queries(1):
         intake.check("device/stranger-0/telemetry", body)  # the oldest: forgotten, asked again
+
+
+def test_a_devices_answer_to_a_command_passes_intake_like_every_message(intake):
+    import uuid
+
+    def check(topic: str, **fields: object) -> Envelope | Rejection:
+        body = {"command_id": str(uuid.uuid4()), "result": "SUCCESS", **fields}
+        return intake.check(topic, payload(**body).encode())
+
+    accepted = check("device/sensor-001/command_ack", detail="done")
+    assert isinstance(accepted, Envelope)
+    assert accepted.kind == "command_ack"
+    assert accepted.payload["result"] == "success"
+    refusals = {
+        "command_id": check("device/sensor-001/command_ack", command_id="42"),
+        "result": check("device/sensor-001/command_ack", result="maybe"),
+        "detail": check("device/sensor-001/command_ack", detail="x" * 1001),
+        "device_id": check("device/sensor-001/command_ack", device_id="panic-007"),
+        "ghost": check("device/ghost-1/command_ack"),
+        "segment": check("device/sensor-001/command_acks"),
+    }
+    reasons = {
+        name: (r.reason, r.detail) for name, r in refusals.items() if isinstance(r, Rejection)
+    }
+    assert {name: reason for name, (reason, _) in reasons.items()} == {
+        "command_id": Reason.SCHEMA,
+        "result": Reason.SCHEMA,
+        "detail": Reason.SCHEMA,
+        "device_id": Reason.ID_MISMATCH,
+        "ghost": Reason.UNKNOWN_DEVICE,
+        "segment": Reason.TOPIC,
+    }
+    assert "use command_ack or telemetry" in reasons["segment"][1]

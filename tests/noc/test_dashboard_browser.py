@@ -14,7 +14,7 @@ from django.conf import settings
 
 from tests import environment
 from tests.factories import OPERATOR_PASSWORD, create_tenant_with_devices, operator, panic
-from tests.services import Service, metric, mqtt_publish
+from tests.services import DeviceClient, Service, metric, mqtt_publish
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -173,3 +173,28 @@ def test_a_dashboard_cut_off_for_not_acknowledging_reconnects_to_a_fresh_snapsho
     assert page.evaluate("() => closeCodes") == [4408]
     assert page.locator("#connection.state-open").count() == 1
     assert metric("noc_events_dropped_total", reason="client_behind") > dropped_before
+
+
+def test_an_operator_sends_a_device_a_command_from_the_dashboard_and_watches_its_states(
+    bus: Service, daphne_server: int, browser: Any
+):
+    operator(create_tenant_with_devices("acme", "door-7"), "alice")
+    door = DeviceClient("door-7", environment.MQTT_PORT)
+    try:
+        page = signed_in_page(browser, daphne_server, "alice")
+        page.click("#devices tbody tr:has-text('door-7') button.command_device")
+        page.fill("#command-name", "unlock")
+        page.fill("#command-params", '{"seconds": 5}')
+        page.click("#command-send")
+        row = "#commands tbody tr:has-text('unlock')"
+        page.wait_for_selector(f"{row}:has-text('SENT')", timeout=15_000)
+
+        [(topic, body)] = door.received()
+        door.answer(body["command_id"], "success", "unlocked for 5 s")
+        page.wait_for_selector(f"{row}:has-text('SUCCEEDED')", timeout=15_000)
+    finally:
+        door.close()
+    assert topic == "command/door-7/unlock"
+    assert body["params"] == {"seconds": 5}
+    assert "unlocked for 5 s" in page.inner_text(row)
+    assert page.inner_text("#command-result") == "queued"

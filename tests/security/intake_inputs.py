@@ -28,6 +28,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from apps.alerts.models import DEVICE_ALERT_TYPES, Severity
+from apps.devices.commands import CommandResult
 from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS
 from tests.factories import create_tenant_with_devices
 
@@ -249,6 +250,11 @@ GOOD_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "severity": _words(Severity),
         "message": st.text(max_size=60),
         "location": st.fixed_dictionaries({"lat": st.floats(-90, 90), "lon": st.floats(-180, 180)}),
+    },
+    "command_ack": {
+        "command_id": st.uuids().map(str),
+        "result": _words(CommandResult),
+        "detail": st.text(max_size=60),
     },
     "system_health": {
         "cpu": _percent,

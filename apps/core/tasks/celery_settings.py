@@ -117,6 +117,7 @@ PROCESS_GUARD_GPS: Final = "apps.mqtt.tasks.process_guard_gps"
 PROCESS_DEVICE_TELEMETRY: Final = "apps.mqtt.tasks.process_device_telemetry"
 PROCESS_SENSOR_READINGS: Final = "apps.mqtt.tasks.process_sensor_readings"
 PROCESS_SYSTEM_HEALTH: Final = "apps.mqtt.tasks.process_system_health"
+PROCESS_COMMAND_ACKS: Final = "apps.mqtt.tasks.process_command_acks"
 # Tasks whose every effect is guarded by the idempotency ledger: running one twice is harmless.
 IDEMPOTENT_TASKS: Final = frozenset(
     {
@@ -125,9 +126,13 @@ IDEMPOTENT_TASKS: Final = frozenset(
         PROCESS_DEVICE_TELEMETRY,
         PROCESS_SENSOR_READINGS,
         PROCESS_SYSTEM_HEALTH,
+        PROCESS_COMMAND_ACKS,
     }
 )
 PUBLISH_DEVICE_COMMAND: Final = "apps.mqtt.tasks.publish_device_command"
+# A stored command's publish, and the sweep that expires commands and sends those left waiting.
+SEND_DEVICE_COMMAND: Final = "apps.mqtt.commands.send_device_command"
+SWEEP_DEVICE_COMMANDS: Final = "apps.mqtt.commands.sweep_device_commands"
 DETECT_OFFLINE_DEVICES: Final = "apps.mqtt.presence.detect_offline_devices"
 PRUNE_PROCESSED_MESSAGES: Final = "apps.core.tasks.ledger.prune_processed_messages"
 PRUNE_DEAD_LETTERS: Final = "apps.core.tasks.housekeeping.prune_dead_letters"
@@ -153,6 +158,7 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     PROCESS_DEVICE_TELEMETRY: GENERAL,
     PROCESS_SENSOR_READINGS: GENERAL,
     PROCESS_SYSTEM_HEALTH: GENERAL,
+    PROCESS_COMMAND_ACKS: GENERAL,
     DETECT_OFFLINE_DEVICES: GENERAL,
     PRUNE_PROCESSED_MESSAGES: GENERAL,
     PRUNE_DEAD_LETTERS: GENERAL,
@@ -167,6 +173,8 @@ TASK_QUEUES: Final[dict[str, QueueSpec]] = {
     DELIVER_NOTIFICATION: EXTERNAL_API,
     FLUSH_NOTIFICATION_DIGESTS: EXTERNAL_API,
     TRAIN_ANOMALY_MODELS: ML_TRAINING,
+    SEND_DEVICE_COMMAND: EXTERNAL_API,
+    SWEEP_DEVICE_COMMANDS: EXTERNAL_API,
 }
 TASK_MODULES: Final = sorted({name.rpartition(".")[0] for name in TASK_QUEUES})
 
@@ -226,6 +234,8 @@ BEAT_SCHEDULE: Final[dict[str, dict[str, Any]]] = {
         "task": DETECT_OFFLINE_DEVICES,
         "schedule": 60.0,
     },
+    # Device commands past their TTL expire; those left waiting are sent (mqtt/commands.py).
+    "sweep-device-commands": {"task": SWEEP_DEVICE_COMMANDS, "schedule": 10.0},
     # NOC events a worker committed but died before sending (core/outbox.py).
     "resend-broadcasts": {"task": RESEND_BROADCASTS, "schedule": 15.0},
     "prune-processed-messages": {

@@ -13,8 +13,18 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.alerts.models import Alert, AlertStatus, AlertType, Severity
+from apps.devices.commands import (
+    COMMAND_NAME_RULE,
+    MAX_PARAMS_BYTES,
+    MAX_TTL_SECONDS,
+    CommandRefused,
+    check_command,
+)
 from apps.devices.models import (
+    CommandStatus,
     Device,
+    DeviceCommand,
+    DeviceCommandTransition,
     GuardLocation,
     Reading,
     SensorReading,
@@ -185,3 +195,81 @@ class DeviceDetailSerializer(DeviceSerializer):
     @extend_schema_field(SensorReadingSerializer(allow_null=True))
     def get_latest_sensor_reading(self, device: Device) -> dict[str, Any] | None:
         return latest_reading(SensorReadingSerializer, device)
+
+
+# --- Device commands -----------------------------------------------------------------------
+
+
+class CommandRequestSerializer(serializers.Serializer[Any]):
+    command = serializers.CharField(
+        max_length=64, help_text=f"{COMMAND_NAME_RULE}: the last level of command/<device_id>/…"
+    )
+    params = serializers.JSONField(
+        required=False,
+        default=dict,
+        help_text=f"A JSON object, at most {MAX_PARAMS_BYTES} bytes as compact JSON.",
+    )
+    ttl_seconds = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_TTL_SECONDS,
+        help_text="Seconds before the command EXPIRES (default DEVICE_COMMAND_TTL_SECONDS).",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        try:  # the rules of apps/devices/commands.py, which the downlink applies too
+            check_command(attrs["command"], attrs.get("params", {}), attrs.get("ttl_seconds"))
+        except CommandRefused as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return attrs
+
+
+class CommandFilterSerializer(serializers.Serializer[Any]):
+    status = serializers.ChoiceField(choices=CommandStatus.choices, required=False)
+    device = serializers.CharField(required=False, help_text="The device id.")
+
+
+class CommandTransitionSerializer(serializers.ModelSerializer[DeviceCommandTransition]):
+    by = serializers.CharField(source="by.username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = DeviceCommandTransition
+        fields = ["from_status", "to_status", "by", "at", "note"]
+        read_only_fields = fields
+
+
+class CommandSerializer(serializers.ModelSerializer[DeviceCommand]):
+    """The fields of apps.devices.commands.serialize_command (command_updated), and more."""
+
+    command_id = serializers.UUIDField(source="id", read_only=True)
+    device_id = serializers.CharField(source="device.device_id", read_only=True)
+    site = serializers.CharField(source="device.site", read_only=True)
+    command = serializers.CharField(source="name", read_only=True)
+    created_by = serializers.CharField(
+        source="created_by.username", read_only=True, allow_null=True
+    )
+
+    class Meta:
+        model = DeviceCommand
+        fields = [
+            "command_id",
+            "device_id",
+            "site",
+            "command",
+            "params",
+            "status",
+            "result_detail",
+            "created_by",
+            "created_at",
+            "updated_at",
+            "expires_at",
+        ]
+        read_only_fields = fields
+
+
+class CommandDetailSerializer(CommandSerializer):
+    history = CommandTransitionSerializer(source="transitions", many=True, read_only=True)
+
+    class Meta(CommandSerializer.Meta):
+        fields = [*CommandSerializer.Meta.fields, "history"]
+        read_only_fields = fields

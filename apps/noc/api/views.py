@@ -1,4 +1,5 @@
-"""The REST API: alerts (read and act on), devices, readings — all of the caller's tenant only.
+"""The REST API: alerts (read and act on), devices, readings, device commands (send, follow,
+cancel) — all of the caller's tenant only.
 
 Every queryset starts from `request.user.tenant`, so another tenant's id is simply not found
 (404, never 403) and a user without a tenant sees nothing.
@@ -6,9 +7,10 @@ Every queryset starts from `request.user.tenant`, so another tenant's id is simp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 from drf_spectacular.utils import (
@@ -19,7 +21,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, NotFound
 from rest_framework.generics import get_object_or_404
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -30,19 +32,25 @@ from rest_framework.views import APIView
 from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
 from apps.alerts.services import TransitionError, transition
 from apps.core.outbox import broadcast_on_commit
-from apps.devices.models import Device
+from apps.devices.commands import CommandStateError
+from apps.devices.models import Device, DeviceCommand
 from apps.noc.api.serializers import (
     READING_SERIALIZERS,
     AlertFilterSerializer,
     AlertNoteSerializer,
     AlertSerializer,
+    CommandDetailSerializer,
+    CommandFilterSerializer,
+    CommandRequestSerializer,
+    CommandSerializer,
     DeviceDetailSerializer,
     DeviceFilterSerializer,
     DeviceSerializer,
     ReadingQuerySerializer,
     readings_of,
 )
-from apps.noc.auth import ALERT_ACTION_PERMISSION, NOC_PERMISSION
+from apps.noc.auth import ALERT_ACTION_PERMISSION, COMMAND_PERMISSION, NOC_PERMISSION
+from apps.noc.commands import cancel_command, send_command, tenant_commands
 from apps.tenants.models import User
 
 
@@ -60,6 +68,13 @@ class CanActOnAlerts(BasePermission):
         return bool(
             request.user.is_authenticated and request.user.has_perm(ALERT_ACTION_PERMISSION)
         )
+
+
+class CanSendCommands(BasePermission):
+    message = f"Sending or cancelling device commands needs the {COMMAND_PERMISSION} permission."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user.is_authenticated and request.user.has_perm(COMMAND_PERMISSION))
 
 
 class AlertConflict(APIException):
@@ -198,6 +213,46 @@ class DeviceViewSet(viewsets.ReadOnlyModelViewSet[Device]):
     def get_serializer_class(self) -> type[BaseSerializer[Device]]:
         return DeviceDetailSerializer if self.action == "retrieve" else DeviceSerializer
 
+    def get_permissions(self) -> Sequence[Any]:
+        permissions: list[Any] = [*super().get_permissions()]
+        if self.request is not None and self.request.method == "POST":  # sending a command
+            permissions.append(CanSendCommands())
+        return permissions
+
+    @extend_schema(
+        summary="The device's commands, newest first",
+        responses=CommandSerializer(many=True),
+    )
+    @action(detail=True, methods=["get"])
+    def commands(self, request: Request, device_id: str) -> Response:
+        device = self.get_object()
+        paginator = self.paginator
+        assert paginator is not None
+        commands = tenant_commands(device.tenant_id).filter(device=device).order_by("-created_at")
+        page = paginator.paginate_queryset(commands, request, view=self)
+        return paginator.get_paginated_response(CommandSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Send a command to the device (stored QUEUED, then followed to its end)",
+        request=CommandRequestSerializer,
+        responses={201: CommandDetailSerializer},
+    )
+    @commands.mapping.post
+    def send_command(self, request: Request, device_id: str) -> Response:
+        device = self.get_object()  # of the caller's tenant: another's is a 404
+        body = CommandRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        operator = request.user
+        assert isinstance(operator, User)
+        fields = body.validated_data
+        command = send_command(
+            operator, device, fields["command"], fields["params"], fields.get("ttl_seconds")
+        )
+        shown = tenant_commands(device.tenant_id).prefetch_related("transitions__by")
+        return Response(
+            CommandDetailSerializer(shown.get(pk=command.pk)).data, status=status.HTTP_201_CREATED
+        )
+
     @extend_schema(
         summary="A device's readings of one kind, newest first, in [since, until)",
         parameters=[ReadingQuerySerializer],
@@ -217,3 +272,54 @@ class DeviceViewSet(viewsets.ReadOnlyModelViewSet[Device]):
         assert paginator is not None  # REST_FRAMEWORK sets DEFAULT_PAGINATION_CLASS
         page = paginator.paginate_queryset(readings, request, view=self)
         return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+class CommandConflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+@extend_schema_view(list=extend_schema(parameters=[CommandFilterSerializer]))
+class CommandViewSet(viewsets.ReadOnlyModelViewSet[DeviceCommand]):
+    """The tenant's device commands, newest first; one with its history of states."""
+
+    permission_classes = [HasNocAccess]
+    lookup_field = "pk"
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    def get_queryset(self) -> QuerySet[DeviceCommand]:
+        commands = tenant_commands(caller_tenant_id(self.request)).order_by("-created_at")
+        if self.action == "list":
+            filters = validated_query(CommandFilterSerializer, self.request)
+            if "device" in filters:
+                filters["device__device_id"] = filters.pop("device")
+            return commands.filter(**filters)
+        return commands.prefetch_related("transitions__by")
+
+    def get_serializer_class(self) -> type[BaseSerializer[DeviceCommand]]:
+        return CommandSerializer if self.action == "list" else CommandDetailSerializer
+
+    def get_object(self) -> DeviceCommand:
+        try:  # an id the router took that is still no UUID (too many dashes) is not found
+            return super().get_object()
+        except DjangoValidationError:
+            raise NotFound from None
+
+    @extend_schema(
+        summary="Cancel a command still QUEUED",
+        request=None,
+        responses={
+            200: CommandDetailSerializer,
+            409: OpenApiResponse(description="The command is no longer QUEUED, or is being sent."),
+        },
+    )
+    @action(detail=True, methods=["post"], permission_classes=[HasNocAccess, CanSendCommands])
+    def cancel(self, request: Request, pk: str) -> Response:
+        operator = request.user
+        assert isinstance(operator, User)
+        command = self.get_object()
+        try:
+            cancel_command(operator, tenant_commands(operator.tenant_id), command.pk)
+        except CommandStateError as exc:
+            raise CommandConflict(str(exc)) from None
+        return Response(CommandDetailSerializer(self.get_object()).data)
