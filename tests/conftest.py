@@ -11,6 +11,7 @@ import pytest
 
 from tests import environment
 from tests.services import (
+    ROOT,
     Service,
     python_service,
     start_mosquitto,
@@ -22,6 +23,26 @@ from tests.services import (
 # Child services log at INFO so tests can wait for what they say.
 INFO_LOGS = {**os.environ, "LOG_LEVEL": "INFO"}
 _subscriber_ids = itertools.count(1)
+
+
+# What deploy/ and scripts/ ship does not depend on the database (the stack test_stack starts runs
+# on PostgreSQL in that run): the PostgreSQL run leaves those tests to the SQLite run, all but
+# PostgreSQL's own configuration. It keeps `make test DB=postgres` near its time budget.
+DATABASE_INDEPENDENT = ("tests/deploy/",)
+POSTGRES_ONLY = ("tests/deploy/test_postgresql_config.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if environment.TEST_DATABASE != "postgres":
+        return
+    kept, left = [], []
+    for item in items:
+        path = Path(item.path).relative_to(ROOT).as_posix()
+        independent = path.startswith(DATABASE_INDEPENDENT) and not path.startswith(POSTGRES_ONLY)
+        (left if independent else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
