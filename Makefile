@@ -8,12 +8,13 @@ PY := $(VENV)/bin/python
 VAR_DIR ?= var
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults test-multihost lint bench bench-scale format status stop system-packages-run system-packages-test system-packages-test-postgres clean help
+.PHONY: run test test-faults test-stack test-multihost lint bench bench-scale format status stop system-packages-run system-packages-test system-packages-test-postgres clean help
 
 help:
 	@echo "make run     set up and run the whole stack in the foreground (Ctrl-C stops it)"
 	@echo "make test    set up and run the test suite against real Redis, Mosquitto and Celery"
 	@echo "             (DB=postgres: on a throwaway PostgreSQL server of its own)"
+	@echo "make test-stack   the whole stack as make run starts it: first message, SIGTERM, health script"
 	@echo "make test-faults  the fault suite: crashes and outages under load (about 5 min)"
 	@echo "make test-multihost  three hosts as network namespaces, one killed mid-stream (root, ~70 s)"
 	@echo "make lint    ruff (lint + format check), mypy and the layer contract (lint-imports)"
@@ -47,7 +48,12 @@ DB ?= sqlite
 TEST_PACKAGES := system-packages-$(if $(filter postgres,$(DB)),test-postgres,test)
 
 test: $(STAMP) $(TEST_PACKAGES)
-	TEST_DATABASE=$(DB) $(PY) -m pytest -m "not faults and not multihost" $(PYTEST_ARGS)
+	TEST_DATABASE=$(DB) $(PY) -m pytest -m "not faults and not multihost and not stack" $(PYTEST_ARGS)
+
+# The whole stack as `make run` starts it (tests marked `stack`): the README's first message and a
+# clean SIGTERM, the health script and Prometheus against it. Minutes of start-ups, so apart.
+test-stack: $(STAMP) $(TEST_PACKAGES)
+	TEST_DATABASE=$(DB) $(PY) -m pytest -m stack $(PYTEST_ARGS)
 
 # Kills, restarts and outages under load, each held to one effect per message (tests/faults/).
 test-faults: $(STAMP) $(TEST_PACKAGES)
