@@ -25,11 +25,20 @@ INFO_LOGS = {**os.environ, "LOG_LEVEL": "INFO"}
 _subscriber_ids = itertools.count(1)
 
 
-# What deploy/ and scripts/ ship does not depend on the database (the stack test_stack starts runs
-# on PostgreSQL in that run): the PostgreSQL run leaves those tests to the SQLite run, all but
-# PostgreSQL's own configuration. It keeps `make test DB=postgres` near its time budget.
+# The PostgreSQL run repeats only what can behave differently on PostgreSQL: a test that never
+# asks for the test database (no django_db mark, no fixture built on django_db_setup, so
+# pytest-django refuses it a connection and no service it starts has a database to use) and what
+# deploy/ and scripts/ ship (the stack test_stack starts runs on PostgreSQL in that run) are left
+# to the SQLite run, all but PostgreSQL's own configuration. It keeps `make test DB=postgres`
+# well inside its time budget.
 DATABASE_INDEPENDENT = ("tests/deploy/",)
 POSTGRES_ONLY = ("tests/deploy/test_postgresql_config.py",)
+
+
+def uses_the_database(item: pytest.Item) -> bool:
+    return item.get_closest_marker("django_db") is not None or "django_db_setup" in getattr(
+        item, "fixturenames", ()
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -38,8 +47,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kept, left = [], []
     for item in items:
         path = Path(item.path).relative_to(ROOT).as_posix()
-        independent = path.startswith(DATABASE_INDEPENDENT) and not path.startswith(POSTGRES_ONLY)
-        (left if independent else kept).append(item)
+        independent = path.startswith(DATABASE_INDEPENDENT) or not uses_the_database(item)
+        (left if independent and not path.startswith(POSTGRES_ONLY) else kept).append(item)
     if left:
         config.hook.pytest_deselected(items=left)
         items[:] = kept
