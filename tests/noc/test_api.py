@@ -360,6 +360,19 @@ def test_an_alerts_detail_carries_its_history_and_the_list_searches_text(
 
 
 @pytest.mark.django_db
+def test_the_dashboards_session_reads_alerts_but_acts_only_with_its_csrf_token(acme: Tenant):
+    alert = make_alert("acme-panic")
+    browser = APIClient(enforce_csrf_checks=True)  # as the /noc/ page calls the API
+    browser.force_login(operator(acme, "acme-op"))
+    assert browser.get(f"/api/alerts/{alert.pk}/").status_code == 200
+    forged = browser.post(f"/api/alerts/{alert.pk}/acknowledge/", {"note": "x"}, format="json")
+    assert forged.status_code == 403
+    assert "CSRF" in forged.json()["detail"]
+    alert.refresh_from_db()
+    assert alert.status == AlertStatus.NEW
+
+
+@pytest.mark.django_db
 def test_a_bad_alert_filter_is_a_400_naming_the_parameter(acme: Tenant, acme_client: APIClient):
     for query, parameter in [("status=OPEN", "status"), ("active=maybe", "active")]:
         response = acme_client.get(f"/api/alerts/?{query}")
