@@ -188,13 +188,14 @@ def bus(
     return start_subscriber()
 
 
-def start_daphne(log_path: Path, **env: str) -> tuple[Service, int]:
-    """Daphne serving the project on a free port, as `make run` starts it."""
+def start_daphne(log_path: Path, port: int | None = None, **env: str) -> tuple[Service, int]:
+    """Daphne serving the project on a free port (or on `port`, to restart one), as `make run`
+    starts it."""
     from apps.monitoring.stack import daphne_argv
     from tests.environment import free_port
     from tests.services import port_open
 
-    port = free_port()
+    port = port or free_port()
     service = Service("daphne", daphne_argv("127.0.0.1", port), log_path, env={**INFO_LOGS, **env})
     wait_for(lambda: port_open(port), timeout=30, what=f"daphne on port {port}")
     return service, port

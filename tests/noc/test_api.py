@@ -332,6 +332,47 @@ def test_alerts_are_newest_first_and_filter_by_every_field(acme: Tenant, acme_cl
 
 
 @pytest.mark.django_db
+def test_an_alerts_detail_carries_its_history_and_the_list_searches_text(
+    acme: Tenant, acme_client: APIClient
+):
+    panic = make_alert("acme-panic")
+    fire = make_alert("acme-smoke", "FIRE", "HIGH")
+    Alert.objects.filter(pk=fire.pk).update(message="Smoke in aisle 4")
+    acme_client.post(f"/api/alerts/{panic.pk}/acknowledge/", {"note": "on it"}, format="json")
+    acme_client.post(f"/api/alerts/{panic.pk}/false_alarm/", {"note": "test button"})
+
+    detail = acme_client.get(f"/api/alerts/{panic.pk}/").json()
+    steps = [(s["from_status"], s["to_status"], s["by"], s["note"]) for s in detail["history"]]
+    assert steps == [
+        ("NEW", "ACKNOWLEDGED", "acme-op", "on it"),
+        ("ACKNOWLEDGED", "FALSE_ALARM", "acme-op", "test button"),
+    ]
+    assert all(s["at"] for s in detail["history"])
+    expected = {
+        "search=AISLE": [fire.pk],  # the message, in any case
+        "search=panic": [panic.pk],  # the device id
+        "search=warehouse": [fire.pk],  # the site
+        "search=panic&active=false": [panic.pk],
+        "search=nothing-like-it": [],
+    }
+    for query, alert_ids in expected.items():
+        assert ids(acme_client.get(f"/api/alerts/?{query}")) == alert_ids, query
+
+
+@pytest.mark.django_db
+def test_the_dashboards_session_reads_alerts_but_acts_only_with_its_csrf_token(acme: Tenant):
+    alert = make_alert("acme-panic")
+    browser = APIClient(enforce_csrf_checks=True)  # as the /noc/ page calls the API
+    browser.force_login(operator(acme, "acme-op"))
+    assert browser.get(f"/api/alerts/{alert.pk}/").status_code == 200
+    forged = browser.post(f"/api/alerts/{alert.pk}/acknowledge/", {"note": "x"}, format="json")
+    assert forged.status_code == 403
+    assert "CSRF" in forged.json()["detail"]
+    alert.refresh_from_db()
+    assert alert.status == AlertStatus.NEW
+
+
+@pytest.mark.django_db
 def test_a_bad_alert_filter_is_a_400_naming_the_parameter(acme: Tenant, acme_client: APIClient):
     for query, parameter in [("status=OPEN", "status"), ("active=maybe", "active")]:
         response = acme_client.get(f"/api/alerts/?{query}")
@@ -449,6 +490,7 @@ def test_the_schema_is_valid_openapi_listing_every_endpoint_and_has_a_swagger_pa
         "/api/devices/{device_id}/readings/",
     } <= set(schema["paths"])
     assert "409" in schema["paths"]["/api/alerts/{id}/acknowledge/"]["post"]["responses"]
+    assert "history" in schema["components"]["schemas"]["AlertDetail"]["properties"]
     assert APIClient().get("/api/docs/").status_code == 200
 
 

@@ -48,8 +48,8 @@ def browser() -> Iterator[Any]:
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
-def signed_in_page(browser: Any, port: int, username: str) -> Any:
-    page = browser.new_context().new_page()
+def signed_in_page(browser: Any, port: int, username: str, **context_options: Any) -> Any:
+    page = browser.new_context(**context_options).new_page()
     page.goto(f"http://127.0.0.1:{port}/noc/")
     page.fill("#id_username", username)
     page.fill("#id_password", OPERATOR_PASSWORD)

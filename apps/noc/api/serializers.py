@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.alerts.models import Alert, AlertStatus, AlertType, Severity
+from apps.alerts.models import Alert, AlertStatus, AlertTransition, AlertType, Severity
 from apps.devices.commands import (
     COMMAND_NAME_RULE,
     MAX_PARAMS_BYTES,
@@ -46,6 +46,11 @@ class AlertFilterSerializer(serializers.Serializer[Any]):
     active = serializers.BooleanField(
         required=False,
         help_text="true: NEW, ACKNOWLEDGED or IN_PROGRESS only; false: closed alerts only.",
+    )
+    search = serializers.CharField(
+        required=False,
+        max_length=200,
+        help_text="Text the alert's message, device id or site contains (any case).",
     )
 
 
@@ -88,6 +93,30 @@ class AlertSerializer(serializers.ModelSerializer[Alert]):
 
     def get_site(self, alert: Alert) -> str:
         return alert.device.site if alert.device else ""
+
+
+class AlertTransitionSerializer(serializers.ModelSerializer[AlertTransition]):
+    by = serializers.CharField(
+        source="by.username",
+        read_only=True,
+        allow_null=True,
+        help_text="The operator; null when the system moved it (a device came back, say).",
+    )
+
+    class Meta:
+        model = AlertTransition
+        fields = ["from_status", "to_status", "by", "at", "note"]
+        read_only_fields = fields
+
+
+class AlertDetailSerializer(AlertSerializer):
+    """An alert with its history: every move of its status, oldest first."""
+
+    history = AlertTransitionSerializer(source="transitions", many=True, read_only=True)
+
+    class Meta(AlertSerializer.Meta):
+        fields = [*AlertSerializer.Meta.fields, "history"]
+        read_only_fields = fields
 
 
 class DeviceSerializer(serializers.ModelSerializer[Device]):

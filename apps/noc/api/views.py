@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from drf_spectacular.utils import (
     OpenApiResponse,
     PolymorphicProxySerializer,
@@ -36,6 +36,7 @@ from apps.devices.commands import CommandStateError
 from apps.devices.models import Device, DeviceCommand
 from apps.noc.api.serializers import (
     READING_SERIALIZERS,
+    AlertDetailSerializer,
     AlertFilterSerializer,
     AlertNoteSerializer,
     AlertSerializer,
@@ -123,12 +124,21 @@ ALERT_FILTER_LOOKUPS = {
 }
 
 
+def alert_search(text: str) -> Q:
+    """What the NOC page's search box matches: the message, the device id or the site."""
+    return (
+        Q(message__icontains=text) | Q(source_id__icontains=text) | Q(device__site__icontains=text)
+    )
+
+
 @extend_schema_view(list=extend_schema(parameters=[AlertFilterSerializer]))
 class AlertViewSet(viewsets.ReadOnlyModelViewSet[Alert]):
-    """The tenant's alerts, newest first."""
+    """The tenant's alerts, newest first; one alert with its history of transitions."""
 
-    serializer_class = AlertSerializer
     permission_classes = [HasNocAccess]
+
+    def get_serializer_class(self) -> type[BaseSerializer[Alert]]:
+        return AlertDetailSerializer if self.action == "retrieve" else AlertSerializer
 
     def get_queryset(self) -> QuerySet[Alert]:
         tenant_id = caller_tenant_id(self.request)
@@ -139,6 +149,8 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet[Alert]):
             .select_related("device")
             .order_by("-last_seen", "-id")
         )
+        if self.action == "retrieve":
+            return alerts.prefetch_related("transitions__by")
         if self.action != "list":
             return alerts
         filters = validated_query(AlertFilterSerializer, self.request)
@@ -147,6 +159,8 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet[Alert]):
             alerts = alerts.filter(status__in=ACTIVE_STATUSES)
         elif active is False:
             alerts = alerts.exclude(status__in=ACTIVE_STATUSES)
+        if "search" in filters:
+            alerts = alerts.filter(alert_search(filters.pop("search")))
         return alerts.filter(
             **{ALERT_FILTER_LOOKUPS[name]: value for name, value in filters.items()}
         )
