@@ -22,28 +22,22 @@ READING_WINDOWS_HOURS = (1, 6, 24, 24 * 7)
 DEFAULT_WINDOW_HOURS = 24
 
 
-@login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
+def page_context(request: HttpRequest) -> dict[str, Any]:
+    """What every NOC page needs; `allowed`: the user has a tenant and the NOC permission (a
+    page answers 403 otherwise)."""
     user = request.user
-    allowed = bool(getattr(user, "tenant_id", None)) and user.has_perm(NOC_PERMISSION)
-    context = {
-        "allowed": allowed,
+    return {
+        "allowed": bool(getattr(user, "tenant_id", None)) and user.has_perm(NOC_PERMISSION),
         "can_act": user.has_perm(ALERT_ACTION_PERMISSION),
         "can_command": user.has_perm(COMMAND_PERMISSION),
         "tenant": getattr(user, "tenant", None),
     }
-    return render(request, "noc/dashboard.html", context, status=200 if allowed else 403)
 
 
-def page_context(request: HttpRequest) -> dict[str, Any]:
-    """What every NOC page needs; `allowed` as the dashboard decides it (a tenant and the NOC
-    permission)."""
-    user = request.user
-    return {
-        "allowed": bool(getattr(user, "tenant_id", None)) and user.has_perm(NOC_PERMISSION),
-        "can_command": user.has_perm(COMMAND_PERMISSION),
-        "tenant": getattr(user, "tenant", None),
-    }
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    context = page_context(request)
+    return render(request, "noc/dashboard.html", context, status=200 if context["allowed"] else 403)
 
 
 def allowed_tenant_id(request: HttpRequest) -> int:

@@ -236,16 +236,13 @@ class DeviceViewSet(
             return devices
         filters = validated_query(DeviceFilterSerializer, self.request)
         search = filters.pop("search", "")
-        return (
-            search_devices(devices.filter(**filters), search)
-            if search
-            else devices.filter(**filters)
-        )
+        devices = devices.filter(**filters)
+        return search_devices(devices, search) if search else devices
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         page = self.paginate_queryset(NaturallyOrdered(self.get_queryset()))
         assert page is not None  # REST_FRAMEWORK sets DEFAULT_PAGINATION_CLASS
-        return self.get_paginated_response(DeviceSerializer(page, many=True).data)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def get_serializer_class(self) -> type[BaseSerializer[Device]]:
         return DeviceDetailSerializer if self.action == "retrieve" else DeviceSerializer
