@@ -73,8 +73,12 @@ def extract(package: VendoredPackage, tarball: bytes) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(source.read())
             digests[name] = file_sha256(path)
-    record = {"name": package.name, "version": package.version, "integrity": package.integrity}
-    record["files"] = dict(sorted(digests.items()))  # type: ignore[assignment]
+    record = {
+        "name": package.name,
+        "version": package.version,
+        "integrity": package.integrity,
+        "files": dict(sorted(digests.items())),
+    }
     (staging / VENDOR_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
