@@ -391,6 +391,19 @@ NOC_MAX_UNACKED_BYTES = env_int("NOC_MAX_UNACKED_BYTES", 4 * 1024 * 1024, minimu
 # Each connection re-checks its user, session or token this often, and closes once refused
 # (logout, deactivation, permission lost); changes made through Django close it at once.
 NOC_REAUTH_SECONDS = env_int("NOC_REAUTH_SECONDS", 60, minimum=1)
+# The device page's map: tiles from this server (a URL with {z}, {x} and {y}, the operator's own
+# tile server or a provider whose terms allow it) with this credit line. Empty (the default): no
+# tiles, positions and geofences on a plain background, so the page needs no outside host.
+NOC_MAP_TILE_URL = env_str("NOC_MAP_TILE_URL", "")
+NOC_MAP_ATTRIBUTION = env_str("NOC_MAP_ATTRIBUTION", "")
+if NOC_MAP_TILE_URL and not (
+    NOC_MAP_TILE_URL.startswith(("https://", "http://", "/"))
+    and all(part in NOC_MAP_TILE_URL for part in ("{z}", "{x}", "{y}"))
+):
+    raise ImproperlyConfigured(
+        f"NOC_MAP_TILE_URL={NOC_MAP_TILE_URL!r} must be an http(s):// or /path URL with "
+        "{z}, {x} and {y} in it, or empty for no tiles"
+    )
 
 # --- Celery (queues and routes live in apps/core/tasks/celery_settings.py) -----------------
 

@@ -139,12 +139,68 @@ class Geofence(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        # The admin's check; the REST API (apps/noc/api/serializers.py) applies the same rules.
+        problems = geofence_problems(
+            self.shape, self.center_lat, self.center_lon, self.radius_m, self.polygon
+        )
+        if problems:
+            raise ValidationError(problems)
+
     def contains(self, lat: float, lon: float) -> bool:
         if self.shape == self.Shape.CIRCLE:
             if self.center_lat is None or self.center_lon is None or self.radius_m is None:
                 return False
             return haversine_m(lat, lon, self.center_lat, self.center_lon) <= self.radius_m
         return point_in_polygon(lat, lon, [(float(p[0]), float(p[1])) for p in self.polygon])
+
+
+MAX_GEOFENCE_POINTS = 500
+MAX_GEOFENCE_RADIUS_M = 100_000.0
+
+
+def _is_coordinate(value: object, limit: float) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and -limit <= value <= limit
+
+
+def geofence_problems(
+    shape: str,
+    center_lat: float | None,
+    center_lon: float | None,
+    radius_m: float | None,
+    polygon: object,
+) -> dict[str, str]:
+    """What makes a geofence unusable, by field (empty when it is fine): a circle needs a centre
+    and a radius up to MAX_GEOFENCE_RADIUS_M; a polygon 3 to MAX_GEOFENCE_POINTS [lat, lon]."""
+    problems: dict[str, str] = {}
+    if shape == Geofence.Shape.CIRCLE:
+        if not _is_coordinate(center_lat, 90):
+            problems["center_lat"] = "a circle needs a centre latitude, -90 to 90"
+        if not _is_coordinate(center_lon, 180):
+            problems["center_lon"] = "a circle needs a centre longitude, -180 to 180"
+        if radius_m is None or not 0 < radius_m <= MAX_GEOFENCE_RADIUS_M:
+            problems["radius_m"] = (
+                f"a circle needs a radius above 0 and at most {MAX_GEOFENCE_RADIUS_M:.0f} m"
+            )
+    elif shape == Geofence.Shape.POLYGON:
+        points = polygon if isinstance(polygon, list) else []
+        well_formed = all(
+            isinstance(point, list | tuple)
+            and len(point) == 2
+            and _is_coordinate(point[0], 90)
+            and _is_coordinate(point[1], 180)
+            for point in points
+        )
+        if not (3 <= len(points) <= MAX_GEOFENCE_POINTS and well_formed):
+            problems["polygon"] = (
+                f"a polygon needs 3 to {MAX_GEOFENCE_POINTS} points, each [lat, lon] "
+                "with lat -90 to 90 and lon -180 to 180"
+            )
+    else:
+        problems["shape"] = f"one of {', '.join(Geofence.Shape.values)}"
+    return problems
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

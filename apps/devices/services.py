@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, overload
 
 import structlog
 from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
 
 from apps.core.events import Event, EventType
 from apps.devices.models import (
@@ -22,23 +24,41 @@ from apps.tenants.models import Tenant
 log = structlog.get_logger(__name__)
 
 
-def register_device(
-    tenant: Tenant, device_id: str, kind: str, *, site: str = "", auto: bool = False
-) -> tuple[Device, bool]:
-    """The device with this id, created in `tenant` if new. Guard trackers get a Guard.
-
-    Raises ValueError for an id that is not one (DEVICE_ID_RULE): it would stand in topics; or
-    that is the application's MQTT user name or a client id of its (RESERVED_ID_RULE).
-    """
+def check_new_device_id(device_id: str) -> None:
+    """Raises ValueError for an id that is not one (DEVICE_ID_RULE): it would stand in topics;
+    or that is the application's MQTT user name or a client id of its (RESERVED_ID_RULE).
+    register_device and the REST API (apps/noc/api/serializers.py) both refuse by this."""
     if not is_device_id(device_id):
         raise ValueError(f"not a device id: {device_id!r}; a device id is {DEVICE_ID_RULE}")
     if is_reserved_id(device_id):
         raise ValueError(f"device id {device_id!r} is {RESERVED_ID_RULE}")
+
+
+def register_device(
+    tenant: Tenant,
+    device_id: str,
+    kind: str,
+    *,
+    site: str = "",
+    name: str = "",
+    auto: bool = False,
+) -> tuple[Device, bool]:
+    """The device with this id, created in `tenant` if new. Guard trackers get a Guard.
+
+    Raises ValueError for an id check_new_device_id refuses.
+    """
+    check_new_device_id(device_id)
     try:
         with transaction.atomic():
             device, created = Device.objects.get_or_create(
                 device_id=device_id,
-                defaults={"tenant": tenant, "kind": kind, "site": site, "auto_registered": auto},
+                defaults={
+                    "tenant": tenant,
+                    "kind": kind,
+                    "site": site,
+                    "name": name,
+                    "auto_registered": auto,
+                },
             )
             if created and kind == Device.Kind.GPS_TRACKER:
                 Guard.objects.create(tenant=tenant, name=device_id, device=device)
@@ -67,6 +87,48 @@ def auto_register(device_id: str, kind: str, tenant_name: str) -> Device:
         )
     device, _ = register_device(tenant, device_id, kind, auto=True)
     return device
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sorts `burst-2` before `burst-10`: runs of digits compare as numbers, the rest by letter."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part.lower())
+        for part in re.split(r"(\d+)", text)
+        if part
+    )
+
+
+def search_devices(devices: QuerySet[Device], text: str) -> QuerySet[Device]:
+    """The devices whose id, name or site contains `text` (any case)."""
+    return devices.filter(
+        Q(device_id__icontains=text) | Q(name__icontains=text) | Q(site__icontains=text)
+    )
+
+
+class NaturallyOrdered(Sequence[Device]):
+    """Devices in natural order of their id, for a paginator (Django's or DRF's): one narrow
+    query of (pk, device_id) sorted here (neither SQLite nor PostgreSQL sorts that way by
+    itself), then each page's rows by primary key. A tenant's thousands of devices cost a few
+    milliseconds."""
+
+    def __init__(self, devices: QuerySet[Device]) -> None:
+        rows = devices.values_list("pk", "device_id")
+        self._pks = [pk for pk, _ in sorted(rows, key=lambda row: natural_key(row[1]))]
+        self._devices = devices
+
+    def __len__(self) -> int:
+        return len(self._pks)
+
+    @overload
+    def __getitem__(self, index: int) -> Device: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Device]: ...
+    def __getitem__(self, index: int | slice) -> Device | list[Device]:
+        if isinstance(index, int):
+            return self._devices.get(pk=self._pks[index])
+        pks = self._pks[index]
+        found = self._devices.in_bulk(pks)
+        return [found[pk] for pk in pks if pk in found]  # one deleted meanwhile is left out
 
 
 def device_state(device: Device) -> dict[str, Any]:

@@ -689,6 +689,36 @@ class TenantIsolation(RuleBasedStateMachine):
         self.check_text(text, op.marker, f"/noc/ as {op}")
         assert status == (302 if not op.active else 200 if op.sees else 403), (op, status)
 
+    @rule(op=operators, device=devices)
+    @counted
+    def operator_opens_a_device_page(self, op: OperatorM, device: DeviceM) -> None:
+        def page(device_id: str) -> tuple[int, str]:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.port}/noc/devices/{device_id}/"
+            )
+            request.add_header("Cookie", session_cookie(op.user))
+            status, text = fetch(request)
+            self.check_text(text.replace(device_id, "<asked>"), op.marker, f"{device_id} as {op}")
+            return status, text.replace(device_id, "<asked>")
+
+        status, text = page(device.device_id)
+        if op.sees and device.tenant is not op.tenant:
+            TenantIsolation.tally["foreign ids tried"] += 1
+            assert (status, text) == page("no-such-device"), "unlike a device that does not exist"
+            assert status == 404, status
+        else:
+            assert status == (302 if not op.active else 200 if op.sees else 403), (op, status)
+
+    @rule(op=operators)
+    @counted
+    def rest_lists_geofences(self, op: OperatorM) -> None:
+        status, body = self.api(op, "GET", "/api/geofences/")
+        if self.refused(op, status):
+            return
+        assert op.tenant is not None
+        assert status == 200, body
+        assert [fence["name"] for fence in body["results"]] == [f"fence-{op.tenant.marker}"]
+
     def assert_like_absent(
         self, op: OperatorM, answer: tuple[int, dict[str, Any]], method: str, absent: str
     ) -> None:

@@ -1,4 +1,5 @@
-"""What the REST API reads (query parameters, action bodies) and writes (alerts, devices, readings).
+"""What the REST API reads (query parameters, action and write bodies) and writes (alerts, devices,
+geofences, readings).
 
 Alert fields are a superset of `apps.alerts.services.serialize_alert`, so a client sees one shape
 whether an alert arrives over the WebSocket or from `/api/alerts/`.
@@ -21,16 +22,20 @@ from apps.devices.commands import (
     check_command,
 )
 from apps.devices.models import (
+    DEVICE_ID_RULE,
     CommandStatus,
     Device,
     DeviceCommand,
     DeviceCommandTransition,
+    Geofence,
     GuardLocation,
     Reading,
     SensorReading,
     SystemHealthSample,
     TelemetryReading,
+    geofence_problems,
 )
+from apps.devices.services import check_new_device_id, register_device
 
 # --- Query parameters and request bodies ---------------------------------------------------
 
@@ -58,6 +63,13 @@ class DeviceFilterSerializer(serializers.Serializer[Any]):
     status = serializers.ChoiceField(choices=Device.Status.choices, required=False)
     kind = serializers.ChoiceField(choices=Device.Kind.choices, required=False)
     site = serializers.CharField(required=False)
+    search = serializers.CharField(
+        required=False, max_length=100, help_text="Part of the device's id, name or site."
+    )
+
+
+class GeofenceFilterSerializer(serializers.Serializer[Any]):
+    active = serializers.BooleanField(required=False)
 
 
 class AlertNoteSerializer(serializers.Serializer[Any]):
@@ -120,10 +132,83 @@ class AlertDetailSerializer(AlertSerializer):
 
 
 class DeviceSerializer(serializers.ModelSerializer[Device]):
+    """A device; POST registers one in the caller's tenant (as `manage.py register_device`),
+    PATCH renames or moves it. Its id and kind are fixed once registered: its topics, ACL and
+    credentials name the id, and a guard tracker has its Guard."""
+
+    # Checked by check_new_device_id (register_device's rules), not the model field's validators.
+    device_id = serializers.CharField(max_length=64, help_text=f"{DEVICE_ID_RULE}; unique.")
+
     class Meta:
         model = Device
         fields = ["device_id", "name", "kind", "site", "status", "battery", "signal", "last_seen"]
-        read_only_fields = fields
+        read_only_fields = ["status", "battery", "signal", "last_seen"]
+
+    def validate_device_id(self, device_id: str) -> str:
+        if self.instance is not None:
+            if device_id != self.instance.device_id:
+                raise serializers.ValidationError("a device's id cannot change")
+            return device_id
+        try:
+            check_new_device_id(device_id)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return device_id
+
+    def validate_kind(self, kind: str) -> str:
+        if self.instance is not None and kind != self.instance.kind:
+            raise serializers.ValidationError("a device's kind cannot change")
+        return kind
+
+    def create(self, validated_data: dict[str, Any]) -> Device:
+        device, created = register_device(
+            validated_data["tenant"],
+            validated_data["device_id"],
+            validated_data.get("kind", Device.Kind.OTHER),
+            site=validated_data.get("site", ""),
+            name=validated_data.get("name", ""),
+        )
+        if not created:  # in this tenant or another: ids are unique system-wide
+            raise serializers.ValidationError(
+                {"device_id": ["a device with this id is already registered"]}
+            )
+        return device
+
+
+class GeofenceSerializer(serializers.ModelSerializer[Geofence]):
+    polygon = serializers.JSONField(
+        required=False, help_text="A polygon's points, each [lat, lon]; [] for a circle."
+    )
+
+    class Meta:
+        model = Geofence
+        fields = [
+            "id",
+            "name",
+            "shape",
+            "center_lat",
+            "center_lon",
+            "radius_m",
+            "polygon",
+            "active",
+        ]
+        read_only_fields = ["id"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        def value(name: str) -> Any:
+            return attrs.get(name, getattr(self.instance, name, None))
+
+        # The rules Geofence.clean applies in the admin.
+        problems = geofence_problems(
+            value("shape"),
+            value("center_lat"),
+            value("center_lon"),
+            value("radius_m"),
+            value("polygon") or [],
+        )
+        if problems:
+            raise serializers.ValidationError({name: [text] for name, text in problems.items()})
+        return attrs
 
 
 # --- Readings ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`/api/`: tokens, alerts, devices, readings, device commands, notification rules and
+"""`/api/`: tokens, alerts, devices, geofences, readings, device commands, notification rules and
 attempts, and the OpenAPI schema describing them."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rest_framework_simplejwt.views import (
 
 from apps.core.client_address import client_address
 from apps.noc.api.notifications import AlertNotificationsView, NotificationRuleViewSet
-from apps.noc.api.views import AlertViewSet, CommandViewSet, DeviceViewSet
+from apps.noc.api.views import AlertViewSet, CommandViewSet, DeviceViewSet, GeofenceViewSet
 from apps.noc.logins import lockout_response
 
 app_name = "api"
@@ -27,6 +27,7 @@ app_name = "api"
 router = DefaultRouter()
 router.register("alerts", AlertViewSet, basename="alert")
 router.register("devices", DeviceViewSet, basename="device")
+router.register("geofences", GeofenceViewSet, basename="geofence")
 router.register("notification-rules", NotificationRuleViewSet, basename="notification-rule")
 router.register("commands", CommandViewSet, basename="command")
 

@@ -1,5 +1,5 @@
-"""The REST API: alerts (read and act on), devices, readings, device commands (send, follow,
-cancel) — all of the caller's tenant only.
+"""The REST API: alerts (read and act on), devices and geofences (read, register and edit),
+readings, device commands (send, follow, cancel) — all of the caller's tenant only.
 
 Every queryset starts from `request.user.tenant`, so another tenant's id is simply not found
 (404, never 403) and a user without a tenant sees nothing.
@@ -19,11 +19,11 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotFound
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied
 from rest_framework.generics import get_object_or_404
-from rest_framework.permissions import BasePermission
+from rest_framework.permissions import BasePermission, DjangoModelPermissions
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer, Serializer
@@ -33,7 +33,8 @@ from apps.alerts.models import ACTIVE_STATUSES, Alert, AlertStatus
 from apps.alerts.services import TransitionError, transition
 from apps.core.outbox import broadcast_on_commit
 from apps.devices.commands import CommandStateError
-from apps.devices.models import Device, DeviceCommand
+from apps.devices.models import Device, DeviceCommand, Geofence
+from apps.devices.services import NaturallyOrdered, search_devices
 from apps.noc.api.serializers import (
     READING_SERIALIZERS,
     AlertDetailSerializer,
@@ -47,6 +48,8 @@ from apps.noc.api.serializers import (
     DeviceDetailSerializer,
     DeviceFilterSerializer,
     DeviceSerializer,
+    GeofenceFilterSerializer,
+    GeofenceSerializer,
     ReadingQuerySerializer,
     readings_of,
 )
@@ -86,6 +89,14 @@ class AlertConflict(APIException):
 def caller_tenant_id(request: Request) -> int | None:
     user = request.user
     return user.tenant_id if isinstance(user, User) else None
+
+
+def owning_tenant_id(request: Request) -> int:
+    """The tenant a new row belongs to: always the caller's, never one named in the body."""
+    tenant_id = caller_tenant_id(request)
+    if tenant_id is None:
+        raise PermissionDenied("A user without a tenant cannot own devices or geofences.")
+    return tenant_id
 
 
 def validated_query(serializer_class: type[Serializer[Any]], request: Request) -> dict[str, Any]:
@@ -207,13 +218,28 @@ READINGS_RESPONSE = PolymorphicProxySerializer(
 )
 
 
-@extend_schema_view(list=extend_schema(parameters=[DeviceFilterSerializer]))
-class DeviceViewSet(viewsets.ReadOnlyModelViewSet[Device]):
-    """The tenant's devices; the detail adds the latest telemetry, location and sensor reading."""
+@extend_schema_view(
+    list=extend_schema(
+        summary="The tenant's devices in natural order of id (burst-2 before burst-10)",
+        parameters=[DeviceFilterSerializer],
+    ),
+    create=extend_schema(summary="Register a device in the caller's tenant"),
+    partial_update=extend_schema(summary="Rename a device or move it to another site"),
+)
+class DeviceViewSet(
+    mixins.CreateModelMixin, mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet[Device]
+):
+    """The tenant's devices; the detail adds the latest telemetry, location and sensor reading.
 
-    permission_classes = [HasNocAccess]
+    Reading needs the NOC permission; registering and editing also the model's permissions
+    (devices.add_device, devices.change_device), which a tenant's administrator grants. There
+    is no DELETE: a device's readings, alerts and commands hang on it (the admin removes one).
+    """
+
+    permission_classes = [HasNocAccess, DjangoModelPermissions]
     lookup_field = "device_id"
     lookup_value_regex = "[^/]+"
+    http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self) -> QuerySet[Device]:
         tenant_id = caller_tenant_id(self.request)
@@ -222,16 +248,29 @@ class DeviceViewSet(viewsets.ReadOnlyModelViewSet[Device]):
         devices = Device.objects.filter(tenant_id=tenant_id).order_by("device_id")
         if self.action != "list":
             return devices
-        return devices.filter(**validated_query(DeviceFilterSerializer, self.request))
+        filters = validated_query(DeviceFilterSerializer, self.request)
+        search = filters.pop("search", "")
+        devices = devices.filter(**filters)
+        return search_devices(devices, search) if search else devices
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        page = self.paginate_queryset(NaturallyOrdered(self.get_queryset()))
+        assert page is not None  # REST_FRAMEWORK sets DEFAULT_PAGINATION_CLASS
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def get_serializer_class(self) -> type[BaseSerializer[Device]]:
         return DeviceDetailSerializer if self.action == "retrieve" else DeviceSerializer
 
     def get_permissions(self) -> Sequence[Any]:
-        permissions: list[Any] = [*super().get_permissions()]
-        if self.request is not None and self.request.method == "POST":  # sending a command
-            permissions.append(CanSendCommands())
-        return permissions
+        if self.action == "send_command":  # a POST, but it registers nothing
+            return [HasNocAccess(), CanSendCommands()]
+        return super().get_permissions()
+
+    def perform_create(self, serializer: BaseSerializer[Device]) -> None:
+        owning_tenant_id(self.request)  # refuses a user without a tenant
+        operator = self.request.user
+        assert isinstance(operator, User)
+        serializer.save(tenant=operator.tenant)
 
     @extend_schema(
         summary="The device's commands, newest first",
@@ -286,6 +325,29 @@ class DeviceViewSet(viewsets.ReadOnlyModelViewSet[Device]):
         assert paginator is not None  # REST_FRAMEWORK sets DEFAULT_PAGINATION_CLASS
         page = paginator.paginate_queryset(readings, request, view=self)
         return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+@extend_schema_view(list=extend_schema(parameters=[GeofenceFilterSerializer]))
+class GeofenceViewSet(viewsets.ModelViewSet[Geofence]):
+    """The tenant's geofences, the areas its guards must stay in (a GPS position outside every
+    active one raises GEOFENCE_VIOLATION). Reading needs the NOC permission; creating, changing
+    and deleting also the model's permissions (devices.add_/change_/delete_geofence)."""
+
+    serializer_class = GeofenceSerializer
+    permission_classes = [HasNocAccess, DjangoModelPermissions]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self) -> QuerySet[Geofence]:
+        tenant_id = caller_tenant_id(self.request)
+        if tenant_id is None:
+            return Geofence.objects.none()
+        fences = Geofence.objects.filter(tenant_id=tenant_id).order_by("name", "id")
+        if self.action != "list":
+            return fences
+        return fences.filter(**validated_query(GeofenceFilterSerializer, self.request))
+
+    def perform_create(self, serializer: BaseSerializer[Geofence]) -> None:
+        serializer.save(tenant_id=owning_tenant_id(self.request))
 
 
 class CommandConflict(APIException):
