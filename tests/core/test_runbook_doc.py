@@ -143,3 +143,25 @@ def test_the_alert_table_matches_the_rules():
         f"only in alerts.yml: {sorted(defined - documented)}; "
         f"only in the runbook: {sorted(documented - defined)}"
     )
+
+
+def test_no_printed_grep_reads_only_the_last_lines_of_a_log():
+    # A line logged once (`Connected to MQTT Broker`, at connect) is soon older than the last N
+    # lines: grep the whole log, then take the last match (`grep … | tail -n 1`).
+    tails = re.findall(r"tail -n \d+ [^|\n]*\.log[^|\n]*\|\s*grep[^\n]*", TEXT + README)
+    assert not tails, f"greps of a log's last lines only: {tails}"
+
+
+# Written by Python itself (an uncaught exception), not by our code.
+LOGGED_BY_PYTHON = {"Traceback"}
+
+
+def test_every_fixed_string_grepped_in_a_log_is_one_the_code_logs():
+    greps = re.findall(
+        r"grep(?:\s+-[A-Za-z]+(?:\s+\d+)?)*\s+\"([^\"]+)\"\s+\S+\.log", TEXT + README
+    )
+    fixed = {string for string in greps if not re.search(r"[.*\[\]|^$\\]", string)}
+    assert "Connected to MQTT Broker" in fixed, "the grep extraction found nothing"
+    source = "\n".join(path.read_text() for path in (ROOT / "apps").rglob("*.py"))
+    missing = sorted(fixed - LOGGED_BY_PYTHON - {s for s in fixed if s in source})
+    assert not missing, f"the docs grep logs for lines no code writes: {missing}"
