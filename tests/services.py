@@ -370,6 +370,18 @@ class Stack(Service):
                 f"the stack never became healthy; its output:\n{self.log()}"
             ) from None
 
+    def stackctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`manage.py stackctl`, as an operator runs it against this stack."""
+        return subprocess.run(
+            [sys.executable, "manage.py", "stackctl", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
     def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         supervisorctl = str(Path(sys.executable).parent / "supervisorctl")
         conf = str(Path(self.env["VAR_DIR"]) / "supervisord.conf")

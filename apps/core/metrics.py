@@ -248,7 +248,8 @@ QUEUE_CANARY_AGE = ScrapeGauge(
 )
 WORKER_UP = ScrapeGauge(
     "celery_worker_up",
-    "1 while a worker node's heartbeat for the queue it consumes is fresh, 0 once it is stale",
+    "1 while a worker node's heartbeat for the queue it consumes is fresh, 0 once it is stale "
+    "or the worker stopped cleanly (`manage.py bus_status` tells the two apart)",
     ("queue", "hostname"),
 )
 MQTT_SUBSCRIBERS_CONNECTED = ScrapeGauge(

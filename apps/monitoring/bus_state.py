@@ -27,6 +27,7 @@ from apps.core.tasks.celery_settings import QUEUES, broker_list_keys
 from apps.monitoring.celery_hooks import (
     HEARTBEAT_KEY_PREFIX,
     HEARTBEAT_STALE_AFTER_SECONDS,
+    HEARTBEAT_STOPPED,
     PUBLISHED_AT_HEADER,
 )
 from apps.monitoring.tasks import canary_key
@@ -123,11 +124,20 @@ def every_breaker(client: redis.Redis[str]) -> dict[str, circuit_breaker.Breaker
 class WorkerHeartbeat:
     queue: str
     hostname: str
-    seen_at: float
+    seen_at: float  # the last heartbeat, or when it stopped; 0.0: stopped at an unknown time
+    stopped: bool = False  # cleanly: it said so as it stopped consuming
 
     @property
     def up(self) -> bool:
-        return time.time() - self.seen_at < HEARTBEAT_STALE_AFTER_SECONDS
+        return not self.stopped and time.time() - self.seen_at < HEARTBEAT_STALE_AFTER_SECONDS
+
+    @classmethod
+    def decode(cls, queue: str, hostname: str, value: str) -> WorkerHeartbeat:
+        if value.startswith(HEARTBEAT_STOPPED):
+            return cls(queue, hostname, float(value.removeprefix(HEARTBEAT_STOPPED)), True)
+        seen_at = float(value)
+        # 0: what workers wrote on a clean stop before they wrote the time with it.
+        return cls(queue, hostname, seen_at, stopped=seen_at == 0)
 
 
 def read_worker_heartbeats(client: redis.Redis[str]) -> list[WorkerHeartbeat]:
@@ -139,7 +149,7 @@ def read_worker_heartbeats(client: redis.Redis[str]) -> list[WorkerHeartbeat]:
         if value is None:  # expired between SCAN and MGET
             continue
         queue, _, hostname = key.removeprefix(HEARTBEAT_KEY_PREFIX).partition(":")
-        heartbeats.append(WorkerHeartbeat(queue, hostname, float(value)))
+        heartbeats.append(WorkerHeartbeat.decode(queue, hostname, value))
     return heartbeats
 
 

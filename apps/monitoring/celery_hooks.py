@@ -31,6 +31,9 @@ HEARTBEAT_INTERVAL_SECONDS = 5
 # after, so a dead worker shows as 0 rather than vanishing from the metrics at once.
 HEARTBEAT_STALE_AFTER_SECONDS = 3 * HEARTBEAT_INTERVAL_SECONDS
 HEARTBEAT_KEY_TTL_SECONDS = 3600
+# What a worker writes when it stops consuming on purpose (warm shutdown, `stackctl stop`),
+# followed by the time: readers tell a clean stop from a stale heartbeat (crashed or hung).
+HEARTBEAT_STOPPED = "stopped:"
 
 
 def heartbeat_key(queue: str, hostname: str) -> str:
@@ -60,15 +63,15 @@ class QueueHeartbeat(bootsteps.StartStopStep):
             self.timer_entry.cancel()
             self.timer_entry = None
             # Stopped on purpose: down at once (an alert should still see it), not in 15 s.
-            self.beat(parent, seen_at=0.0)
+            self.beat(parent, stopped=True)
 
     shutdown = stop
 
-    def beat(self, consumer: Any, seen_at: float | None = None) -> None:
+    def beat(self, consumer: Any, stopped: bool = False) -> None:
         if consumer.task_consumer is None:
             return
         queues = [queue.name for queue in consumer.task_consumer.queues]
-        now = repr(time.time() if seen_at is None else seen_at)
+        now = (HEARTBEAT_STOPPED if stopped else "") + repr(time.time())
         try:
             with state_redis().pipeline(transaction=False) as pipe:
                 for queue in queues:

@@ -3,7 +3,7 @@
 Supervisor (`supervisord -n`) starts the services in the runbook's order, restarts one that
 crashes, stops them in reverse order, and lets an operator stop, start or restart one at a time:
 
-    .venv/bin/supervisorctl -c var/supervisord.conf restart celery:general
+    .venv/bin/python manage.py stackctl restart celery:general     (or celery@general)
 """
 
 from __future__ import annotations
@@ -55,6 +55,13 @@ class Program:
     log_name: str
     stop_wait_seconds: int = 10
     group: str | None = None
+    # Other names `stackctl` accepts for it: its production systemd unit, as the runbooks write
+    # it (`celery@general`, `mqtt-subscriber`), so an operator's habit works here too.
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def supervisor_name(self) -> str:
+        return f"{self.group}:{self.name}" if self.group else self.name
 
 
 @dataclass(frozen=True)
@@ -233,7 +240,11 @@ def programs(paths: StackPaths) -> list[Program]:
         )
         result.append(
             Program(
-                "redis", [redis_server, str(paths.var_dir / "redis" / "redis.conf")], 10, "redis"
+                "redis",
+                [redis_server, str(paths.var_dir / "redis" / "redis.conf")],
+                10,
+                "redis",
+                aliases=("redis-server",),
             )
         )
     if manages_mosquitto():
@@ -246,14 +257,36 @@ def programs(paths: StackPaths) -> list[Program]:
     result.append(Program("daphne", daphne, 30, "daphne"))
     for queue in QUEUES:
         command = [python, "-m", "apps.core.worker", queue.name]
-        result.append(Program(queue.name, command, 40, f"celery-{queue.name}", group="celery"))
+        result.append(
+            Program(
+                queue.name,
+                command,
+                40,
+                f"celery-{queue.name}",
+                group="celery",
+                aliases=(f"celery@{queue.name}",),
+            )
+        )
     beat = beat_argv(str(paths.var_dir / "celerybeat-schedule"), loglevel=settings.LOG_LEVEL)
-    result.append(Program("celerybeat", [venv_executable("celery"), *beat[1:]], 50, "celerybeat"))
+    beat_command = [venv_executable("celery"), *beat[1:]]
+    result.append(Program("celerybeat", beat_command, 50, "celerybeat", aliases=("celery-beat",)))
     # Two sessions, so an alert never queues behind telemetry (apps/mqtt/subscriber.py, Lane).
     for name, lane in (("mqtt_subscriber_urgent", "urgent"), ("mqtt_subscriber", "routine")):
         command = [python, manage, "mqtt_subscriber", "--lane", lane]
-        result.append(Program(name, command, 60, name))
+        result.append(Program(name, command, 60, name, aliases=(name.replace("_", "-"),)))
     return result
+
+
+def control_names(stack: list[Program]) -> dict[str, list[str]]:
+    """What `stackctl` accepts, by supervisor's name: each program (`celery:general`) and each
+    group (`celery:*`, every worker), with the aliases that also name it (`celery@general`,
+    `celery@*`: systemd's template instances)."""
+    names: dict[str, list[str]] = {}
+    for program in stack:
+        names[program.supervisor_name] = list(program.aliases)
+    for group in dict.fromkeys(program.group for program in stack if program.group):
+        names[f"{group}:*"] = [f"{group}@*"]
+    return names
 
 
 def supervisor_config(paths: StackPaths, stack: list[Program]) -> str:

@@ -2,22 +2,28 @@
 
 Every `manage.py <command>` it mentions exists, every `make <target>` is in the Makefile, every
 file under deploy/ or scripts/ it names exists, every program it hands to `stackctl` is one that
-`make run` supervises, every systemd unit it starts is shipped in deploy/systemd/ (or is the
-distribution's Redis / Mosquitto), and its alert table matches deploy/prometheus/alerts.yml.
+`make run` supervises (or an alias of one), every systemd unit it starts is shipped in
+deploy/systemd/ (or is the distribution's Redis / Mosquitto), its alert table matches
+deploy/prometheus/alerts.yml, and every log line it (or the README) greps for is one the code
+writes, searched in the whole log.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import yaml
+from django.conf import settings
 from django.core.management import get_commands
 
 from apps.core.tasks.celery_settings import QUEUES
+from apps.monitoring import stack
 from tests.services import ROOT
 
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
 TEXT = RUNBOOK.read_text()
+README = (ROOT / "README.md").read_text()
 QUEUE_NAMES = {queue.name for queue in QUEUES}
 
 
@@ -73,9 +79,8 @@ def test_every_deploy_and_scripts_path_exists():
 
 
 def stack_programs() -> set[str]:
-    names = {"redis", "mosquitto", "daphne", "celerybeat", "celery:*"}
-    names |= {"mqtt_subscriber", "mqtt_subscriber_urgent"}
-    return names | {f"celery:{queue}" for queue in QUEUE_NAMES}
+    names = stack.control_names(stack.programs(stack.StackPaths(Path(settings.VAR_DIR))))
+    return {*names, *(alias for aliases in names.values() for alias in aliases)}
 
 
 def test_every_stackctl_program_is_one_make_run_supervises():
@@ -138,3 +143,25 @@ def test_the_alert_table_matches_the_rules():
         f"only in alerts.yml: {sorted(defined - documented)}; "
         f"only in the runbook: {sorted(documented - defined)}"
     )
+
+
+def test_no_printed_grep_reads_only_the_last_lines_of_a_log():
+    # A line logged once (`Connected to MQTT Broker`, at connect) is soon older than the last N
+    # lines: grep the whole log, then take the last match (`grep … | tail -n 1`).
+    tails = re.findall(r"tail -n \d+ [^|\n]*\.log[^|\n]*\|\s*grep[^\n]*", TEXT + README)
+    assert not tails, f"greps of a log's last lines only: {tails}"
+
+
+# Written by Python itself (an uncaught exception), not by our code.
+LOGGED_BY_PYTHON = {"Traceback"}
+
+
+def test_every_fixed_string_grepped_in_a_log_is_one_the_code_logs():
+    greps = re.findall(
+        r"grep(?:\s+-[A-Za-z]+(?:\s+\d+)?)*\s+\"([^\"]+)\"\s+\S+\.log", TEXT + README
+    )
+    fixed = {string for string in greps if not re.search(r"[.*\[\]|^$\\]", string)}
+    assert "Connected to MQTT Broker" in fixed, "the grep extraction found nothing"
+    source = "\n".join(path.read_text() for path in (ROOT / "apps").rglob("*.py"))
+    missing = sorted(fixed - LOGGED_BY_PYTHON - {s for s in fixed if s in source})
+    assert not missing, f"the docs grep logs for lines no code writes: {missing}"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,12 +16,13 @@ from django.core.management import CommandError, call_command
 
 from apps.core import intake_status
 from apps.core.redis_client import state_redis
-from apps.core.tasks.celery_settings import broker_list_keys
+from apps.core.tasks.celery_settings import GENERAL, broker_list_keys, worker_argv
 from apps.devices.models import TelemetryReading
 from apps.monitoring import bus_state
+from apps.monitoring.celery_hooks import heartbeat_key
 from tests import environment
 from tests.factories import create_tenant_with_devices, telemetry
-from tests.services import ROOT, Service, mqtt_publish, wait_for
+from tests.services import ROOT, Service, mqtt_publish, python_service, wait_for
 
 
 def run(*args: str) -> str:
@@ -78,6 +82,37 @@ def test_bus_status_shows_queues_workers_subscribers_breakers_and_dead_letters(b
     assert "connected" in output
     assert "webhook            open" in output
     assert "Dead letters\n  none" in output
+
+
+@pytest.mark.django_db
+def test_bus_status_tells_a_cleanly_stopped_worker_from_one_whose_heartbeat_went_stale(
+    redis_client: Any, tmp_path: Path
+):
+    argv = worker_argv(GENERAL.name)
+    node = f"stop-check-{os.getpid()}@{socket.gethostname()}"
+    argv[argv.index("--queues") + 1] = "stop_check"
+    argv[argv.index("--hostname") + 1] = node
+    worker = python_service("stop-check", ["-m", *argv], tmp_path / "worker.log")
+    stopped_key = heartbeat_key("stop_check", node)
+    try:
+        wait_for(lambda: redis_client.exists(stopped_key), timeout=60, what="the heartbeat")
+    finally:
+        worker.stop()  # SIGTERM: Celery's warm shutdown, as `stackctl stop` and systemd do
+    # What a worker killed ten minutes ago leaves: a heartbeat nobody refreshes.
+    redis_client.set(heartbeat_key("stale_check", "crashed@host"), repr(time.time() - 600))
+
+    lines = run("bus_status").splitlines()
+    (stopped,) = [line for line in lines if node in line]
+    (stale,) = [line for line in lines if "crashed@host" in line]
+    assert "stopped  (cleanly, " in stopped
+    assert "DOWN" not in stopped
+    assert "DOWN  (last heartbeat 10 min ago: crashed or hung)" in stale
+    # Neither counts as up: celery_worker_up 0, and requeue does not wait for them.
+    beats = {beat.hostname: beat for beat in bus_state.read_worker_heartbeats(redis_client)}
+    assert not beats[node].up
+    assert beats[node].stopped
+    assert not beats["crashed@host"].up
+    assert not beats["crashed@host"].stopped
 
 
 def waiting(queue: str, client: Any) -> int:

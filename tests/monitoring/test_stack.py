@@ -109,8 +109,8 @@ def test_the_stack_comes_up_healthy_stores_the_first_message_and_sigterm_leaves_
             soft, _hard = process.rlimit(psutil.RLIMIT_NOFILE)
             assert soft == stack_module.file_descriptor_limit() > 1024, command_line(process)
 
-    # One service at a time, as the runbook does with systemctl: health names what is down.
-    stack.supervisorctl("stop", "celery:ml_training")
+    # One service at a time, by the runbook's own unit name: health names what is down.
+    assert stack.stackctl("stop", "celery@ml_training").stdout == "celery:ml_training: stopped\n"
     wait_for(
         lambda: stack.failing() == {"workers:ml_training"},
         timeout=30,

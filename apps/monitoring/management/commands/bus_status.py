@@ -43,9 +43,17 @@ class Command(BaseCommand):
         if not heartbeats:
             write(self.style.ERROR("  none has reported: are the Celery workers running?"))
         for beat in heartbeats:
-            state = self.style.SUCCESS("up") if beat.up else self.style.ERROR("DOWN")
-            seen = _age(now - beat.seen_at)
-            write(f"  {beat.queue:<18} {beat.hostname:<24} {state}  (heartbeat {seen})")
+            node = f"  {beat.queue:<18} {beat.hostname:<24}"
+            if beat.up:
+                write(f"{node} {self.style.SUCCESS('up')}  (heartbeat {_age(now - beat.seen_at)})")
+            elif beat.stopped:
+                when = _age(now - beat.seen_at) if beat.seen_at else "when unknown"
+                write(f"{node} {self.style.WARNING('stopped')}  (cleanly, {when})")
+            else:
+                seen = _age(now - beat.seen_at)
+                write(
+                    f"{node} {self.style.ERROR('DOWN')}  (last heartbeat {seen}: crashed or hung)"
+                )
 
         write("MQTT subscribers")
         if intake_status.intake_paused(client):

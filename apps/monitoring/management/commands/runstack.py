@@ -16,12 +16,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
 from apps.monitoring import stack
 from apps.noc.operators import ensure_demo_operator
 
 STARTUP_DEADLINE_SECONDS = 90
+ERASE_TO_END = "\x1b[K"  # of the terminal line: what a longer line before left there
 
 
 class Command(BaseCommand):
@@ -72,30 +73,28 @@ class Command(BaseCommand):
     def _report_when_healthy(self, supervisord: subprocess.Popen[bytes]) -> None:
         url = f"http://{settings.HTTP_HOST}:{settings.HTTP_PORT}/monitoring/health/"
         started = time.monotonic()
-        down: list[str] = []
-        last_report = started
+        progress = Progress(self.stdout)
         while supervisord.poll() is None:
             elapsed = time.monotonic() - started
-            healthy, down = _health(url)
+            healthy, down, total = _health(url)
             if healthy:
-                self.stdout.write(self.style.SUCCESS(f"Stack is healthy after {elapsed:.0f} s."))
+                progress.done(self.style.SUCCESS(f"Stack is healthy after {elapsed:.0f} s."))
                 return
             if elapsed > STARTUP_DEADLINE_SECONDS:
-                self.stdout.write(
+                progress.done(
                     self.style.ERROR(
                         f"Not healthy after {STARTUP_DEADLINE_SECONDS} s; still down: "
-                        f"{', '.join(down)}. Look in the logs under {settings.VAR_DIR}/log/."
+                        f"{_described(down) or 'the web server'}. Look in the logs under "
+                        f"{settings.VAR_DIR}/log/ and at `make status`."
                     )
                 )
                 return
-            if time.monotonic() - last_report >= 10:
-                self.stdout.write(f"  waiting for: {', '.join(down) or 'the web server'} …")
-                last_report = time.monotonic()
+            progress.show(waiting_line([name for name, _error in down], total))
             time.sleep(1)
+        progress.done()  # supervisord exited first; what it said is in its log
 
     def _print_banner(self, username: str, password: str, paths: stack.StackPaths) -> None:
         base = f"http://localhost:{settings.HTTP_PORT}"
-        conf = paths.supervisor_conf
         self.stdout.write(
             "\n".join(
                 [
@@ -108,7 +107,8 @@ class Command(BaseCommand):
                     f"  First message:  mosquitto_pub -p {settings.MQTT_PORT} "
                     '-t device/test/telemetry -m \'{"battery": 100, "signal": 95, '
                     '"timestamp": "\'$(date -Is)\'"}\'',
-                    f"  Services:       .venv/bin/supervisorctl -c {conf} status",
+                    "  Services:       make status; one at a time: .venv/bin/python manage.py "
+                    "stackctl restart celery@general",
                     f"  Logs:           {paths.log_dir}/",
                     "  Stop:           Ctrl-C here, or `make stop`",
                     "",
@@ -129,22 +129,72 @@ class _Forwarder:
             self.child.send_signal(signal.SIGTERM)
 
 
-def _health(url: str) -> tuple[bool, list[str]]:
+def waiting_line(waiting: list[str], total: int, width: int = 72) -> str:
+    """One short line naming what start-up still waits for, the names cut to fit `width`:
+    "waiting for 3 of 10: workers:general, mqtt_subscriber, …"."""
+    if not total:
+        return "waiting for the web server (daphne) …"
+    head = f"waiting for {len(waiting)} of {total}: "
+    shown: list[str] = []
+    for name in waiting:
+        if len(head) + len(", ".join([*shown, name, "…"])) > width:
+            return head + ", ".join([*shown, "…"])
+        shown.append(name)
+    return head + ", ".join(shown)
+
+
+def _described(down: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{name} ({error})" if error else name for name, error in down)
+
+
+class Progress:
+    """Start-up progress on one line: rewritten in place on a terminal, and printed again only
+    when it changes otherwise (a log file gets one line per change, not one per second)."""
+
+    def __init__(self, out: OutputWrapper) -> None:
+        self.out = out
+        self.in_place = out.isatty()
+        self.last = ""
+
+    def show(self, line: str) -> None:
+        if line == self.last:
+            return
+        if self.in_place:
+            self.out.write(f"\r{line}{ERASE_TO_END}", ending="")
+            self.out.flush()
+        else:
+            self.out.write(line)
+        self.last = line
+
+    def done(self, line: str = "") -> None:
+        """End the progress: its line is replaced by `line` on a terminal, followed by it in a
+        log."""
+        if self.in_place and self.last:
+            self.out.write(f"\r{ERASE_TO_END}", ending="")
+            self.last = ""
+        if line:
+            self.out.write(line)
+
+
+def _health(url: str) -> tuple[bool, list[tuple[str, str]], int]:
+    """Healthy or not, the failing checks with their errors, and how many checks there are
+    (0: no answer yet)."""
     request = urllib.request.Request(url)  # noqa: S310 (our own URL)
     if settings.MONITORING_API_KEY:
         request.add_header("Authorization", f"Bearer {settings.MONITORING_API_KEY}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
-            return response.status == 200, []
+            return response.status == 200, [], 0
     except urllib.error.HTTPError as exc:
         try:
             checks = json.loads(exc.read())["checks"]
         except (ValueError, KeyError):
-            return False, [f"HTTP {exc.code}"]
-        return False, [
-            f"{name} ({check['error']})" if check.get("error") else name
+            return False, [(f"HTTP {exc.code}", "")], 1
+        down = [
+            (name, check.get("error") or "")
             for name, check in checks.items()
             if not check.get("ok")
         ]
+        return False, down, len(checks)
     except (urllib.error.URLError, OSError):
-        return False, []
+        return False, [], 0
