@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -11,6 +12,7 @@ from django.db import IntegrityError, transaction
 from apps.core.events import Event, EventType
 from apps.devices.models import (
     DEVICE_ID_RULE,
+    MIN_REPORT_INTERVAL,
     RESERVED_ID_RULE,
     Device,
     Guard,
@@ -23,22 +25,38 @@ log = structlog.get_logger(__name__)
 
 
 def register_device(
-    tenant: Tenant, device_id: str, kind: str, *, site: str = "", auto: bool = False
+    tenant: Tenant,
+    device_id: str,
+    kind: str,
+    *,
+    site: str = "",
+    auto: bool = False,
+    report_interval: timedelta | None = None,
 ) -> tuple[Device, bool]:
     """The device with this id, created in `tenant` if new. Guard trackers get a Guard.
+    `report_interval`: how often it reports, if not as its kind does (apps/mqtt/presence.py).
 
     Raises ValueError for an id that is not one (DEVICE_ID_RULE): it would stand in topics; or
-    that is the application's MQTT user name or a client id of its (RESERVED_ID_RULE).
+    that is the application's MQTT user name or a client id of its (RESERVED_ID_RULE); or for
+    an interval under MIN_REPORT_INTERVAL.
     """
     if not is_device_id(device_id):
         raise ValueError(f"not a device id: {device_id!r}; a device id is {DEVICE_ID_RULE}")
     if is_reserved_id(device_id):
         raise ValueError(f"device id {device_id!r} is {RESERVED_ID_RULE}")
+    if report_interval is not None and report_interval < MIN_REPORT_INTERVAL:
+        raise ValueError(f"a report interval is at least {MIN_REPORT_INTERVAL.seconds} seconds")
     try:
         with transaction.atomic():
             device, created = Device.objects.get_or_create(
                 device_id=device_id,
-                defaults={"tenant": tenant, "kind": kind, "site": site, "auto_registered": auto},
+                defaults={
+                    "tenant": tenant,
+                    "kind": kind,
+                    "site": site,
+                    "auto_registered": auto,
+                    "report_interval": report_interval,
+                },
             )
             if created and kind == Device.Kind.GPS_TRACKER:
                 Guard.objects.create(tenant=tenant, name=device_id, device=device)

@@ -74,6 +74,9 @@ class TopicKind:
     immediate: bool  # sent to Celery the moment it arrives, not batched
     registers_as: Device.Kind  # the kind DEVICE_AUTO_REGISTER gives a device first heard here
     published_by: frozenset[str]  # the kinds of device that may publish here (ACL, admission)
+    # A heartbeat: the device reports this regularly, so its silence means something, whatever
+    # its kind (offline detection, apps/mqtt/presence.py). The rest are events.
+    heartbeat: bool = False
     # The alert a message raises, checked against ALERTS_BY_DEVICE_KIND at admission.
     alert_raised: Callable[[schemas.DevicePayload], AlertType | None] = no_alert
 
@@ -128,6 +131,7 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         immediate=False,
         registers_as=Device.Kind.OTHER,
         published_by=EVERY_KIND,
+        heartbeat=True,
     ),
     TopicKind(
         name="command_ack",
@@ -164,6 +168,7 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         immediate=False,
         registers_as=Device.Kind.GATEWAY,
         published_by=frozenset({Device.Kind.GATEWAY, Device.Kind.CAMERA}),
+        heartbeat=True,
     ),
 )
 KINDS_BY_NAME: Final = {kind.name: kind for kind in TOPIC_KINDS}
