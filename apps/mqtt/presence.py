@@ -43,11 +43,11 @@ def mark_seen(seen: list[tuple[Device, datetime]], *, heartbeat: bool = False) -
     (consumers/base.py)."""
     back: list[tuple[Device, str]] = []
     for device, at in seen:
+        if heartbeat and (device.last_heartbeat is None or at > device.last_heartbeat):
+            device.last_heartbeat = at
         if device.last_seen is not None and at <= device.last_seen:
             continue
         device.last_seen = at
-        if heartbeat:
-            device.last_heartbeat = at
         if device.status == Device.Status.UNKNOWN:
             device.status = Device.Status.ONLINE
         elif device.status == Device.Status.OFFLINE:
