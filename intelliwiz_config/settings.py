@@ -85,6 +85,22 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_int_map(name: str, default: dict[str, int], *, minimum: int) -> dict[str, int]:
+    """`name=number,name=number`: a whole number per name, each at least `minimum`."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    values: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, number = (text.strip() for text in item.partition("="))
+        if not sep or not key or not number.isdigit():
+            raise ImproperlyConfigured(f"{name}: {item!r} is not `name=whole number`")
+        if int(number) < minimum:
+            raise ImproperlyConfigured(f"{name}: {key}={number} must be at least {minimum}")
+        values[key] = int(number)
+    return values
+
+
 # --- Core -----------------------------------------------------------------------------------
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
@@ -486,7 +502,16 @@ if DEVICE_AUTO_REGISTER and not DEVICE_AUTO_REGISTER_TENANT:
 
 # --- Processing ---------------------------------------------------------------------------
 
+# Offline detection (apps/mqtt/presence.py): how often each kind of device is expected to report,
+# in seconds; a kind not named, every DEVICE_OFFLINE_AFTER. A device's own interval wins.
 DEVICE_OFFLINE_AFTER = env_int("DEVICE_OFFLINE_AFTER", 300, minimum=10)
+DEVICE_REPORT_INTERVALS = env_int_map("DEVICE_REPORT_INTERVALS", {}, minimum=10)
+# Kinds that send only events (a press, an alarm, a position on patrol): their silence is normal,
+# so they are judged by their interval only once they have sent a heartbeat. Both are checked
+# against the device kinds when the devices app loads.
+DEVICE_EVENT_ONLY_KINDS = frozenset(
+    env_list("DEVICE_EVENT_ONLY_KINDS", ["panic_button", "smoke", "door", "gps_tracker"])
+)
 # A device command's time to live when the operator names none (apps/devices/commands.py).
 DEVICE_COMMAND_TTL_SECONDS = env_int("DEVICE_COMMAND_TTL_SECONDS", 300, minimum=1)
 if DEVICE_COMMAND_TTL_SECONDS > 86400:

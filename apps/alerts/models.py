@@ -3,8 +3,10 @@
 At most one *active* alert exists per tenant, source and type (a partial unique index); a repeat
 raises its count and last-seen time instead of adding a row.
 
-AlertType, Severity and AlertStatus are the system's one vocabulary for alerts: the MQTT
-schemas, the REST API and the NOC stream's filters all use these.
+AlertType, Severity and AlertStatus are the system's one vocabulary for alerts: the device
+message schemas, the REST API and the NOC stream's filters all use these. AlertType and Severity
+are defined in apps/core/alert_types.py, below the message contract (apps/devices/messages.py)
+that names them.
 """
 
 from __future__ import annotations
@@ -13,41 +15,11 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from apps.core.alert_types import DEVICE_ALERT_TYPES as DEVICE_ALERT_TYPES
+from apps.core.alert_types import AlertType as AlertType
+from apps.core.alert_types import Severity as Severity
 from apps.devices.models import Device
 from apps.tenants.models import Tenant
-
-
-class AlertType(models.TextChoices):
-    PANIC = "PANIC", "Panic"
-    SOS = "SOS", "SOS"
-    INTRUSION = "INTRUSION", "Intrusion"
-    FIRE = "FIRE", "Fire"
-    MEDICAL = "MEDICAL", "Medical"
-    EQUIPMENT_FAILURE = "EQUIPMENT_FAILURE", "Equipment failure"
-    LOW_BATTERY = "LOW_BATTERY", "Low battery"
-    GEOFENCE_VIOLATION = "GEOFENCE_VIOLATION", "Geofence violation"
-    OFFLINE = "OFFLINE", "Device offline"
-    SYSTEM_HEALTH = "SYSTEM_HEALTH", "System resources"
-    ANOMALY = "ANOMALY", "Anomalous readings"
-
-
-# What a device may report on `alert/<id>/<kind>`; the other types are raised by the system's
-# own rules (battery, geofences, presence, resources, anomaly models).
-DEVICE_ALERT_TYPES = (
-    AlertType.PANIC,
-    AlertType.SOS,
-    AlertType.INTRUSION,
-    AlertType.FIRE,
-    AlertType.MEDICAL,
-    AlertType.EQUIPMENT_FAILURE,
-)
-
-
-class Severity(models.TextChoices):
-    CRITICAL = "CRITICAL", "Critical"
-    HIGH = "HIGH", "High"
-    MEDIUM = "MEDIUM", "Medium"
-    LOW = "LOW", "Low"
 
 
 class AlertStatus(models.TextChoices):

@@ -10,7 +10,14 @@ class DeviceAdmin(admin.ModelAdmin[Device]):
     list_display = ["device_id", "tenant", "kind", "site", "status", "battery", "last_seen"]
     list_filter = ["tenant", "kind", "status", "auto_registered"]
     search_fields = ["device_id", "name", "site"]
-    readonly_fields = ["last_seen", "battery", "signal", "auto_registered", "created_at"]
+    readonly_fields = [
+        "last_seen",
+        "last_heartbeat",
+        "battery",
+        "signal",
+        "auto_registered",
+        "created_at",
+    ]
 
 
 @admin.register(Guard)

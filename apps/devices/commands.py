@@ -85,7 +85,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 
 class CommandResult(StrEnum):
-    """What a device answers on device/<id>/command_ack (apps/mqtt/schemas.py)."""
+    """What a device answers on device/<id>/command_ack (apps/devices/messages.py)."""
 
     DELIVERED = "delivered"  # received, working on it (optional)
     SUCCESS = "success"

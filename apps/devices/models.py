@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from apps.tenants.models import Tenant
@@ -50,6 +51,10 @@ def is_reserved_id(device_id: str) -> bool:
     return device_id in settings.DEVICE_RESERVED_IDS
 
 
+# The shortest reporting interval a device may be given (DEVICE_OFFLINE_AFTER's minimum).
+MIN_REPORT_INTERVAL = timedelta(seconds=10)
+
+
 class Device(models.Model):
     class Kind(models.TextChoices):
         SENSOR = "sensor", "Sensor"
@@ -80,6 +85,18 @@ class Device(models.Model):
     site = models.CharField(max_length=100, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.UNKNOWN)
     last_seen = models.DateTimeField(null=True, blank=True)
+    # When it last sent a heartbeat (a message of a heartbeat kind: telemetry, system health).
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # How often it reports; empty: as its kind does (DEVICE_REPORT_INTERVALS). Offline detection.
+    report_interval = models.DurationField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(MIN_REPORT_INTERVAL)],
+        help_text=(
+            "How often this device reports, e.g. 00:05:00; silent for longer, it goes OFFLINE. "
+            "Empty: as its kind does (DEVICE_REPORT_INTERVALS, DEVICE_OFFLINE_AFTER)."
+        ),
+    )
     battery = models.FloatField(null=True, blank=True)
     signal = models.FloatField(null=True, blank=True)
     auto_registered = models.BooleanField(default=False)

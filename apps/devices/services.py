@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any, overload
 
 import structlog
@@ -13,6 +14,7 @@ from django.db.models import Q, QuerySet
 from apps.core.events import Event, EventType
 from apps.devices.models import (
     DEVICE_ID_RULE,
+    MIN_REPORT_INTERVAL,
     RESERVED_ID_RULE,
     Device,
     Guard,
@@ -42,12 +44,17 @@ def register_device(
     site: str = "",
     name: str = "",
     auto: bool = False,
+    report_interval: timedelta | None = None,
 ) -> tuple[Device, bool]:
     """The device with this id, created in `tenant` if new. Guard trackers get a Guard.
+    `report_interval`: how often it reports, if not as its kind does (apps/mqtt/presence.py).
 
-    Raises ValueError for an id check_new_device_id refuses.
+    Raises ValueError for an id check_new_device_id refuses, or for an interval under
+    MIN_REPORT_INTERVAL.
     """
     check_new_device_id(device_id)
+    if report_interval is not None and report_interval < MIN_REPORT_INTERVAL:
+        raise ValueError(f"a report interval is at least {MIN_REPORT_INTERVAL.seconds} seconds")
     try:
         with transaction.atomic():
             device, created = Device.objects.get_or_create(
@@ -58,6 +65,7 @@ def register_device(
                     "site": site,
                     "name": name,
                     "auto_registered": auto,
+                    "report_interval": report_interval,
                 },
             )
             if created and kind == Device.Kind.GPS_TRACKER:

@@ -23,8 +23,8 @@ from django.conf import settings
 from pydantic import ValidationError
 
 from apps.core.envelope import Envelope
+from apps.devices.messages import INT64_MAX, INT64_MIN
 from apps.mqtt.directory import DeviceDirectory
-from apps.mqtt.schemas import INT64_MAX, INT64_MIN
 from apps.mqtt.topics import TopicError, parse_topic
 
 
@@ -219,7 +219,8 @@ class Intake:
         try:
             message = parsed.kind.schema.model_validate(document)
         except ValidationError as exc:
-            return reject(Reason.SCHEMA, _schema_detail(exc))
+            see = parsed.kind.message.documentation  # docs/messages.md#<kind>
+            return reject(Reason.SCHEMA, f"{_schema_detail(exc)}; see {see}")
         for field, claimed in message.claimed_sources().items():
             if claimed != parsed.source_id:
                 return reject(

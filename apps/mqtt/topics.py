@@ -1,13 +1,14 @@
 """The topic table: one row per kind of device message, and the topic grammar.
 
 Topics look like `<prefix><source_id>/<segment>`, e.g. `device/sensor-001/telemetry`. Each row
-says what its prefix carries and everything derived from that: the payload schema intake
-validates, the consumer that applies it, the Celery task (whose queue and priority are in
+takes a kind of device message from the contract (apps/devices/messages.py: prefix, segments,
+the payload schema intake validates, heartbeat or event, an example) and adds how ingest
+processes it: the consumer that applies it, the Celery task (whose queue and priority are in
 apps/core/tasks/celery_settings.py), whether the subscriber sends it at once or in batches, and
 the kind an auto-registered device gets, and which kinds of device may publish it. The
 subscriber's ALLOWED_TOPIC_PREFIXES, the Mosquitto ACL, admission, auto-registration and the
-processing tasks are all read from here; adding a topic kind is a row here plus its schema and
-consumer (docs/architecture.md, "Adding a topic kind").
+processing tasks are all read from here; adding a topic kind is a message kind and its schema
+in the contract, a row here and a consumer (docs/architecture.md, "Adding a topic kind").
 
 What a device may publish follows from its kind (Device.Kind): the broker's ACL lets it write
 only under the prefixes of the rows whose `published_by` names its kind; admission checks that
@@ -18,7 +19,7 @@ alert/ or raised by a sensor reading (a smoke reading raises FIRE).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from apps.alerts.models import AlertType
@@ -30,8 +31,9 @@ from apps.core.tasks.celery_settings import (
     PROCESS_SENSOR_READINGS,
     PROCESS_SYSTEM_HEALTH,
 )
+from apps.devices import messages
+from apps.devices.messages import DevicePayload, MessageKind
 from apps.devices.models import DEVICE_ID_RULE, Device, is_device_id, word_pattern, word_rule
-from apps.mqtt import schemas
 from apps.mqtt.consumers import alerts, command_ack, gps, sensor, system_health, telemetry
 from apps.mqtt.consumers.base import Consumer
 
@@ -59,25 +61,33 @@ ALERTS_BY_DEVICE_KIND: Final[Mapping[str, frozenset[AlertType]]] = {
 }
 
 
-def no_alert(payload: schemas.DevicePayload) -> AlertType | None:
+def no_alert(payload: DevicePayload) -> AlertType | None:
     return None
 
 
 @dataclass(frozen=True)
 class TopicKind:
-    name: str  # Envelope.kind and the `kind` label of the bus metrics
-    prefix: str
-    segments: frozenset[str] | None  # the accepted last segments; None: any (alert/<id>/fire …)
-    schema: type[schemas.DevicePayload]
+    message: MessageKind  # topic, schema, example: the contract (apps/devices/messages.py)
     consumer: Consumer
     task: str
     immediate: bool  # sent to Celery the moment it arrives, not batched
     registers_as: Device.Kind  # the kind DEVICE_AUTO_REGISTER gives a device first heard here
     published_by: frozenset[str]  # the kinds of device that may publish here (ACL, admission)
     # The alert a message raises, checked against ALERTS_BY_DEVICE_KIND at admission.
-    alert_raised: Callable[[schemas.DevicePayload], AlertType | None] = no_alert
+    alert_raised: Callable[[DevicePayload], AlertType | None] = no_alert
 
-    def refusal(self, device_kind: str, message: schemas.DevicePayload) -> str | None:
+    # The contract's fields, copied: intake reads them for every message.
+    name: str = field(init=False)  # Envelope.kind and the `kind` label of the bus metrics
+    prefix: str = field(init=False)
+    segments: frozenset[str] | None = field(init=False)
+    schema: type[DevicePayload] = field(init=False)
+    heartbeat: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("name", "prefix", "segments", "schema", "heartbeat"):
+            object.__setattr__(self, name, getattr(self.message, name))
+
+    def refusal(self, device_kind: str, message: DevicePayload) -> str | None:
         """Why a device of `device_kind` may not publish `message` here; None when it may."""
         if device_kind not in self.published_by:
             allowed = ", ".join(prefixes_for(device_kind)) or "nothing"
@@ -96,10 +106,7 @@ EVERY_KIND: Final = frozenset(Device.Kind)
 
 TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
     TopicKind(
-        name="alert",
-        prefix="alert/",
-        segments=None,
-        schema=schemas.AlertPayload,
+        message=messages.MESSAGE_KINDS_BY_NAME["alert"],
         consumer=alerts.process,
         task=PROCESS_DEVICE_ALERTS,
         immediate=True,
@@ -108,10 +115,7 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         alert_raised=alerts.alert_raised,
     ),
     TopicKind(
-        name="gps",
-        prefix="guard/",
-        segments=frozenset({"gps", "location"}),
-        schema=schemas.GpsPayload,
+        message=messages.MESSAGE_KINDS_BY_NAME["gps"],
         consumer=gps.process,
         task=PROCESS_GUARD_GPS,
         immediate=False,
@@ -119,10 +123,7 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         published_by=frozenset({Device.Kind.GPS_TRACKER}),
     ),
     TopicKind(
-        name="telemetry",
-        prefix="device/",
-        segments=frozenset({"telemetry"}),
-        schema=schemas.TelemetryPayload,
+        message=messages.MESSAGE_KINDS_BY_NAME["telemetry"],
         consumer=telemetry.process,
         task=PROCESS_DEVICE_TELEMETRY,
         immediate=False,
@@ -130,10 +131,7 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         published_by=EVERY_KIND,
     ),
     TopicKind(
-        name="command_ack",
-        prefix="device/",  # beside telemetry: rows of one prefix differ by their segments
-        segments=frozenset({"command_ack"}),
-        schema=schemas.CommandAckPayload,
+        message=messages.MESSAGE_KINDS_BY_NAME["command_ack"],
         consumer=command_ack.process,
         task=PROCESS_COMMAND_ACKS,
         immediate=False,
@@ -141,10 +139,7 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         published_by=EVERY_KIND,
     ),
     TopicKind(
-        name="sensor",
-        prefix="sensor/",
-        segments=None,
-        schema=schemas.SensorPayload,
+        message=messages.MESSAGE_KINDS_BY_NAME["sensor"],
         consumer=sensor.process,
         task=PROCESS_SENSOR_READINGS,
         immediate=False,
@@ -155,10 +150,7 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
         alert_raised=sensor.alert_raised,
     ),
     TopicKind(
-        name="system_health",
-        prefix="system/",
-        segments=frozenset({"health"}),
-        schema=schemas.SystemHealthPayload,
+        message=messages.MESSAGE_KINDS_BY_NAME["system_health"],
         consumer=system_health.process,
         task=PROCESS_SYSTEM_HEALTH,
         immediate=False,
@@ -167,6 +159,8 @@ TOPIC_KINDS: Final[tuple[TopicKind, ...]] = (
     ),
 )
 KINDS_BY_NAME: Final = {kind.name: kind for kind in TOPIC_KINDS}
+if list(KINDS_BY_NAME) != list(messages.MESSAGE_KINDS_BY_NAME):
+    raise ValueError("each kind of device message (apps/devices/messages.py) needs one row here")
 # Each prefix's rows, in table order. The subscriber subscribes per prefix (`<prefix>#`), so the
 # rows of one prefix must be read by the same lane, and only one of them may take any segment.
 KINDS_BY_PREFIX: Final[dict[str, tuple[TopicKind, ...]]] = {

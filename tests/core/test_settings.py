@@ -77,6 +77,8 @@ def test_an_invalid_fernet_key_is_named():
         ("MONITORING_API_KEY", "x" * 31, "MONITORING_API_KEY is 31 characters; use at least 32"),
         ("TRUSTED_PROXIES", "nginx", "TRUSTED_PROXIES: 'nginx' is not an IP address or network"),
         ("ANOMALY_CONTAMINATION", "5", "ANOMALY_CONTAMINATION=5 must be between 0 and 1"),
+        ("DEVICE_REPORT_INTERVALS", "gateway=5", "DEVICE_REPORT_INTERVALS: gateway=5 must be at"),
+        ("DEVICE_EVENT_ONLY_KINDS", "panic,smoke", "DEVICE_EVENT_ONLY_KINDS names no device kind"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(variable: str, value: str, message: str):

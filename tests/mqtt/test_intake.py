@@ -195,7 +195,7 @@ def test_an_alert_type_the_system_raises_cannot_be_sent_by_a_device(intake):
     assert isinstance(outcome, Rejection)
     assert outcome.reason is Reason.SCHEMA
     allowed = "'PANIC', 'SOS', 'INTRUSION', 'FIRE', 'MEDICAL' or 'EQUIPMENT_FAILURE'"
-    assert outcome.detail == f"alert_type: Input should be {allowed}"
+    assert outcome.detail == f"alert_type: Input should be {allowed}; see docs/messages.md#alert"
 
 
 def test_device_timestamps_are_kept_in_utc(intake):

@@ -582,3 +582,25 @@ def test_token_requests_are_rate_limited_per_client_address_whatever_x_forwarded
     assert codes[:20] == [401] * 20
     assert codes[20] == 429
     assert refresh("192.0.2.11", "198.51.100.1") == 401
+
+
+# --- Message formats -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_message_formats_serve_each_kinds_json_schema_to_operators_only(acme_client: APIClient):
+    assert APIClient().get("/api/message-formats/").status_code == 401
+    listed = acme_client.get("/api/message-formats/")
+    assert listed.status_code == 200, listed.content
+    by_kind = {row["kind"]: row for row in listed.json()}
+    assert set(by_kind) == {"alert", "gps", "telemetry", "command_ack", "sensor", "system_health"}
+    assert by_kind["telemetry"]["heartbeat"] is True
+    assert by_kind["sensor"]["documentation"] == "docs/messages.md#sensor"
+
+    sensor = acme_client.get("/api/message-formats/sensor/")
+    assert sensor.status_code == 200, sensor.content
+    assert sensor.json() == by_kind["sensor"]["json_schema"]
+    assert set(sensor.json()["required"]) == {"timestamp", "type"}
+    assert acme_client.get("/api/message-formats/nothing/").status_code == 404
+    paths = json.loads(APIClient().get("/api/schema/?format=json").content)["paths"]
+    assert {"/api/message-formats/", "/api/message-formats/{kind}/"} <= set(paths)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from apps.alerts.models import AlertType
 from apps.alerts.services import AlertSignal, raise_alerts
 from apps.core.events import Event
+from apps.devices.messages import AlertPayload, DevicePayload
 from apps.mqtt.consumers.base import DeviceBatch
-from apps.mqtt.schemas import AlertPayload, DevicePayload
 
 
 def alert_raised(payload: DevicePayload) -> AlertType | None:

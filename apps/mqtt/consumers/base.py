@@ -41,7 +41,7 @@ class DeviceBatch:
 Consumer = Callable[[DeviceBatch], list[Event]]
 
 # What consumers and presence change on a device; written back once per batch.
-STATE_FIELDS = ("status", "last_seen", "battery", "signal")
+STATE_FIELDS = ("status", "last_seen", "last_heartbeat", "battery", "signal")
 # What a batch reads of its devices: the rest (created_at, names, credentials) would only cost
 # its conversion, for each of up to MQTT_BATCH_MAX_SIZE devices.
 BATCH_FIELDS = ("tenant_id", "device_id", "kind", "site", *STATE_FIELDS)
@@ -51,8 +51,11 @@ _state: Callable[[Device], tuple[Any, ...]] = attrgetter(*STATE_FIELDS)
 STATUS = STATE_FIELDS.index("status")  # its place in a `_state`
 
 
-def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
-    """The batch runner's handler for one topic kind's consumer."""
+def with_devices(
+    consumer: Consumer, *, heartbeat: bool = False
+) -> Callable[[list[Envelope]], Outcome]:
+    """The batch runner's handler for one topic kind's consumer; `heartbeat`: the kind's
+    messages are heartbeats (topics.py)."""
 
     def handle(envelopes: list[Envelope]) -> Outcome:
         # Locked for the transaction: workers of several queues update the same devices
@@ -69,7 +72,7 @@ def with_devices(consumer: Consumer) -> Callable[[list[Envelope]], Outcome]:
         orphans = [envelope for envelope in envelopes if envelope.source_id not in devices]
         batch = DeviceBatch(known, devices)
         events = consumer(batch) if known else []
-        events.extend(presence.mark_seen(_last_heard(batch)))
+        events.extend(presence.mark_seen(_last_heard(batch), heartbeat=heartbeat))
         changed = [d for device_id, d in devices.items() if _state(d) != before[device_id]]
         update_rows(changed, STATE_FIELDS)
         moved = [d for d in changed if d.status != before[d.device_id][STATUS]]

@@ -8,9 +8,9 @@ from django.db import transaction
 from apps.core import metrics
 from apps.core.events import Event
 from apps.devices.commands import AnswerIgnored, answer
+from apps.devices.messages import CommandAckPayload
 from apps.devices.models import DeviceCommand
 from apps.mqtt.consumers.base import DeviceBatch
-from apps.mqtt.schemas import CommandAckPayload
 
 log = structlog.get_logger(__name__)
 

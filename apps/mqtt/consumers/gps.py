@@ -8,9 +8,9 @@ from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alerts
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
+from apps.devices.messages import GpsPayload
 from apps.devices.models import Geofence, GuardLocation
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
-from apps.mqtt.schemas import GpsPayload
 
 
 def process(batch: DeviceBatch) -> list[Event]:

@@ -12,9 +12,9 @@ from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alerts
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
+from apps.devices.messages import DevicePayload, SensorPayload
 from apps.devices.models import SensorReading
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
-from apps.mqtt.schemas import DevicePayload, SensorPayload
 
 
 @dataclass(frozen=True)

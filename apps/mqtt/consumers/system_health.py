@@ -10,9 +10,9 @@ from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, settle_alerts
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
+from apps.devices.messages import SystemHealthPayload
 from apps.devices.models import Device, SystemHealthSample
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
-from apps.mqtt.schemas import SystemHealthPayload
 
 
 def process(batch: DeviceBatch) -> list[Event]:

@@ -17,9 +17,9 @@ from apps.alerts.services import AlertSignal, settle_alerts
 from apps.anomaly import scoring
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
+from apps.devices.messages import TelemetryPayload
 from apps.devices.models import Device, TelemetryReading
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
-from apps.mqtt.schemas import TelemetryPayload
 
 
 def process(batch: DeviceBatch) -> list[Event]:

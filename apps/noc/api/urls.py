@@ -1,5 +1,5 @@
 """`/api/`: tokens, alerts, devices, geofences, readings, device commands, notification rules and
-attempts, and the OpenAPI schema describing them."""
+attempts, the formats of device messages, and the OpenAPI schema describing them."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rest_framework_simplejwt.views import (
 )
 
 from apps.core.client_address import client_address
+from apps.noc.api.message_formats import MessageFormatViewSet
 from apps.noc.api.notifications import AlertNotificationsView, NotificationRuleViewSet
 from apps.noc.api.views import AlertViewSet, CommandViewSet, DeviceViewSet, GeofenceViewSet
 from apps.noc.logins import lockout_response
@@ -30,6 +31,7 @@ router.register("devices", DeviceViewSet, basename="device")
 router.register("geofences", GeofenceViewSet, basename="geofence")
 router.register("notification-rules", NotificationRuleViewSet, basename="notification-rule")
 router.register("commands", CommandViewSet, basename="command")
+router.register("message-formats", MessageFormatViewSet, basename="message-format")
 
 
 class ClientAddressRateThrottle(ScopedRateThrottle):

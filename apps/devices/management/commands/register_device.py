@@ -1,3 +1,4 @@
+from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -15,6 +16,13 @@ class Command(BaseCommand):
         parser.add_argument("--id", required=True, dest="device_id", help="device id in topics")
         parser.add_argument("--kind", required=True, choices=Device.Kind.values)
         parser.add_argument("--site", default="", help="site or building")
+        parser.add_argument(
+            "--report-interval",
+            type=int,
+            metavar="SECONDS",
+            help="how often it reports, if not as its kind does (DEVICE_REPORT_INTERVALS); "
+            "silent for longer, it goes OFFLINE",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -25,8 +33,13 @@ class Command(BaseCommand):
                 "or the admin"
             ) from None
         try:
+            seconds = options["report_interval"]
             device, created = register_device(
-                tenant, options["device_id"], options["kind"], site=options["site"]
+                tenant,
+                options["device_id"],
+                options["kind"],
+                site=options["site"],
+                report_interval=None if seconds is None else timedelta(seconds=seconds),
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
