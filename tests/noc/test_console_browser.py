@@ -18,7 +18,7 @@ import pytest
 from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alert, raise_alerts
 from apps.devices.models import Device
-from apps.devices.services import register_device
+from apps.devices.services import natural_key, register_device
 from apps.tenants.models import Tenant
 from tests import environment
 from tests.conftest import start_daphne
@@ -42,7 +42,7 @@ def fifty_lower_alerts(tenant: Tenant) -> None:
     signals = []
     for n in range(1, 26):
         device, _ = register_device(
-            tenant, f"sensor-{n:02}", Device.Kind.SENSOR, site="hq" if n % 2 else "depot"
+            tenant, f"sensor-{n}", Device.Kind.SENSOR, site="hq" if n % 2 else "depot"
         )
         where = "the boiler room" if n == 13 else f"corridor {n}"
         seen = now - (timedelta(days=2) if n == 25 else timedelta(minutes=n))
@@ -96,6 +96,9 @@ def test_the_console_puts_a_new_critical_alert_on_top_rings_once_and_keeps_the_s
         page.set_default_timeout(10_000)
         shown(page, 50)
         assert page.get_attribute("body", "data-alarms") == "0"  # the snapshot rings nothing
+        listed = page.locator("#devices tbody tr td:first-child").all_inner_texts()
+        assert listed[:4] == ["panic-007", "sensor-1", "sensor-2", "sensor-3"], listed  # natural
+        assert listed == sorted(listed, key=natural_key)
 
         # A critical alert from a panic button: on top of the fifty, ringing once for the
         # provisional announcement and the stored alert together.

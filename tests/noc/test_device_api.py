@@ -4,6 +4,7 @@ with register_device's rules; the model permissions; another tenant's rows not f
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
@@ -82,10 +83,18 @@ def test_a_device_is_registered_in_the_callers_tenant_and_edited():
     assert device.tenant_id == acme.pk  # never the body's
     assert Guard.objects.get(device=device).tenant_id == acme.pk  # as register_device makes it
 
-    edited = client.patch("/api/devices/guard-7/", {"name": "Gate patrol", "site": "south"})
+    assert device.report_interval is None  # its kind's (apps/mqtt/presence.py)
+
+    edited = client.patch(
+        "/api/devices/guard-7/", {"name": "Gate patrol", "site": "south", "report_interval": "120"}
+    )
     assert edited.status_code == 200, edited.content
     device.refresh_from_db()
     assert (device.name, device.site) == ("Gate patrol", "south")
+    assert device.report_interval == timedelta(seconds=120)
+    too_often = client.patch("/api/devices/guard-7/", {"report_interval": "5"})
+    assert too_often.status_code == 400
+    assert set(too_often.json()) == {"report_interval"}
     refused = client.patch("/api/devices/guard-7/", {"device_id": "guard-8", "kind": "door"})
     assert refused.status_code == 400
     assert set(refused.json()) == {"device_id", "kind"}

@@ -141,8 +141,19 @@ class DeviceSerializer(serializers.ModelSerializer[Device]):
 
     class Meta:
         model = Device
-        fields = ["device_id", "name", "kind", "site", "status", "battery", "signal", "last_seen"]
+        fields = [
+            "device_id",
+            "name",
+            "kind",
+            "site",
+            "report_interval",
+            "status",
+            "battery",
+            "signal",
+            "last_seen",
+        ]
         read_only_fields = ["status", "battery", "signal", "last_seen"]
+        extra_kwargs = {"report_interval": {"required": False}}
 
     def validate_device_id(self, device_id: str) -> str:
         if self.instance is not None:
@@ -167,6 +178,7 @@ class DeviceSerializer(serializers.ModelSerializer[Device]):
             validated_data.get("kind", Device.Kind.OTHER),
             site=validated_data.get("site", ""),
             name=validated_data.get("name", ""),
+            report_interval=validated_data.get("report_interval"),
         )
         if not created:  # in this tenant or another: ids are unique system-wide
             raise serializers.ValidationError(

@@ -296,10 +296,16 @@ document.getElementById("page-prev").onclick = () => turnPage(-1);
 document.getElementById("page-next").onclick = () => turnPage(1);
 
 // --- devices and commands ----------------------------------------------------------------------
+const naturally = new Intl.Collator(undefined, {numeric: true, sensitivity: "base"});
+const DEVICE_PANEL_ROWS = 100;
 function renderDevices() {
   const body = document.querySelector("#devices tbody"); body.replaceChildren();
-  const sorted = [...devices.values()].sort((a, b) => a.device_id.localeCompare(b.device_id));
-  for (const d of sorted) {
+  // Natural order (burst-2 before burst-10), as /noc/devices/ lists them; the panel shows the
+  // first DEVICE_PANEL_ROWS and links to that list for the rest.
+  const sorted = [...devices.values()].sort((a, b) => naturally.compare(a.device_id, b.device_id));
+  document.getElementById("devices-more").textContent =
+    sorted.length > DEVICE_PANEL_ROWS ? `All ${sorted.length} devices →` : "All devices →";
+  for (const d of sorted.slice(0, DEVICE_PANEL_ROWS)) {
     const tr = document.createElement("tr");
     const status = cell(d.status); status.className = "status-" + d.status;
     tr.append(el("td", {}, deviceLink(d.device_id)), cell(d.site), status,
