@@ -16,6 +16,7 @@ from tests.services import (
     python_service,
     start_mosquitto,
     start_redis,
+    stop_all,
     wait_for,
     worker_answers,
 )
@@ -84,45 +85,57 @@ def redis_client(redis_server: Service) -> object:
 
 
 @pytest.fixture(scope="session")
-def start_celery_worker(
+def start_celery_workers(
     redis_server: Service, scratch_dir: Path, django_db_setup: None
-) -> Iterator[Callable[[str], Service]]:
-    """Start a real worker for one queue, with the command line `make run` uses."""
+) -> Iterator[Callable[..., list[Service]]]:
+    """Start a real worker for each queue named, with the command line `make run` uses; all at
+    once, then wait until each answers a ping."""
     import socket
 
     started: list[Service] = []
 
-    def start(queue: str) -> Service:
-        service = python_service(
-            f"celery-{queue}",
-            ["-m", "apps.core.worker", queue],
-            scratch_dir / "log" / f"celery-{queue}.log",
-            env=INFO_LOGS,
-        )
-        started.append(service)
-        node = f"{queue}@{socket.gethostname()}"
+    def start(*queues: str) -> list[Service]:
+        services = [
+            python_service(
+                f"celery-{queue}",
+                ["-m", "apps.core.worker", queue],
+                scratch_dir / "log" / f"celery-{queue}.log",
+                env=INFO_LOGS,
+            )
+            for queue in queues
+        ]
+        started.extend(services)
+        for queue, service in zip(queues, services, strict=True):
+            node = f"{queue}@{socket.gethostname()}"
 
-        def answers() -> bool:
-            if not service.alive():
-                raise RuntimeError(f"worker {node} exited:\n{service.log()[-3000:]}")
-            return worker_answers(node)
+            def answers(service: Service = service, node: str = node) -> bool:
+                if not service.alive():
+                    raise RuntimeError(f"worker {node} exited:\n{service.log()[-3000:]}")
+                return worker_answers(node)
 
-        try:
-            wait_for(answers, timeout=60, what=f"worker {node} to answer ping")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\nits log:\n{service.log()[-3000:]}") from None
-        return service
+            try:
+                wait_for(answers, timeout=60, what=f"worker {node} to answer ping")
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\nits log:\n{service.log()[-3000:]}") from None
+        return services
 
     yield start
-    for service in started:
-        service.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="session")
-def all_queue_workers(start_celery_worker: Callable[[str], Service]) -> list[Service]:
+def start_celery_worker(
+    start_celery_workers: Callable[..., list[Service]],
+) -> Callable[[str], Service]:
+    """Start a real worker for one queue, with the command line `make run` uses."""
+    return lambda queue: start_celery_workers(queue)[0]
+
+
+@pytest.fixture(scope="session")
+def all_queue_workers(start_celery_workers: Callable[..., list[Service]]) -> list[Service]:
     from apps.core.tasks.celery_settings import QUEUES
 
-    return [start_celery_worker(queue.name) for queue in QUEUES]
+    return start_celery_workers(*(queue.name for queue in QUEUES))
 
 
 @pytest.fixture
@@ -173,8 +186,7 @@ def start_subscriber(
         return service
 
     yield start
-    for service in started:
-        service.stop()
+    stop_all(started)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,20 +98,32 @@ class Service:
             self.process.send_signal(signum)
 
     def stop(self, timeout: float = 15) -> None:
+        stop_all([self], timeout)
+
+
+def stop_all(services: Iterable[Service], timeout: float = 15) -> None:
+    """SIGTERM to every service at once, then wait for each and every process it started (killed
+    if still there after `timeout`): a session's five workers shut down together, not in turn."""
+    stopping = []
+    for service in services:
         try:
-            family = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
+            root = psutil.Process(service.pid)
+            family = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             family = []
-        self.signal(signal.SIGTERM)
+        service.signal(signal.SIGTERM)
+        stopping.append((service, family))
+    deadline = time.monotonic() + timeout
+    for service, family in stopping:
         try:
-            self.process.wait(timeout)
+            service.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+            service.process.kill()
+            service.process.wait(5)
         _gone, alive = psutil.wait_procs(family, timeout=5)
         for process in alive:
             process.kill()
-        self._log.close()
+        service._log.close()
 
 
 def start_redis(
