@@ -6,16 +6,13 @@ import io
 
 from django.core.management.base import OutputWrapper
 
+from apps.core.tasks.celery_settings import QUEUES
 from apps.monitoring.management.commands.runstack import ERASE_TO_END, Progress, waiting_line
 
-CHECKS = [
-    "mqtt_subscriber",
-    "workers:critical",
-    "workers:high_priority",
-    "workers:general",
-    "workers:ml_training",
-    "workers:external_api",
-]
+# What health awaits at start-up, as it names it: the subscriber, then each queue's workers.
+CHECKS = ["mqtt_subscriber", *(f"workers:{queue.name}" for queue in QUEUES)]
+# Three rounds of the start-up loop: the second repeats the first, the third has one left.
+ROUNDS = ["waiting for 2 of 10: a, b", "waiting for 2 of 10: a, b", "waiting for 1 of 10: b"]
 
 
 class Terminal(io.StringIO):
@@ -35,11 +32,7 @@ def test_the_waiting_line_counts_what_is_awaited_and_names_what_fits_on_one_line
 def test_in_a_log_progress_prints_a_line_only_when_it_changes_then_the_ready_line():
     log = io.StringIO()
     progress = Progress(OutputWrapper(log))
-    for line in [
-        "waiting for 2 of 10: a, b",
-        "waiting for 2 of 10: a, b",
-        "waiting for 1 of 10: b",
-    ]:
+    for line in ROUNDS:
         progress.show(line)
     progress.done("Stack is healthy after 9 s.")
 
@@ -53,11 +46,7 @@ def test_in_a_log_progress_prints_a_line_only_when_it_changes_then_the_ready_lin
 def test_on_a_terminal_progress_rewrites_one_line_in_place_and_the_ready_line_replaces_it():
     terminal = Terminal()
     progress = Progress(OutputWrapper(terminal))
-    for line in [
-        "waiting for 2 of 10: a, b",
-        "waiting for 2 of 10: a, b",
-        "waiting for 1 of 10: b",
-    ]:
+    for line in ROUNDS:
         progress.show(line)
     progress.done("Stack is healthy after 9 s.")
 
