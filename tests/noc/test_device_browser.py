@@ -23,6 +23,8 @@ from tests.services import ROOT
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SENSOR_POINTS, TELEMETRY_POINTS, POSITIONS = 30, 20, 12
+# A geofence's name as an attacker would type it: markup that runs if a page reads it as HTML.
+HOSTILE_NAME = 'gate <img src=x onerror="document.body.dataset.injected=1">'
 YARD = [[12.9700, 77.5900], [12.9700, 77.5960], [12.9740, 77.5960], [12.9740, 77.5900]]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 
@@ -89,7 +91,12 @@ def stored_site() -> Any:
     )
     Geofence.objects.create(tenant=acme, name="yard", shape="polygon", polygon=YARD)
     Geofence.objects.create(
-        tenant=acme, name="gate", shape="circle", center_lat=12.972, center_lon=77.597, radius_m=80
+        tenant=acme,
+        name=HOSTILE_NAME,
+        shape="circle",
+        center_lat=12.972,
+        center_lon=77.597,
+        radius_m=80,
     )
     Geofence.objects.create(tenant=globex, name="elsewhere", shape="polygon", polygon=YARD)
     raise_alert(
@@ -138,6 +145,11 @@ def test_device_pages_chart_stored_readings_send_commands_and_map_a_guard_with_i
     assert page.get_attribute("#map", "data-positions") == str(POSITIONS)
     assert page.get_attribute("#map", "data-geofences") == "2"  # acme's, not globex's
     assert page.locator("#map path.geofence").count() == 2
+    # A geofence's name is shown as text, never run as markup.
+    page.locator("#map path.geofence").first.dispatch_event("mouseover")
+    assert page.inner_text("#map .leaflet-tooltip") == HOSTILE_NAME
+    assert page.locator("#map .leaflet-tooltip img").count() == 0
+    assert page.get_attribute("body", "data-injected") is None
     assert page.locator("#map path.position").count() == POSITIONS
     assert page.locator("#map path.track").count() == 1
     assert page.locator("#map img.leaflet-tile").count() == 0  # no tile server set

@@ -3,6 +3,8 @@
 // commands, all read from the REST API with the operator's session. Commands are polled every
 // 2 s while one of them has not reached an end state.
 "use strict";
+// Leaflet reads a string tooltip as HTML: a name an administrator typed goes in as text.
+function plain(text) { const span = document.createElement("span"); span.textContent = text; return span; }
 const config = JSON.parse(document.getElementById("device-config").textContent);
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED"]);
 const COLOURS = ["#38bdf8", "#4ade80", "#fbbf24", "#f472b6"];
@@ -83,7 +85,7 @@ async function drawMap(hours) {
     } else {
       shapes.push(L.polygon(fence.polygon, style)); bounds.extend(fence.polygon);
     }
-    shapes.at(-1).bindTooltip(fence.name);
+    shapes.at(-1).bindTooltip(plain(fence.name));  // a string would be read as HTML
   }
   const points = positions.rows.map(r => [r.lat, r.lon]);
   if (points.length > 1) shapes.push(L.polyline(points, {color: "#38bdf8", weight: 1.5, className: "track"}));
@@ -92,7 +94,7 @@ async function drawMap(hours) {
     shapes.push(L.circleMarker([row.lat, row.lon], {
       radius: last ? 7 : 4, weight: 1, color: "#0f172a", fillOpacity: 1,
       fillColor: outside ? "#f87171" : (last ? "#fbbf24" : "#38bdf8"), className: "position",
-    }).bindTooltip(`${when(row.recorded_at)}${outside ? " · outside" : ""}`));
+    }).bindTooltip(plain(`${when(row.recorded_at)}${outside ? " · outside" : ""}`)));
     bounds.extend([row.lat, row.lon]);
   });
   if (bounds.isValid()) map.fitBounds(bounds, {padding: [24, 24], maxZoom: 18}); else map.setView([0, 0], 2);
