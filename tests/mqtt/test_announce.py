@@ -7,14 +7,17 @@ import asyncio
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from websockets.asyncio.client import ClientConnection, connect
 
 from apps.alerts.models import Alert
+from apps.core.envelope import Envelope
 from apps.devices.models import Device
+from apps.mqtt.announce import _events
 from apps.noc.auth import issue_access_token
 from tests import environment
 from tests.database import hold_the_writer
-from tests.factories import create_tenant_with_devices, operator, panic
+from tests.factories import create_tenant_with_devices, now_iso, operator, panic
 from tests.noc.test_websocket import bearer, next_message, until_type, url
 from tests.services import Service, metric, mqtt_publish
 
@@ -98,3 +101,57 @@ def test_a_critical_alert_reaches_its_tenants_noc_while_the_database_cannot_stor
 
     asyncio.run(scenario())
     assert metric("mqtt_alerts_announced_total", outcome="sent") - sent_before == 2
+
+
+def validated_panic(device_id: str, alert_type: str = "PANIC") -> Envelope:
+    """An alert message as intake passes it on (types and severities upper-cased)."""
+    topic = f"alert/{device_id}/{alert_type.lower()}"
+    return Envelope(
+        key=f"{topic}#{device_id}-{alert_type}",
+        topic=topic,
+        source_id=device_id,
+        kind="alert",
+        payload={"alert_type": alert_type, "severity": "CRITICAL", "timestamp": now_iso()},
+        received_at=0.0,
+    )
+
+
+def test_only_what_the_stored_path_will_call_new_is_announced():
+    acme = create_tenant_with_devices("acme", "panic-1", "panic-2", "panic-3", "panic-4")
+    globex = create_tenant_with_devices("globex", "panic-9")
+    Device.objects.filter(device_id="panic-1").update(site="HQ")
+
+    def active(tenant: Any, device_id: str, alert_type: str, **fields: Any) -> None:
+        fields = {"severity": "CRITICAL", "status": "NEW", **fields}
+        now = timezone.now()
+        Alert.objects.create(
+            tenant=tenant, source_id=device_id, alert_type=alert_type, first_seen=now,
+            last_seen=now, **fields,
+        )  # fmt: skip
+
+    active(acme, "panic-2", "PANIC")  # a repeat: alert_updated, announced as nothing
+    active(acme, "panic-3", "PANIC", status="RESOLVED")  # closed: a new one follows
+    active(acme, "panic-4", "PANIC", severity="HIGH")  # not critical: the repeat escalates it
+    active(globex, "panic-1", "PANIC")  # another tenant's alert of the same id counts for none
+
+    batch = [
+        validated_panic("panic-1"),
+        validated_panic("panic-1"),  # twice in one batch: one alert, announced once
+        validated_panic("panic-1", "SOS"),  # another type of the same device: its own alert
+        validated_panic("panic-2"),
+        validated_panic("panic-2", "SOS"),
+        validated_panic("panic-3"),
+        validated_panic("panic-4"),
+        validated_panic("ghost-1"),  # not registered: its task dead-letters it
+        validated_panic("panic-9"),
+    ]
+    announced = [(e.tenant_id, e.data["source_id"], e.data["alert_type"]) for e in _events(batch)]
+    assert announced == [
+        (acme.pk, "panic-1", "PANIC"),
+        (acme.pk, "panic-1", "SOS"),
+        (acme.pk, "panic-2", "SOS"),
+        (acme.pk, "panic-3", "PANIC"),
+        (acme.pk, "panic-4", "PANIC"),
+        (globex.pk, "panic-9", "PANIC"),
+    ]
+    assert _events(batch)[0].data["site"] == "HQ"
