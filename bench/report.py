@@ -89,7 +89,8 @@ def table(r: dict[str, Any]) -> str:
         ("Generator alone (QoS 1, acknowledged)", _rate(r["generator_msgs_per_s"]),
          f"{r['generator_processes']} publisher processes"),
         ("Limit: broker -> paho subscriber, parse only", _rate(r["limit_msgs_per_s"]),
-         f"{r['limit_messages']:,} messages"),
+         f"{r['limit_messages']:,} messages, median of "
+         f"{len(r.get('limit_runs_msgs_per_s') or [1])} rounds"),
         ("Pipeline: publish -> stored -> NOC WebSocket", _rate(r["pipeline_msgs_per_s"]),
          f"{r['pipeline_messages']:,} msgs, {r['devices']:,} devices, {r['tenants']} tenants"),
         ("Baseline: one Celery task per message", _rate(r["baseline_msgs_per_s"]),
