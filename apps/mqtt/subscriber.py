@@ -410,7 +410,11 @@ class Subscriber:
             self.recheck.append(unchecked)
         self.held_messages += 1
         self.held_bytes += len(unchecked.payload)
-        if (
+        # Only while hand-offs fail: a healthy subscriber can read more than the bound in one
+        # read (the broker redelivering its whole window after a rejoin, a QoS 0 burst), and the
+        # flush at the end of this turn hands it on. Leaving then would make the broker send the
+        # same burst again at each rejoin.
+        if self.outage_logged and (
             self.held_messages >= self.config.hold_max_messages
             or self.held_bytes >= self.config.hold_max_bytes
         ):
