@@ -161,6 +161,11 @@ def _internal_type(field: Field[Any, Any]) -> str:
     return str((target or field).get_internal_type())
 
 
+def quoted_column(model: type[Model], name: str, connection: BaseDatabaseWrapper) -> str:
+    """The column of `model`'s field `name`, quoted for `connection`, for a statement built once."""
+    return str(connection.ops.quote_name(str(_column(model._meta.get_field(name)).column)))
+
+
 def _column(field: object) -> Field[Any, Any]:
     if not isinstance(field, Field) or not field.concrete:
         raise ValueError(f"{field} is not a column")

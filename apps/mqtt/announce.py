@@ -25,10 +25,10 @@ from typing import Any
 
 import structlog
 from django.db import connections, router
-from django.db.models import Field
 
 from apps.alerts.models import ACTIVE_STATUSES, Alert, Severity
 from apps.core import metrics
+from apps.core.bulk import quoted_column
 from apps.core.envelope import Envelope
 from apps.core.events import Event, EventType, broadcast_events
 from apps.devices.models import Device
@@ -121,12 +121,11 @@ def _registry(sources: set[str]) -> list[tuple[str, int, str, str | None]]:
 
 @lru_cache(maxsize=64)
 def _registry_sql(alias: str, count: int) -> str:
-    quote = connections[alias].ops.quote_name
+    connection = connections[alias]
+    quote = connection.ops.quote_name
 
     def column(model: type[Device] | type[Alert], name: str) -> str:
-        field = model._meta.get_field(name)
-        assert isinstance(field, Field)  # each name below is a column
-        return quote(str(field.column))
+        return quoted_column(model, name, connection)
 
     statuses = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)  # the enum's own values
     device_id, tenant = column(Device, "device_id"), column(Device, "tenant")

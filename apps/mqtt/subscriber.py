@@ -255,7 +255,7 @@ class Subscriber:
         self.next_report_at = 0.0
         self.next_pause_check_at = 0.0
         self.paused = False
-        self.outage_logged = False
+        self.hand_off_failing = False
         # The last hold_max_messages messages handed on, sent again after Redis restarts or
         # fails a hand-off (see _send_again). Their keys make the repeats change nothing.
         self.handed_off: deque[HandedOff] = deque()
@@ -410,11 +410,11 @@ class Subscriber:
             self.recheck.append(unchecked)
         self.held_messages += 1
         self.held_bytes += len(unchecked.payload)
-        # Only while hand-offs fail: a healthy subscriber can read more than the bound in one
-        # read (the broker redelivering its whole window after a rejoin, a QoS 0 burst), and the
+        # Only while hand-offs fail: a healthy subscriber can read more than the bound at once
+        # (the broker redelivering its whole window after a rejoin, a QoS 0 burst), and the
         # flush at the end of this turn hands it on. Leaving then would make the broker send the
         # same burst again at each rejoin.
-        if self.outage_logged and (
+        if self.hand_off_failing and (
             self.held_messages >= self.config.hold_max_messages
             or self.held_bytes >= self.config.hold_max_bytes
         ):
@@ -525,7 +525,7 @@ class Subscriber:
             held = sum(len(p.envelopes) for p in self.pending.values())
             held += len(self.rejections) + len(self.recheck)
             self.send_again = bool(self.handed_off)
-            if not self.outage_logged:
+            if not self.hand_off_failing:
                 log.error(
                     "cannot hand messages on; holding them unacknowledged so the broker keeps them",
                     error=f"{type(exc).__name__}: {exc}",
@@ -533,12 +533,12 @@ class Subscriber:
                     retry_in_s=round(delay, 1),
                     hint="check that Redis (REDIS_URL) and the database (DATABASE_URL) are up",
                 )
-                self.outage_logged = True
+                self.hand_off_failing = True
             close_old_connections()
             return False
-        if self.outage_logged:
+        if self.hand_off_failing:
             log.info("message hand-off recovered; acknowledging held messages")
-            self.outage_logged = False
+            self.hand_off_failing = False
         self.flush_backoff.reset()
         self._count_held()
         return True
