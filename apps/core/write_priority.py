@@ -9,7 +9,9 @@ the writer to commit, then for its next poll. So the batch runner marks its tran
   kernel drops if the process dies. Its BEGIN IMMEDIATE is retried every 0.2 ms rather than
   in SQLite's steps (up to the database's `timeout`). The flag is lowered by `turn.release()`,
   which the runner registers as the transaction's first on-commit action (its broadcast comes
-  after, with the flag down), or at the end of the block.
+  after, with the flag down), or at the end of the block. Its commits never run SQLite's
+  automatic checkpoint (copying the write-ahead log into the database, tens of milliseconds
+  once SQLITE_WAL_AUTOCHECKPOINT pages have gathered): the next other commit does.
 - `yielding()` (every other queue's batches) checks the flag before each statement it starts,
   BEGIN included. When the flag is up the statement fails, the transaction rolls back (giving
   up the writer), and `turn.preempted` says so: the runner waits until the flag is down
@@ -34,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import OperationalError, connection
 
 BEGIN_POLL_SECONDS = 0.0002
@@ -95,8 +98,13 @@ def urgent() -> Iterator[Turn]:
             with contextlib.suppress(OSError):  # already lowered
                 _lock(fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
 
-        with connection.execute_wrapper(_begin_promptly):
-            yield Turn(release=release)
+        try:
+            with connection.execute_wrapper(_begin_promptly):
+                yield Turn(release=release)
+        finally:
+            raw = connection.connection
+            if raw is not None:
+                raw.execute(f"PRAGMA wal_autocheckpoint = {settings.SQLITE_WAL_AUTOCHECKPOINT}")
 
 
 def _begin_promptly(
@@ -107,6 +115,7 @@ def _begin_promptly(
     raw = connection.connection
     timeout = float(connection.settings_dict["OPTIONS"].get("timeout", 5))
     deadline = time.monotonic() + timeout
+    raw.execute("PRAGMA wal_autocheckpoint = 0")  # until urgent() ends, after the commit
     raw.execute("PRAGMA busy_timeout = 0")
     try:
         while True:
