@@ -30,13 +30,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db import OperationalError, connection
 
 BEGIN_POLL_SECONDS = 0.0002
@@ -98,13 +98,16 @@ def urgent() -> Iterator[Turn]:
             with contextlib.suppress(OSError):  # already lowered
                 _lock(fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
 
+        connection.ensure_connection()
+        raw = connection.connection
+        pages = int(raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
         try:
             with connection.execute_wrapper(_begin_promptly):
                 yield Turn(release=release)
         finally:
-            raw = connection.connection
-            if raw is not None:
-                raw.execute(f"PRAGMA wal_autocheckpoint = {settings.SQLITE_WAL_AUTOCHECKPOINT}")
+            if connection.connection is raw:  # else closed, or a new one with init_command's
+                with contextlib.suppress(sqlite3.Error):  # never hide the turn's own error
+                    raw.execute(f"PRAGMA wal_autocheckpoint = {pages}")
 
 
 def _begin_promptly(

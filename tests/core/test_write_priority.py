@@ -7,7 +7,6 @@ import os
 
 import pytest
 from django.db import connection, transaction
-from django.test import override_settings
 
 from apps.core import write_priority
 from apps.core.envelope import Envelope
@@ -35,7 +34,6 @@ def test_connections_checkpoint_at_the_configured_number_of_pages(db: None) -> N
     assert _autocheckpoint() == settings.SQLITE_WAL_AUTOCHECKPOINT
 
 
-@override_settings(SQLITE_WAL_AUTOCHECKPOINT=1)
 def test_a_critical_commit_leaves_the_checkpoint_to_the_next_other_commit(
     transactional_db: None,
 ) -> None:

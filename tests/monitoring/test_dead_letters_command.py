@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
-from apps.core.models import DeadLetter
+from apps.core.envelope import Envelope
+from apps.core.models import DeadLetter, ProcessedMessage
+from apps.core.tasks.base import PROCESSING_FAILED
 from apps.devices.models import Device, TelemetryReading
 from apps.tenants.models import Tenant
 from tests import environment
 from tests.factories import telemetry
-from tests.services import Service, mqtt_publish, wait_for
+from tests.services import Service, metric, mqtt_publish, wait_for
 
 
 def run(*args: str) -> str:
@@ -43,6 +47,39 @@ def test_an_unknown_device_message_is_replayed_once_the_device_is_registered(bus
     # A replayed letter is not replayed twice.
     assert "Replayed 0, still rejected 0." in run("dead_letters", "replay", "--all")
     assert "Purged 1 dead letters." in run("dead_letters", "purge", "--all")
+
+
+def test_replaying_a_failed_copy_of_a_message_already_applied_adds_nothing(bus: Service):
+    """Copies of one message can travel in several tasks (a redelivery, a split batch): one
+    applied, another dead-lettered when its batch failed. Replaying that letter must find the
+    applied copy's claim and count a duplicate, not store the reading a second time."""
+    Tenant.objects.create(name="acme")
+    call_command("register_device", "--tenant", "acme", "--id", "twice-1", "--kind", "sensor")
+    mqtt_publish(environment.MQTT_PORT, [("device/twice-1/telemetry", telemetry(msg_id="t-1"))])
+    reading = wait_for(lambda: TelemetryReading.objects.first(), timeout=20, what="the reading")
+    claim = ProcessedMessage.objects.get(key=reading.idempotency_key)
+    topic = "device/twice-1/telemetry"
+    copy = Envelope(claim.key, topic, "twice-1", "telemetry", json.loads(telemetry()), 0.0)
+    letter = DeadLetter.objects.create(
+        stage=DeadLetter.Stage.PROCESSING,
+        reason=PROCESSING_FAILED,
+        detail="OperationalError: database is locked",
+        topic=topic,
+        payload=b"{}",
+        payload_size=2,
+        envelope=copy.to_message(),
+        received_at=timezone.now(),
+    )
+    duplicates = metric("bus_messages_duplicate_total", kind="telemetry")
+
+    assert "Replayed 1, still rejected 0." in run("dead_letters", "replay", str(letter.pk))
+    wait_for(
+        lambda: metric("bus_messages_duplicate_total", kind="telemetry") > duplicates,
+        timeout=20,
+        what="the replayed copy counted as a duplicate",
+    )
+    assert TelemetryReading.objects.count() == 1
+    assert ProcessedMessage.objects.filter(key=claim.key).exists()
 
 
 def test_a_replay_that_still_fails_says_why(bus: Service):

@@ -46,6 +46,12 @@ log = structlog.get_logger(__name__)
 
 # When even dead-lettering fails (the database is down), the batch comes back this much later.
 OUTAGE_RETRY_SECONDS = 60
+# Dead-letter reasons of messages dead-lettered after their transaction rolled back: unlike a
+# handler's refusals (dead-lettered in the transaction that claimed their keys), they hold no
+# claim in the ledger. A claim found for one belongs to another copy of the message, applied.
+POISON = "poison"
+PROCESSING_FAILED = "processing_failed"
+UNCLAIMED_REASONS = frozenset({POISON, PROCESSING_FAILED})
 # `task_deliveries:<task id>:<retry>`: how often a worker took this delivery (Redis, DB 0).
 DELIVERIES_KEY_PREFIX = "task_deliveries:"
 DELIVERIES_KEY_TTL_SECONDS = 2 * 86400
@@ -213,7 +219,7 @@ def _stop_the_loop(
         return {"processed": 0, "duplicates": 0, "dead": 0, "split": len(raw)}
     envelopes, unreadable = _decode(raw)
     poison = Refusal(
-        "poison",
+        POISON,
         f"its processing killed the worker {deliveries - 1} times (a crash or the hard time "
         f"limit of {limit} s); not tried again. Replay it once the cause is fixed.",
     )
@@ -350,7 +356,7 @@ def _process_one_by_one(
                 hint="inspect with manage.py dead_letters list --reason processing_failed",
             )
             metrics.TASKS_FAILED.labels(**labels).inc()
-            failed = Refusal("processing_failed", f"{type(exc).__name__}: {exc}")
+            failed = Refusal(PROCESSING_FAILED, f"{type(exc).__name__}: {exc}")
             with transaction.atomic():
                 _dead_letter([(envelope, failed)])
             totals["dead"] += 1
