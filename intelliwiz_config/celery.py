@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
-from apps.core import task_json
+from apps.core import gc_tuning, task_json
 from apps.core.tasks.celery_settings import RENAMED_TASKS, celery_config
 from apps.monitoring import celery_hooks
 
@@ -36,3 +36,12 @@ def _forward_to(name: str) -> Any:
 
 
 _register_renamed_tasks()
+
+
+@signals.worker_init.connect
+@signals.worker_process_init.connect
+def _settle_heap(**kwargs: Any) -> None:
+    # The worker once it loaded the apps, before it forks its pool (whose children inherit the
+    # frozen heap: fewer pages copied on write), and each child after its own start-up
+    # (core/gc_tuning.py).
+    gc_tuning.settle()
