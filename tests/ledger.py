@@ -203,8 +203,8 @@ class Broadcasts:
 
 
 def msg_id(idempotency_key: str) -> str:
-    """`device/<id>/telemetry#<msg_id>@<timestamp>` -> `<msg_id>`."""
-    return idempotency_key.partition("#")[2].rpartition("@")[0]
+    """`<timestamp>|device/<id>/telemetry#<msg_id>` -> `<msg_id>`."""
+    return idempotency_key.partition("#")[2]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import msgspec
 from django.conf import settings
 from pydantic import ValidationError
 
-from apps.core.envelope import Envelope
+from apps.core.envelope import Envelope, message_key
 from apps.devices.messages import INT64_MAX, INT64_MIN
 from apps.mqtt.directory import DeviceDirectory
 from apps.mqtt.topics import TopicError, parse_topic
@@ -58,13 +58,13 @@ class Rejection:
 def idempotency_key(topic: str, msg_id: str | None, timestamp: datetime, payload: bytes) -> str:
     """What makes a message the same message when it is delivered again.
 
-    With a device message id: the topic (a device may count per topic), the id and the device's
-    timestamp, so a counter that restarts after a reboot cannot collide with its earlier
-    messages, while a redelivery (the same bytes) always maps to the same key. Without an id:
-    a hash of topic and payload.
+    With a device message id: the device's timestamp, the topic (a device may count per topic)
+    and the id, so a counter that restarts after a reboot cannot collide with its earlier
+    messages, while a redelivery (the same bytes) always maps to the same key (written by
+    core.envelope.message_key, time first). Without an id: a hash of topic and payload.
     """
     if msg_id:
-        return f"{topic}#{msg_id}@{_compact_utc(timestamp)}"
+        return message_key(topic, msg_id, _compact_utc(timestamp))
     digest = hashlib.sha256(topic.encode() + b"\n" + payload).hexdigest()
     return f"sha256:{digest}"
 

@@ -100,3 +100,40 @@ def test_a_key_claimed_by_an_open_transaction_is_not_claimed_again_nor_an_error(
     second.join(30)
     assert not errors
     assert results == {"first": ["k-1"], "second": ["k-2"]}
+
+
+# Keys of the form written before migration core.0004 (`<topic>#<msg_id>@<time>`), and today's.
+FORMER = {
+    "device/d-1/telemetry#42@20261127T100000.123456Z": (
+        "20261127T100000.123456Z|device/d-1/telemetry#42"
+    ),
+    "alert/d-1/panic#a@b@20261127T100000.000001Z": "20261127T100000.000001Z|alert/d-1/panic#a@b",
+    "device/d-1/telemetry#7@99T000000.000000Z": "99T000000.000000Z|device/d-1/telemetry#7",
+}
+UNCHANGED = ["sha256:" + "ab" * 32, "device/d-1/telemetry#no-time", "k-1"]
+
+
+def test_the_key_migration_puts_the_time_first_keeps_digests_and_goes_back() -> None:
+    from importlib import import_module
+    from types import SimpleNamespace
+
+    from django.apps import apps
+
+    migration = import_module("apps.core.migrations.0004_idempotency_keys_time_first")
+    editor = SimpleNamespace(connection=connection)  # all the migration's functions use of it
+    ledger.claim("telemetry", [envelope(key) for key in [*FORMER, *UNCHANGED]])
+    migration.forward(apps, editor)
+    keys = set(ProcessedMessage.objects.values_list("key", flat=True))
+    assert keys == {*FORMER.values(), *UNCHANGED}
+    migration.backward(apps, editor)
+    assert set(ProcessedMessage.objects.values_list("key", flat=True)) == {*FORMER, *UNCHANGED}
+
+
+def test_a_task_of_an_earlier_release_finds_the_claim_of_its_rewritten_key() -> None:
+    # Claimed before the upgrade (then rewritten by the migration), delivered again after it in
+    # a task queued by the earlier release: the same message, no second effect.
+    former, current = next(iter(FORMER.items()))
+    ledger.claim("telemetry", [envelope(current)])
+    queued = Envelope.from_message(envelope(former).to_message())
+    assert queued.key == current
+    assert ledger.claim("telemetry", [queued]) == []

@@ -96,7 +96,8 @@ def test_a_device_publishes_only_what_its_kind_may(
 
     def outcomes() -> tuple[set[str], dict[str, str]] | None:
         processed = {
-            key.split("#")[0] for key in ProcessedMessage.objects.values_list("key", flat=True)
+            key.partition("#")[0].rpartition("|")[2]  # `<time>|<topic>#<msg_id>`: the topic
+            for key in ProcessedMessage.objects.values_list("key", flat=True)
         }
         letters = dict(DeadLetter.objects.values_list("topic", "reason"))
         done = {name for name, topic in topics.items() if topic in processed}

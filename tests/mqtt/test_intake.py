@@ -95,7 +95,7 @@ def test_the_idempotency_key_is_the_msg_id_and_device_time_when_present_else_a_h
 
     at = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=UTC)
     key = idempotency_key("device/dev/telemetry", "42", at, b"{}")
-    assert key == "device/dev/telemetry#42@20261127T100000.123456Z"
+    assert key == "20261127T100000.123456Z|device/dev/telemetry#42"
     # A device counting per topic: the same id on another topic is another message.
     assert idempotency_key("alert/dev/panic", "42", at, b"{}") != key
     # A counter that restarts after a reboot: the same id later is another message.
@@ -115,7 +115,7 @@ def test_the_idempotency_key_is_the_msg_id_and_device_time_when_present_else_a_h
 )
 def test_the_device_time_in_a_key_is_written_as_strftime_writes_it_for_every_year(at):
     # Keys already in the ledger must stay the keys of their redeliveries, whatever the year.
-    expected = f"device/dev/telemetry#7@{at.astimezone(UTC):%Y%m%dT%H%M%S.%fZ}"
+    expected = f"{at.astimezone(UTC):%Y%m%dT%H%M%S.%fZ}|device/dev/telemetry#7"
     assert idempotency_key("device/dev/telemetry", "7", at, b"{}") == expected
 
 
