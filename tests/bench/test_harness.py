@@ -84,7 +84,7 @@ def test_the_ledger_counts_a_lost_message_a_second_reading_and_a_broadcast_count
         TelemetryReading.objects.create(
             tenant_id=device.tenant_id,
             device=device,
-            idempotency_key=f"{topic}#{json.loads(payload)['msg_id']}@{stamp}",
+            idempotency_key=f"{stamp}|{topic}#{json.loads(payload)['msg_id']}",
             recorded_at=now,
             received_at=now,
         )

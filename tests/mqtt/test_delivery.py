@@ -93,7 +93,7 @@ def test_messages_published_while_the_subscriber_is_down_arrive_once_and_only_on
     mqtt_publish(PORT, [*messages, ("device/sensor-001/telemetry", telemetry(msg_id="marker"))])
     wait_for(
         lambda: TelemetryReading.objects.filter(
-            idempotency_key__startswith="device/sensor-001/telemetry#marker@"
+            idempotency_key__endswith="|device/sensor-001/telemetry#marker"
         ).exists(),
         timeout=120,
         interval=0.5,
@@ -537,7 +537,7 @@ def test_on_sigterm_the_subscriber_hands_on_and_acknowledges_what_it_holds(
     mqtt_publish(PORT, [("device/sensor-001/telemetry", telemetry(msg_id="marker"))])
     wait_for(
         lambda: TelemetryReading.objects.filter(
-            idempotency_key__startswith="device/sensor-001/telemetry#marker@"
+            idempotency_key__endswith="|device/sensor-001/telemetry#marker"
         ).exists(),
         timeout=30,
         what="the marker",
