@@ -425,9 +425,15 @@ def worker_answers(node: str) -> bool:
     return any(node in reply for reply in replies)
 
 
-def stalled_websocket(port: int, token: str, *, timeout: float = 5) -> socket.socket:
+def stalled_websocket(
+    port: int, token: str, *, timeout: float = 5, after_snapshot: bool = False
+) -> socket.socket:
     """A NOC client that completes the WebSocket handshake and then never reads again: its
-    receive window stays small, so what Daphne sends it piles up (tests and `bench.scale`)."""
+    receive window stays small, so what Daphne sends it piles up (tests and `bench.scale`).
+
+    `after_snapshot`: it reads up to its snapshot first, which the consumer sends once it
+    joined its feeds, so every event broadcast after this returns is one it is sent (the 101
+    alone comes before the consumer joins: a busy machine let it miss the first events)."""
     import base64
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -446,4 +452,24 @@ def stalled_websocket(port: int, token: str, *, timeout: float = 5) -> socket.so
     if not head.startswith(b"HTTP/1.1 101"):
         sock.close()
         raise RuntimeError(f"the stalled client was not let in: {head!r}")
+    while after_snapshot and not _server_frame(sock).startswith(b'{"type": "snapshot"'):
+        pass
     return sock
+
+
+def _server_frame(sock: socket.socket) -> bytes:
+    """The payload of the next frame a server sends (unmasked, whole; no extension agreed)."""
+
+    def exactly(count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            data += chunk
+        return data
+
+    length = exactly(2)[1] & 0x7F
+    if length >= 126:
+        length = int.from_bytes(exactly(2 if length == 126 else 8), "big")
+    return exactly(length)

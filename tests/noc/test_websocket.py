@@ -525,10 +525,20 @@ def test_a_client_that_stops_reading_is_cut_off_and_counted_while_a_colleague_ge
         ]
         broadcast_events(events)
 
+    def until_cut_off(stalled: socket.socket) -> None:
+        try:
+            wait_for(lambda: not still_connected(stalled), timeout=30, what="the cut-off")
+        except TimeoutError as exc:
+            cut = metric("noc_clients_cut_off_total") - cut_off_before
+            raise TimeoutError(
+                f"{exc}; clients cut off meanwhile: {cut} (0: the stalled one was not sent "
+                "enough to be behind; 1: cut off, but its connection stayed open)"
+            ) from None
+
     async def scenario() -> tuple[list[int], dict[str, Any]]:
         async with connect(url(daphne_server), additional_headers=bearer(token)) as colleague:
             await until_type(colleague, "snapshot")
-            with stalled_websocket(daphne_server, token) as stalled:
+            with stalled_websocket(daphne_server, token, after_snapshot=True) as stalled:
                 received = []
                 for number, chunk in enumerate(chunks, 1):
                     await asyncio.to_thread(broadcast, EventType.ALERT_UPDATED, chunk)
@@ -539,9 +549,7 @@ def test_a_client_that_stops_reading_is_cut_off_and_counted_while_a_colleague_ge
                             break
                     if number % 4 == 0:  # now and then, as the dashboard does
                         await colleague.send(json.dumps({"type": "ack", "seq": update["seq"]}))
-                await asyncio.to_thread(
-                    wait_for, lambda: not still_connected(stalled), timeout=30, what="the cut-off"
-                )
+                await asyncio.to_thread(until_cut_off, stalled)
                 # After the cut-off the colleague is still served: the alert sent last arrives.
                 await asyncio.to_thread(broadcast, EventType.CRITICAL_ALERT, [-1])
                 return received, await until_type(colleague, "critical_alert")
