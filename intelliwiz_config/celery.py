@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery, signals
 
 from apps.core import gc_tuning, task_json
-from apps.core.tasks.celery_settings import RENAMED_TASKS, celery_config
+from apps.core.tasks.celery_settings import QUEUES_BY_NAME, RENAMED_TASKS, celery_config
 from apps.monitoring import celery_hooks
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "intelliwiz_config.settings")
@@ -39,9 +39,11 @@ _register_renamed_tasks()
 
 
 @signals.worker_init.connect
-@signals.worker_process_init.connect
-def _settle_heap(**kwargs: Any) -> None:
-    # The worker once it loaded the apps, before it forks its pool (whose children inherit the
-    # frozen heap: fewer pages copied on write), and each child after its own start-up
-    # (core/gc_tuning.py).
-    gc_tuning.settle()
+def _settle_heap(sender: Any, **kwargs: Any) -> None:
+    # A worker whose every queue asks for it (QueueSpec.settled_gc), once it loaded the apps and
+    # before it forks its pool: the children inherit the frozen heap and the thresholds
+    # (core/gc_tuning.py), and share the frozen pages with it until written.
+    consumed = set(sender.app.amqp.queues.consume_from)
+    specs = [QUEUES_BY_NAME.get(name) for name in consumed]
+    if specs and all(spec is not None and spec.settled_gc for spec in specs):
+        gc_tuning.settle()

@@ -57,5 +57,10 @@ class Envelope:
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Envelope:
-        # A task or a dead letter of an earlier release may carry the key's former form.
-        return cls(**{**message, "key": current_key(message["key"])})
+        # A task or a dead letter of an earlier release may carry the key's former form. A
+        # message without a string key stays as it came: refused by the constructor or later,
+        # as before, and dead-lettered (core/tasks/base.py), never dropped here.
+        key = message.get("key")
+        if isinstance(key, str):
+            message = {**message, "key": current_key(key)}
+        return cls(**message)

@@ -7,13 +7,14 @@ allocates tens of thousands of containers, so a batch paid several young collect
 its own short-lived rows into the older generations and, every few batches, a walk of the whole
 start-up heap (about a tenth of the general worker's CPU, and a pause in any task it struck).
 
-`settle()`, called once a process has loaded what it keeps (intelliwiz_config/celery.py): moves
+`settle()`, called once a worker has loaded what it keeps, before it forks its pool
+(intelliwiz_config/celery.py, for the queues whose QueueSpec.settled_gc says so): moves
 every object alive then into the permanent generation (`gc.freeze`), so no collection walks it
 again, and collects the young generation every `YOUNG_THRESHOLD` allocations, by which time a
 batch's rows are freed by their reference counts. Reference counting frees everything that
 forms no cycle, as before; only a cycle among the frozen start-up objects is never collected.
-Measured in docs/performance.md ("The garbage collector"); the subscriber and Daphne were
-measured without a gain and keep CPython's defaults.
+Measured in docs/performance.md (the general pool); the subscriber and Daphne were measured
+without a gain and keep CPython's defaults, as do the other pools until measured.
 """
 
 from __future__ import annotations

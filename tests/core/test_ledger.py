@@ -129,6 +129,29 @@ def test_the_key_migration_puts_the_time_first_keeps_digests_and_goes_back() -> 
     assert set(ProcessedMessage.objects.values_list("key", flat=True)) == {*FORMER, *UNCHANGED}
 
 
+def test_a_message_claimed_in_both_forms_keeps_one_claim_after_the_key_migration() -> None:
+    from importlib import import_module
+    from types import SimpleNamespace
+
+    from django.apps import apps
+
+    migration = import_module("apps.core.migrations.0004_idempotency_keys_time_first")
+    former, current = next(iter(FORMER.items()))
+    odd_former, odd_current = list(FORMER.items())[-1]  # the one the statement leaves to Python
+    ledger.claim("telemetry", [envelope(k) for k in (former, current, odd_former, odd_current)])
+    migration.forward(apps, SimpleNamespace(connection=connection))
+    assert sorted(ProcessedMessage.objects.values_list("key", flat=True)) == sorted(
+        [current, odd_current]
+    )
+
+
+def test_an_envelope_without_a_string_key_is_refused_as_before_not_rewritten() -> None:
+    message = envelope("k-1").to_message()
+    with pytest.raises(TypeError):
+        Envelope.from_message({k: v for k, v in message.items() if k != "key"})
+    assert Envelope.from_message({**message, "key": 7}).key == 7
+
+
 def test_a_task_of_an_earlier_release_finds_the_claim_of_its_rewritten_key() -> None:
     # Claimed before the upgrade (then rewritten by the migration), delivered again after it in
     # a task queued by the earlier release: the same message, no second effect.

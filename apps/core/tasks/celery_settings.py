@@ -45,6 +45,9 @@ class QueueSpec:
     # weighs shares; an alert's processes (urgent subscriber, critical worker, Redis, Daphne)
     # waking on a core busy with telemetry still waited for it. Also needs no privilege.
     idle: bool = False
+    # The pool's garbage collector settled for batches (apps/core/gc_tuning.py): measured on
+    # the general pool only; the others keep CPython's defaults until measured.
+    settled_gc: bool = False
 
 
 CRITICAL = QueueSpec(
@@ -80,6 +83,7 @@ GENERAL = QueueSpec(
     max_memory_per_child=300_000,
     nice=5,
     idle=True,
+    settled_gc=True,
 )
 ML_TRAINING = QueueSpec(
     name="ml_training",
