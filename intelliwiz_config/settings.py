@@ -317,7 +317,7 @@ if CHANNELS_ENCRYPTION_KEY:
     _channel_layer_config["symmetric_encryption_keys"] = [CHANNELS_ENCRYPTION_KEY]
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "apps.core.channel_layer.BatchingRedisChannelLayer",
         "CONFIG": _channel_layer_config,
     }
 }
