@@ -36,6 +36,7 @@ django.setup()
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
+from kombu.compression import compress, decompress
 from kombu.serialization import dumps, loads
 
 from apps.core import task_json
@@ -73,10 +74,12 @@ def intake_stage(
         assert isinstance(outcome, Envelope), outcome
         envelopes.append(outcome)
     size = settings.MQTT_BATCH_SIZE
-    bodies = [
-        dumps([[[e.to_message() for e in batch]], {}, {}], serializer=task_json.SERIALIZER)
-        for batch in (envelopes[i : i + size] for i in range(0, len(envelopes), size))
-    ]
+    bodies = []
+    for batch in (envelopes[i : i + size] for i in range(0, len(envelopes), size)):
+        body = dumps([[[e.to_message() for e in batch]], {}, {}], serializer=task_json.SERIALIZER)
+        method = task_json.compression_for(len(batch))
+        packed = compress(body[2], method) if method else (body[2], None)
+        bodies.append((*body, *packed))
     return bodies, time.process_time() - started
 
 
@@ -118,7 +121,8 @@ def worker_stage(bodies: list[tuple[Any, ...]]) -> tuple[float, float, list[floa
     task = PROCESSING_TASKS["telemetry"]
     cpu, wall = time.process_time(), time.perf_counter()
     with WriteTransactions() as transactions:
-        for content_type, encoding, data in bodies:
+        for content_type, encoding, _, data, compression in bodies:
+            data = decompress(data, compression) if compression else data
             args, _kwargs, _embed = loads(data, content_type, encoding)
             result = task.apply(args=args)
             if result.failed():

@@ -407,6 +407,21 @@ class Stack(Service):
         )
 
 
+def queued_task_args(raw: bytes | str) -> list[Any]:
+    """The arguments of a task message as it waits in a Redis queue: kombu's envelope, its body
+    in base64, compressed when its headers say so (a batch, core/task_json.py)."""
+    import base64
+
+    from kombu.compression import decompress
+
+    message = json.loads(raw)
+    body = base64.b64decode(message["body"])
+    if compression := message["headers"].get("compression"):
+        body = decompress(body, compression)
+    args, _kwargs, _embed = json.loads(body)
+    return list(args)
+
+
 def metric(name: str, **labels: str) -> float:
     """A metric summed over every process of the test run (prometheus multiprocess files)."""
     from prometheus_client import CollectorRegistry

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from apps.core import task_json
 from tests.environment import free_port, redis_url
-from tests.services import ROOT, start_redis
+from tests.services import ROOT, queued_task_args, start_redis
 
 ENQUEUE = """
 import django
@@ -27,7 +27,7 @@ envelopes = [
         key=f"cam-7:m-{n}",
         received_at=1.0,
     )
-    for n in range(3)
+    for n in range(COUNT)
 ]
 print(enqueue(PROCESS_DEVICE_TELEMETRY, envelopes).name)
 """
@@ -47,6 +47,11 @@ try:
 except Retry:
     print("general")
 """
+
+
+def enqueue(count: int) -> str:
+    """The script that hands `count` telemetry envelopes on, as the subscriber does."""
+    return ENQUEUE.replace("COUNT", str(count))
 
 
 def waiting_messages(tmp_path: Path, script: str) -> list[bytes]:
@@ -78,7 +83,7 @@ def waiting_messages(tmp_path: Path, script: str) -> list[bytes]:
 def test_a_handed_on_batch_shows_its_count_in_the_task_headers_never_the_device_payloads(
     tmp_path: Path,
 ):
-    waiting = waiting_messages(tmp_path, ENQUEUE)
+    waiting = waiting_messages(tmp_path, enqueue(3))
 
     assert len(waiting) == 1
     message = json.loads(waiting[0])
@@ -87,7 +92,7 @@ def test_a_handed_on_batch_shows_its_count_in_the_task_headers_never_the_device_
     assert headers["kwargsrepr"] == "{}"
     assert "4711" not in json.dumps(headers)
     # The body still carries every message, whole.
-    (batch,), _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    (batch,) = queued_task_args(waiting[0])
     assert [m["payload"]["note"] for m in batch] == ["door code 4711"] * 3
 
 
@@ -99,3 +104,17 @@ def test_a_retried_batch_shows_its_count_too(tmp_path: Path):
     assert headers["retries"] == 1
     assert headers["argsrepr"] == "[<3 messages>]"
     assert "4711" not in json.dumps(headers)
+
+
+def test_a_large_batch_waits_compressed_and_reads_back_whole_a_small_one_as_it_is(
+    tmp_path: Path,
+):
+    count = task_json.COMPRESS_FROM_MESSAGES
+    (large,) = waiting_messages(tmp_path / "large", enqueue(count))
+    (small,) = waiting_messages(tmp_path / "small", enqueue(count - 1))
+
+    assert json.loads(large)["headers"]["compression"] == "application/x-gzip"
+    assert "compression" not in json.loads(small)["headers"]
+    (batch,) = queued_task_args(large)
+    assert [m["payload"]["msg_id"] for m in batch] == [f"m-{n}" for n in range(count)]
+    assert len(large) < len(small) / 3  # one message more, a fraction of the bytes

@@ -29,7 +29,15 @@ from tests import environment
 from tests.database import slow_telemetry_inserts
 from tests.environment import free_port
 from tests.factories import create_tenant_with_devices, panic, telemetry
-from tests.services import Service, descendants, metric, mqtt_publish, start_redis, wait_for
+from tests.services import (
+    Service,
+    descendants,
+    metric,
+    mqtt_publish,
+    queued_task_args,
+    start_redis,
+    wait_for,
+)
 
 PORT = environment.MQTT_PORT
 
@@ -773,16 +781,12 @@ def test_a_flood_while_redis_is_down_is_let_go_not_held_and_qos1_still_arrives(
 
 def queued_batch_sizes(broker: object) -> list[int]:
     """The number of messages in each telemetry task waiting in the general queue."""
-    import base64
-
     from apps.core.tasks.celery_settings import broker_list_keys
 
     sizes = []
     for key in broker_list_keys("general"):
         for raw in broker.lrange(key, 0, -1):  # type: ignore[attr-defined]
-            message = json.loads(raw)
-            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-            sizes.append(len(args[0]))
+            sizes.append(len(queued_task_args(raw)[0]))
     return sizes
 
 

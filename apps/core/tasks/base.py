@@ -88,6 +88,7 @@ def enqueue(task_name: str, envelopes: list[Envelope]) -> QueueSpec:
         args=[messages],
         retry=False,
         serializer=task_json.SERIALIZER,
+        compression=task_json.compression_for(len(messages)),
         **_summary(messages),
     )
     return TASK_QUEUES[task_name]
