@@ -13,18 +13,19 @@ Receiving, the layer spends four round trips on each message: put back what a ca
 receive left in the channel's backup, wait for a message (BZPOPMIN), copy it into the backup,
 and drop it from the backup once handed over. A Daphne process under telemetry receives a
 message per tenant per batch, each one ready: `_brpop_with_clean` takes a ready one in one
-script (the same steps, and the move into the backup atomic), and waits as before only when
-none is.
+script (the first three steps, and the move into the backup atomic), so two round trips with
+the backup's clean-up; it waits as before only when none is ready.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer
+from redis.commands.core import AsyncScript
 
 # Its log line is the one CountChannelLayerDrops (core/logging.py) counts for group_send.
 logger = logging.getLogger("channels_redis.core")
@@ -32,12 +33,13 @@ logger = logging.getLogger("channels_redis.core")
 # KEYS: a channel's Redis key per message (a Daphne process's key once per group it serves).
 # ARGV: the messages, their channels' capacities, their scores, then the message expiry.
 # Per key: expired messages dropped once, then each message added unless the channel is full.
+# Returns the positions (from 1) of the messages dropped for that.
 _SEND_MANY = """
 local n = #KEYS
 local expiry = tonumber(ARGV[3 * n + 1])
 local expired_before = tonumber(ARGV[3 * n + 2])
 local cleaned = {}
-local over_capacity = 0
+local over_capacity = {}
 for i = 1, n do
     local key = KEYS[i]
     if not cleaned[key] then
@@ -48,7 +50,7 @@ for i = 1, n do
         redis.call('ZADD', key, ARGV[2 * n + i], ARGV[i])
         redis.call('EXPIRE', key, expiry)
     else
-        over_capacity = over_capacity + 1
+        over_capacity[#over_capacity + 1] = i
     end
 end
 return over_capacity
@@ -71,16 +73,20 @@ return false
 """
 
 # Messages added in one script share its moment; a key's messages are popped lowest score
-# first, so each takes a step more, in order (far below the time between two batches).
+# first, so each on the same key takes a step more, in order (the steps of a call stay far
+# below the time between two calls).
 _SCORE_STEP = 1e-6
+
+_scripts: dict[str, AsyncScript] = {}  # by text, for every layer and event loop of the process
 
 
 class BatchingRedisChannelLayer(RedisChannelLayer):  # type: ignore[misc]
     async def group_send_many(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
         """`group_send(group, message)` for each pair, in two round trips per Redis host.
 
-        All or nothing as far as the caller can tell: an error means none is known to be sent
-        (the outbox sends them again; the NOC shows each event once)."""
+        On one Redis host, all or nothing. With several (CHANNELS_REDIS_HOSTS), an error from
+        one may come after another took its groups' messages: a caller that sends again sends
+        those twice (the outbox's resends carry each event's id; the NOC shows it once)."""
         groups_of: dict[int, list[str]] = defaultdict(list)
         for group, _ in sends:
             assert self.require_valid_group_name(group), "Group name not valid"
@@ -99,7 +105,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):  # type: ignore[misc]
         keys: dict[int, list[str]] = defaultdict(list)
         messages: dict[int, list[bytes]] = defaultdict(list)
         capacities: dict[int, list[int]] = defaultdict(list)
-        channels: dict[int, list[str]] = defaultdict(list)  # the groups, for the drop's log line
+        groups_at: dict[int, list[str]] = defaultdict(list)  # each message's group, for drops
         for group, message in sends:
             by_index, serialized, capacity = self._map_channel_keys_to_connection(
                 members[group], message
@@ -109,29 +115,49 @@ class BatchingRedisChannelLayer(RedisChannelLayer):  # type: ignore[misc]
                     keys[index].append(key)
                     messages[index].append(serialized[key])
                     capacities[index].append(capacity[key])
-                    channels[index].append(group)
+                    groups_at[index].append(group)
         for index, channel_keys in keys.items():
             now = time.time()
-            scores = [now + step * _SCORE_STEP for step in range(len(channel_keys))]
-            args = [*messages[index], *capacities[index], *scores]
+            sent_on: dict[str, int] = defaultdict(int)  # messages so far on each key
+            scores: list[float] = []
+            for key in channel_keys:
+                scores.append(now + sent_on[key] * _SCORE_STEP)
+                sent_on[key] += 1
+            args: list[bytes | int | float] = [*messages[index], *capacities[index], *scores]
             args += [int(self.expiry), int(now) - int(self.expiry)]
-            # EVALSHA: the script's text crosses to Redis once, not with every batch.
-            send_many = self.connection(index).register_script(_SEND_MANY)
-            over_capacity = await send_many(keys=channel_keys, args=args)
-            if over_capacity > 0:
-                logger.info(
-                    "%s of %s channels over capacity in group %s",
-                    over_capacity,
-                    len(channel_keys),
-                    ",".join(sorted(set(channels[index]))),
-                )
+            connection = self.connection(index)
+            dropped = await self._script(_SEND_MANY)(
+                keys=channel_keys, args=args, client=connection
+            )
+            if dropped:
+                self._log_drops(groups_at[index], [groups_at[index][i - 1] for i in dropped])
+
+    @staticmethod
+    def _log_drops(groups_at: list[str], dropped_groups: list[str]) -> None:
+        """One line per group, as `group_send` logs it (CountChannelLayerDrops counts them)."""
+        channels = Counter(groups_at)
+        for group, over_capacity in sorted(Counter(dropped_groups).items()):
+            logger.info(
+                "%s of %s channels over capacity in group %s",
+                over_capacity,
+                channels[group],
+                group,
+            )
 
     async def _brpop_with_clean(self, index: int, channel: str, timeout: float) -> bytes | None:
         """The channel's oldest message, kept in its backup until `_clean_receive_backup`: at
-        once in one round trip when one is ready, else by the layer's own blocking wait."""
+        once in one script when one is ready, else by the layer's own blocking wait."""
         connection = self.connection(index)
-        pop_ready = connection.register_script(_POP_READY)
-        member: bytes | None = await pop_ready(keys=[channel, self._backup_channel_name(channel)])
+        member: bytes | None = await self._script(_POP_READY)(
+            keys=[channel, self._backup_channel_name(channel)], client=connection
+        )
         if member is not None:
             return member
         return await super()._brpop_with_clean(index, channel, timeout)  # type: ignore[no-any-return]
+
+    def _script(self, text: str) -> AsyncScript:
+        """A script run by EVALSHA: its text crosses to Redis once, not with every call."""
+        script = _scripts.get(text)
+        if script is None:  # the connection only encodes the text; each call names its own
+            script = _scripts[text] = AsyncScript(self.connection(0), text)
+        return script

@@ -53,8 +53,9 @@ events_recorded = Signal()
 
 
 # A channel-layer message holding several events of one tenant, in order: a batch's events go
-# to each tenant's group in one send (each send is four Redis round trips and about 0.5 ms of a
-# worker's CPU). The NOC's feed (apps/noc/feeds.py) hands each event on as if sent alone.
+# to each tenant's group in one message, not one each (a message costs the layer's Redis its
+# work per member, and the NOC's Daphne a receive). The NOC's feed (apps/noc/feeds.py) hands
+# each event on as if sent alone.
 EVENT_BUNDLE = "event_bundle"
 
 
@@ -124,7 +125,8 @@ async def _send_all(
 ) -> int:
     """One message per tenant (its event alone, or its events in order in a bundle), all sent
     together: the layer's `group_send_many` takes every tenant's group in two Redis round trips
-    (core/channel_layer.py), where a `group_send` each took four."""
+    (core/channel_layer.py), where a `group_send` each took four. A layer without it (another
+    CHANNEL_LAYERS backend) gets a `group_send` per tenant."""
     layer = get_channel_layer()
     per_tenant: dict[int, list[int]] = {}
     for index, event in enumerate(events):
@@ -144,7 +146,12 @@ async def _send_all(
     try:
         if layer is None:
             raise RuntimeError("CHANNEL_LAYERS is not configured")
-        await layer.group_send_many(sends)
+        send_many = getattr(layer, "group_send_many", None)
+        if send_many is not None:
+            await send_many(sends)
+        else:
+            for group, message in sends:
+                await layer.group_send(group, message)
     except Exception as exc:  # counted and logged; the data is already stored
         for message_type in types:
             metrics.WEBSOCKET_BROADCAST_FAILURE.labels(message_type=message_type).inc()

@@ -8,10 +8,11 @@ carries kombu's own tagged values (`{"__type__": "datetime", ...}`, written for 
 has no type for) is read by kombu's codec, as before. Never pickle.
 
 A batch's body is compressed (`compression_for`): its envelopes repeat the same field names and
-topics, so zlib makes 110 KB of 300 messages about 19 KB, which every later copy of it handles
-instead (Redis's queue, the worker's fetch, its copy in the `unacked` hash, the hand-off to a
-pool process). At zlib's level 1: level 6, kombu's default, took the subscriber 4 µs a message
-and saved only 3 KB more. Any kombu reads it: the content type is zlib's own.
+topics, so zlib makes 110 KB of 300 messages about 19 KB, which every later copy of it up to
+the worker handles instead (Redis's queue, the worker's fetch, its copy in the `unacked` hash;
+the worker's main process decompresses it before handing it to a pool process). At zlib's
+level 1: level 6, kombu's default, took the subscriber 4 µs a message and saved only 3 KB
+more. Any kombu reads it: the content type is zlib's own.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from celery.exceptions import Retry
 from apps.core.tasks.base import retry_later
 from apps.mqtt.tasks import PROCESSING_TASKS
 task = PROCESSING_TASKS["telemetry"]
-batch = [{"key": f"cam-7:m-{n}", "payload": {"note": "door code 4711"}} for n in range(3)]
+batch = [{"key": f"cam-7:m-{n}", "payload": {"note": "door code 4711"}} for n in range(COUNT)]
 task.push_request(args=[batch], kwargs={}, id="first-delivery", retries=0, called_directly=False)
 try:
     retry_later(task, RuntimeError("database is locked"), 30)
@@ -52,6 +52,11 @@ except Retry:
 def enqueue(count: int) -> str:
     """The script that hands `count` telemetry envelopes on, as the subscriber does."""
     return ENQUEUE.replace("COUNT", str(count))
+
+
+def retry(count: int) -> str:
+    """The script that retries a delivery of `count` telemetry messages, as a failed batch does."""
+    return RETRY.replace("COUNT", str(count))
 
 
 def waiting_messages(tmp_path: Path, script: str) -> list[bytes]:
@@ -98,9 +103,9 @@ def test_a_handed_on_batch_shows_its_count_in_the_task_headers_never_the_device_
 
 def test_a_retried_batch_shows_its_count_too(tmp_path: Path):
     # Celery rebuilds a retry from the request, which keeps no argsrepr of its own.
-    (retry,) = waiting_messages(tmp_path, RETRY)
+    (retried,) = waiting_messages(tmp_path, retry(3))
 
-    headers = json.loads(retry)["headers"]
+    headers = json.loads(retried)["headers"]
     assert headers["retries"] == 1
     assert headers["argsrepr"] == "[<3 messages>]"
     assert "4711" not in json.dumps(headers)
@@ -118,3 +123,15 @@ def test_a_large_batch_waits_compressed_and_reads_back_whole_a_small_one_as_it_i
     (batch,) = queued_task_args(large)
     assert [m["payload"]["msg_id"] for m in batch] == [f"m-{n}" for n in range(count)]
     assert len(large) < len(small) / 3  # one message more, a fraction of the bytes
+
+
+def test_a_large_batch_s_retry_waits_compressed_as_its_first_sending_did(tmp_path: Path):
+    count = task_json.COMPRESS_FROM_MESSAGES
+    (retried,) = waiting_messages(tmp_path, retry(count))
+
+    message = json.loads(retried)
+    assert message["headers"]["retries"] == 1
+    assert message["headers"]["compression"] == "application/x-gzip"
+    assert message["content-type"] == task_json.CONTENT_TYPE
+    (batch,) = queued_task_args(retried)
+    assert [m["key"] for m in batch] == [f"cam-7:m-{n}" for n in range(count)]

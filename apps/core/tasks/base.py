@@ -87,19 +87,25 @@ def enqueue(task_name: str, envelopes: list[Envelope]) -> QueueSpec:
         task_name,
         args=[messages],
         retry=False,
-        serializer=task_json.SERIALIZER,
-        compression=task_json.compression_for(len(messages)),
-        **_summary(messages),
+        **_publish_options(messages),
     )
     return TASK_QUEUES[task_name]
 
 
-def _summary(messages: list[Any]) -> dict[str, Any]:
-    """What a task message shows of its arguments (`celery inspect`, Flower, failure logs): the
-    count, never the devices' payloads. Celery's default, a repr of up to 1 KiB of them, also
-    cost about a fifth of each hand-off's CPU."""
+def _publish_options(messages: list[Any]) -> dict[str, Any]:
+    """How every task message of a batch is written, first sending, retry or split alike.
+
+    Its body in core/task_json.py's codec, compressed when large. What it shows of its
+    arguments (`celery inspect`, Flower, failure logs): the count, never the devices' payloads.
+    Celery's default, a repr of up to 1 KiB of them, also cost about a fifth of each hand-off's
+    CPU."""
     noun = "message" if len(messages) == 1 else "messages"
-    return {"argsrepr": f"[<{len(messages)} {noun}>]", "kwargsrepr": "{}"}
+    return {
+        "serializer": task_json.SERIALIZER,
+        "compression": task_json.compression_for(len(messages)),
+        "argsrepr": f"[<{len(messages)} {noun}>]",
+        "kwargsrepr": "{}",
+    }
 
 
 def retry_delay(retries: int) -> float:
@@ -205,7 +211,7 @@ def _stop_the_loop(
         try:
             for message in raw:
                 current_app.send_task(
-                    task.name, args=[[message]], retry=False, **_summary([message])
+                    task.name, args=[[message]], retry=False, **_publish_options([message])
                 )
         except Exception as exc:  # some may be sent twice later: their keys absorb it
             raise Reject(exc, requeue=True) from exc
@@ -248,12 +254,12 @@ def retry_later(task: Task[Any, Any], exc: Exception, countdown: float) -> NoRet
     delivery (Reject, requeue=False). It is put back instead or, if even that fails, left
     unacknowledged for the broker to hand out again after its visibility timeout.
     """
-    # A batch's retry summarises its arguments as its first sending did (Celery rebuilds the
-    # message from the request, which does not keep argsrepr).
+    # A batch's retry is written as its first sending was (Celery rebuilds the message from
+    # the request, which keeps neither argsrepr nor the codec and compression).
     args = task.request.args or []
-    summary = _summary(args[0]) if isinstance(task, BusTask) and args else {}
+    options = _publish_options(args[0]) if isinstance(task, BusTask) and args else {}
     try:
-        retry = task.retry(exc=exc, countdown=countdown, throw=False, **summary)
+        retry = task.retry(exc=exc, countdown=countdown, throw=False, **options)
     except Reject as unpublished:
         reason = unpublished.args[0] if unpublished.args else unpublished  # the publish error
         log.error(
