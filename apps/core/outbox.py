@@ -28,6 +28,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core import metrics
+from apps.core.bulk import json_value
 from apps.core.events import Event, broadcast_events, events_recorded
 from apps.core.models import PendingBroadcast
 from apps.core.redis_client import state_redis
@@ -44,7 +45,8 @@ def broadcast_on_commit(events: list[Event]) -> None:
     if not events:
         return
     events_recorded.send(sender=Event, events=events)
-    row = PendingBroadcast.objects.create(events=[_fields(event) for event in events])
+    fields = [_fields(event) for event in events]
+    row = PendingBroadcast.objects.create(events=json_value(PendingBroadcast, fields))
     transaction.on_commit(lambda: _send(row.pk, events))
 
 

@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from apps.core.bulk import column_adapter, fetch_instances, insert_rows, one_of, update_rows
+from apps.core.bulk import (
+    column_adapter,
+    fetch_instances,
+    insert_rows,
+    json_value,
+    one_of,
+    update_rows,
+)
+from apps.core.models import PendingBroadcast
 from apps.devices.models import Device, TelemetryReading
 from tests.factories import create_tenant_with_devices
 
@@ -105,14 +113,17 @@ def test_a_batch_filter_finds_exactly_the_rows_a_list_finds() -> None:
 def test_fetched_instances_hold_what_the_orm_reads_and_load_other_fields_when_asked() -> None:
     create_tenant_with_devices("acme", "sensor-001", "sensor-002")
     Device.objects.filter(device_id="sensor-001").update(
-        last_seen=MOMENTS[0], battery=12.5, name="north gate"
+        last_seen=MOMENTS[0], last_heartbeat=MOMENTS[2], battery=12.5, name="north gate"
     )
-    fields = ("tenant_id", "device_id", "status", "last_seen", "battery")
+    fields = ("tenant_id", "device_id", "status", "last_seen", "last_heartbeat", "battery")
     ours = fetch_instances(Device.objects.order_by("pk"), fields)
     theirs = list(Device.objects.order_by("pk").only(*fields))
     assert [d.pk for d in ours] == [d.pk for d in theirs]
     for mine, django in zip(ours, theirs, strict=True):
-        assert [getattr(mine, f) for f in fields] == [getattr(django, f) for f in fields]
+        # repr: the same instant, and the same zone object (None where the column is NULL).
+        assert [repr(getattr(mine, f)) for f in fields] == [
+            repr(getattr(django, f)) for f in fields
+        ]
         assert not mine._state.adding
         assert mine._state.db == django._state.db
         assert mine.get_deferred_fields() == django.get_deferred_fields()
@@ -121,3 +132,20 @@ def test_fetched_instances_hold_what_the_orm_reads_and_load_other_fields_when_as
     ours[0].battery = 80.0
     ours[0].save(update_fields=["battery"])
     assert Device.objects.get(pk=ours[0].pk).battery == 80.0
+
+
+def test_fetching_none_of_an_empty_list_runs_no_query_and_returns_nothing() -> None:
+    create_tenant_with_devices("acme", "sensor-001")
+    assert fetch_instances(Device.objects.filter(device_id__in=[]), ("device_id",)) == []
+
+
+def test_a_json_value_is_stored_as_django_would_store_it_and_reads_back_the_same() -> None:
+    value = [
+        {"tenant_id": 7, "message_type": "telemetry_update", "data": {"site": "Zürich Nord 北門"}},
+        {"nested": [1, 2.5, None, True, 'quote " and \\ backslash'], "empty": {}},
+    ]
+    ours = PendingBroadcast.objects.create(events=json_value(PendingBroadcast, value))
+    theirs = PendingBroadcast.objects.create(events=value)
+    assert PendingBroadcast.objects.get(pk=ours.pk).events == value
+    assert PendingBroadcast.objects.filter(events__0__data__site="Zürich Nord 北門").count() == 2
+    assert PendingBroadcast.objects.get(pk=theirs.pk).events == value

@@ -11,6 +11,7 @@ memory, evaluates its rules over the whole batch and returns the events for the 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,12 +89,15 @@ def received(envelope: Envelope) -> datetime:
 
 
 def _last_heard(batch: DeviceBatch) -> list[tuple[Device, datetime]]:
-    latest: dict[str, datetime] = {}
+    latest: dict[str, float] = {}  # compared as received, made a datetime once per device
     for envelope in batch.messages:
-        heard = received(envelope)
-        if envelope.source_id not in latest or heard > latest[envelope.source_id]:
+        heard = envelope.received_at
+        if heard > latest.get(envelope.source_id, -math.inf):
             latest[envelope.source_id] = heard
-    return [(batch.devices[source], heard) for source, heard in latest.items()]
+    return [
+        (batch.devices[source], datetime.fromtimestamp(heard, tz=UTC))
+        for source, heard in latest.items()
+    ]
 
 
 def reading_fields(batch: DeviceBatch, envelope: Envelope, recorded_at: Any) -> dict[str, Any]:
