@@ -386,7 +386,8 @@ def test_a_task_taken_from_its_queue_as_redis_died_is_sent_again_when_redis_rest
     create_tenant_with_devices("acme", "sensor-001")
     data = tmp_path / "redis"
     redis_service = start_redis(port, data, appendonly=True, appendfsync="always")
-    subscriber = start_subscriber(REDIS_URL=broker_url)
+    # 150 messages in two batches: one to take as the lost BRPOP, one left in the queue.
+    subscriber = start_subscriber(REDIS_URL=broker_url, MQTT_BATCH_SIZE="100")
     mqtt_publish(PORT, numbered_telemetry(150))
     admin = redis.Redis.from_url(f"{broker_url}/0", decode_responses=True)
 
@@ -425,7 +426,8 @@ def test_a_task_a_killed_worker_took_but_never_recorded_is_sent_again_on_requeue
     broker_url = environment.redis_url(port)
     create_tenant_with_devices("acme", "sensor-001")
     redis_service = start_redis(port, tmp_path / "redis")
-    subscriber = start_subscriber(REDIS_URL=broker_url)
+    # 150 messages in two batches: one to take as the killed worker's, one left in the queue.
+    subscriber = start_subscriber(REDIS_URL=broker_url, MQTT_BATCH_SIZE="100")
     admin = redis.Redis.from_url(f"{broker_url}/0", decode_responses=True)
 
     def queued() -> int:
