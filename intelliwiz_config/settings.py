@@ -481,7 +481,8 @@ DEVICE_RESERVED_IDS = frozenset(
 
 MQTT_MAX_PAYLOAD_BYTES = env_int("MQTT_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1)
 # 300 by measurement (docs/performance.md, "Batch size"): against 100, 14 % more stored msg/s on
-# the make-run stack and a sixth less CPU a message; within the broker's window, or it never fills.
+# the make-run stack on one machine, no worse on another; within the broker's window, or a batch
+# could never fill.
 MQTT_BATCH_SIZE = env_int("MQTT_BATCH_SIZE", min(300, MQTT_RECEIVE_MAXIMUM), minimum=1)
 MQTT_BATCH_INTERVAL_MS = env_int("MQTT_BATCH_INTERVAL_MS", 50, minimum=1)
 # While a kind's queue is backed up, its batches grow up to this many messages (fewer, larger
