@@ -6,12 +6,20 @@ the other routine kinds), `subscriber:urgent` (alerts). A kind is its process an
 descendant (a Celery worker and its pool): CPU is summed over that tree from
 `cpu_times()` (a child that exited counts in its parent's children_* times), RSS is sampled
 every SAMPLE_SECONDS and summed over the tree (shared pages count once per process).
+
+The sampler shares the stack's two cores, so it must cost next to nothing: the trees come from
+one scan of the process table every TREE_SECONDS (a pool replaces a child now and then), and a
+sample reads each known process's RSS alone. psutil's `children()` scans the whole table at
+each call: called for every kind at every sample, it took about 9 % of a core from the pipeline
+step it was measuring (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +27,7 @@ from dataclasses import dataclass, field
 import psutil
 
 SAMPLE_SECONDS = 0.25
+TREE_SECONDS = 2.0
 STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\s+pid (?P<pid>\d+)", re.M)
 
 
@@ -44,17 +53,25 @@ def supervised_pids(status_output: str) -> dict[str, int]:
     }
 
 
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+def trees(roots: dict[str, int]) -> dict[str, list[psutil.Process]]:
+    """Each kind's root process and all its descendants, from one scan of the process table."""
+    children: dict[int, list[psutil.Process]] = defaultdict(list)
+    found: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter(["ppid"]):
+        found[process.pid] = process
+        children[process.info["ppid"]].append(process)
+    result: dict[str, list[psutil.Process]] = {}
+    for kind, pid in roots.items():
+        members = [found[pid]] if pid in found else []
+        for member in members:  # grows as it goes: breadth first
+            members.extend(children.get(member.pid, []))
+        result[kind] = members
+    return result
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(processes: list[psutil.Process]) -> float:
     total = 0.0
-    for process in tree(pid):
+    for process in processes:
         try:
             t = process.cpu_times()
         except psutil.NoSuchProcess:
@@ -63,9 +80,9 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(processes: list[psutil.Process]) -> int:
     total = 0
-    for process in tree(pid):
+    for process in processes:
         try:
             total += process.memory_info().rss
         except psutil.NoSuchProcess:
@@ -108,11 +125,15 @@ class ProcessMonitor:
             self._thread.join(5)
 
     def _sample(self) -> None:
+        scanned: dict[str, list[psutil.Process]] = {}
+        scanned_at, scanned_pids = 0.0, dict[str, int]()
         while not self._stop.wait(SAMPLE_SECONDS):
             with self._lock:
                 pids = dict(self.pids)
-            for kind, pid in pids.items():
-                rss = rss_bytes(pid)
+            if pids != scanned_pids or time.monotonic() - scanned_at >= TREE_SECONDS:
+                scanned, scanned_at, scanned_pids = trees(pids), time.monotonic(), pids
+            for kind, processes in scanned.items():
+                rss = rss_bytes(processes)
                 with self._lock:
                     self.peak_rss[kind] = max(self.peak_rss.get(kind, 0), rss)
                     if self._phase_peak is not None:
@@ -121,7 +142,7 @@ class ProcessMonitor:
     def cpu(self) -> dict[str, float]:
         with self._lock:
             pids = dict(self.pids)
-        return {kind: cpu_seconds(pid) for kind, pid in pids.items()}
+        return {kind: cpu_seconds(processes) for kind, processes in trees(pids).items()}
 
     @contextmanager
     def phase(self) -> Iterator[PhaseUsage]:
