@@ -501,18 +501,22 @@ def still_connected(sock: socket.socket) -> bool:
     )
 
 
+# A frame is counted in the bytes it takes on the wire: "é" is two in UTF-8, and a client sent
+# the limit's worth in characters only would never be cut off.
+@pytest.mark.parametrize("letter", ["x", "é"], ids=["ascii", "two-byte-utf8"])
 def test_a_client_that_stops_reading_is_cut_off_and_counted_while_a_colleague_gets_every_event(
-    daphne_server, alice
+    daphne_server, alice, letter
 ):
     from apps.core.events import Event, EventType, broadcast_events
 
     token = issue_access_token(alice)
-    # Twice what a client may leave unacknowledged, in the largest alerts a device can send,
-    # sent 50 at a time: the channel layer holds 100 messages per Daphne process.
-    message = "x" * 2000
+    # One and a half times what a client may leave unacknowledged, in the largest alerts a
+    # device can send (2,000 bytes), sent 50 at a time: the channel layer holds 100 messages per
+    # Daphne process. Counted in characters, the two-byte letter's frames stay under the limit.
+    message = letter * (2000 // len(letter.encode()))
     chunks = [
         range(start, start + 50)
-        for start in range(0, 2 * settings.NOC_MAX_UNACKED_BYTES // 2000, 50)
+        for start in range(0, 3 * settings.NOC_MAX_UNACKED_BYTES // 2 // 2000, 50)
     ]
     dropped_before = metric("noc_events_dropped_total", reason="client_behind")
     cut_off_before = metric("noc_clients_cut_off_total")
