@@ -160,3 +160,31 @@ def test_a_task_of_an_earlier_release_finds_the_claim_of_its_rewritten_key() -> 
     queued = Envelope.from_message(envelope(former).to_message())
     assert queued.key == current
     assert ledger.claim("telemetry", [queued]) == []
+
+
+def key_indexes() -> dict[str, dict[str, object]]:
+    table = ProcessedMessage._meta.db_table
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, table)
+    return {name: found for name, found in constraints.items() if found["columns"] == ["key"]}
+
+
+def test_the_ledger_key_has_one_index_the_unique_one() -> None:
+    """A key written per message costs one B-tree: on PostgreSQL, migration core.0005 drops
+    the `_like` twin Django adds beside an indexed CharField (no LIKE query reads the keys)."""
+    indexes = key_indexes()
+    assert len(indexes) == 1, f"indexes on the ledger's key: {sorted(indexes)}"
+    assert next(iter(indexes.values()))["unique"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_like_index_comes_back_when_its_migration_is_reversed() -> None:
+    from django.core.management import call_command
+
+    call_command("migrate", "core", "0004", verbosity=0)
+    try:
+        expected = 2 if connection.vendor == "postgresql" else 1  # SQLite never had the twin
+        assert len(key_indexes()) == expected
+    finally:
+        call_command("migrate", "core", verbosity=0)
+    assert len(key_indexes()) == 1
