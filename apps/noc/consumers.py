@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import time
 import uuid
@@ -170,9 +169,9 @@ def _admit(
     return auth.admit_to_noc(credentials)
 
 
-# An event's data, encoded once per process for all its clients. msgspec, not `json.dumps`:
-# a telemetry event's devices, each encoded on its own, were a seventh of Daphne's time under
-# the bench's pipeline (py-spy). Compact UTF-8 JSON, a float NaN or infinity as null.
+# Every frame's JSON, here encoded by msgspec, not `json.dumps`: a telemetry event's devices,
+# each encoded on its own, were a seventh of Daphne's time under the bench's pipeline
+# (py-spy). Compact UTF-8 JSON, a float NaN or infinity as null.
 _encoder = msgspec.json.Encoder()
 
 
@@ -343,7 +342,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
         await self.accept()
         metrics.WEBSOCKET_CONNECTIONS.inc()
         self.joined = True
-        await self.send(text_data=json.dumps({"type": "connected", "tenant_id": self.tenant_id}))
+        await self.send(text_data=_json({"type": "connected", "tenant_id": self.tenant_id}))
         for group in self.feed_groups:
             await feeds.join(group, self)
         socket_renewals.add(self)
@@ -575,7 +574,7 @@ class NocDashboardConsumer(AsyncWebsocketConsumer):
     async def _send_event(
         self, message_type: str, data: dict[str, Any], *, flow_controlled: bool = True
     ) -> None:
-        await self._send_frame(message_type, json.dumps(data), flow_controlled=flow_controlled)
+        await self._send_frame(message_type, _json(data), flow_controlled=flow_controlled)
 
     async def _send_frame(
         self, message_type: str, data_json: str, *, flow_controlled: bool = True
