@@ -52,7 +52,7 @@ from apps.core.tasks.base import enqueue
 from apps.core.tasks.celery_settings import TASK_QUEUES, broker_list_keys
 from apps.mqtt.adoption import ADOPT_QUIET_SECONDS, Adopter
 from apps.mqtt.announce import announce_critical
-from apps.mqtt.client import app_client
+from apps.mqtt.client import app_client, corked
 from apps.mqtt.intake import Intake, Reason, Rejection
 from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS, TopicKind
 
@@ -644,8 +644,9 @@ class Subscriber:
         self._record_received(pending.envelopes)
         metrics.MQTT_MESSAGES_ENQUEUED.labels(queue=queue).inc(len(pending.envelopes))
         metrics.MQTT_BATCH_SIZE.labels(queue=queue).observe(len(pending.envelopes))
-        for delivery in pending.deliveries:
-            self._ack(delivery)
+        with corked(self.client.socket()):  # the batch's acknowledgements in full segments
+            for delivery in pending.deliveries:
+                self._ack(delivery)
 
     def _remember(self, handed: HandedOff) -> None:
         self.handed_off.append(handed)

@@ -1,9 +1,11 @@
-"""paho decodes a received packet's MQTT 5 properties with apps.mqtt.client's
-`ReceivedProperties`: the same attributes as paho's own `Properties`, in a fraction of the time
-for the empty property section devices send."""
+"""The application's paho client (apps/mqtt/client.py): its connection's reads come from one
+larger read (`BufferedReads`), a batch's acknowledgements leave corked, and paho decodes a
+received packet's MQTT 5 properties with `ReceivedProperties`: the same attributes as paho's
+own `Properties`, in a fraction of the time for the empty property section devices send."""
 
 from __future__ import annotations
 
+import socket
 import struct
 import uuid
 from collections.abc import Iterator
@@ -115,3 +117,64 @@ def test_a_message_with_properties_reaches_an_application_client(
     assert first.properties.UserProperty == [("trace", "t-1")]
     assert first.properties.ContentType == "application/json"
     assert second.properties.isEmpty()
+
+
+@pytest.fixture
+def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Both ends of a TCP connection on loopback; the first non-blocking, as paho has it."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        near = socket.create_connection(server.getsockname())
+        far, _ = server.accept()
+    near.setblocking(False)
+    with near, far:
+        yield near, far
+
+
+def test_small_reads_are_served_from_one_read_in_order(
+    connection: tuple[socket.socket, socket.socket],
+) -> None:
+    near, far = connection
+    sent = bytes(range(256)) * 40  # 10,240 bytes, in one write
+    far.sendall(sent)
+    buffered = app_mqtt.BufferedReads(near)
+    wait_for(lambda: select_readable(near), timeout=5, what="the bytes to arrive")
+    pieces = [buffered.recv(1), buffered.recv(1), buffered.recv(300)]
+    assert buffered.pending() == len(sent) - 302  # taken from the kernel, not yet by paho
+    while buffered.pending():
+        pieces.append(buffered.recv(2048))
+    assert b"".join(pieces) == sent
+    with pytest.raises(BlockingIOError):  # nothing buffered, nothing in the kernel
+        buffered.recv(1)
+    far.close()
+    wait_for(lambda: select_readable(near), timeout=5, what="the close")
+    assert buffered.recv(1) == b""  # the connection closed, as paho expects to learn it
+
+
+def select_readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_a_batch_of_acknowledgements_is_corked_until_it_ends(
+    connection: tuple[socket.socket, socket.socket],
+) -> None:
+    near, _far = connection
+    option = getattr(socket, "TCP_CORK", None)
+    if option is None:
+        pytest.skip("TCP_CORK is Linux's")
+    with app_mqtt.corked(app_mqtt.BufferedReads(near)):
+        assert near.getsockopt(socket.IPPROTO_TCP, option) == 1
+    assert near.getsockopt(socket.IPPROTO_TCP, option) == 0
+    near.close()
+    with app_mqtt.corked(near):  # a closed socket: nothing to hold, no error
+        pass
+
+
+def test_an_application_clients_connection_is_buffered(mosquitto_broker: Service) -> None:
+    client = app_mqtt.app_client(role="test-buffered")
+    client.connect("127.0.0.1", environment.MQTT_PORT)
+    try:
+        assert isinstance(client.socket(), app_mqtt.BufferedReads)
+    finally:
+        client.disconnect()
