@@ -91,13 +91,15 @@ class DevicePayload(BaseModel):
             raise ValueError("timestamp is outside the years 1 to 9999 in UTC") from None
 
     def claimed_sources(self) -> dict[str, str]:
-        """Every id the payload gives for its source (each must match the topic's)."""
-        fields = ("device_id", self.source_field)
-        return {
-            name: str(value)
-            for name in dict.fromkeys(fields)
-            if (value := getattr(self, name, None)) is not None
-        }
+        """Every id the payload gives for its source (each must match the topic's). Asked of
+        every message the subscriber takes in: two attribute reads, not a loop."""
+        claimed: dict[str, str] = {}
+        if self.device_id is not None:
+            claimed["device_id"] = str(self.device_id)
+        field = self.source_field
+        if field != "device_id" and (value := getattr(self, field, None)) is not None:
+            claimed[field] = str(value)
+        return claimed
 
 
 class TelemetryPayload(DevicePayload):

@@ -72,10 +72,10 @@ def idempotency_key(topic: str, msg_id: str | None, timestamp: datetime, payload
 def _compact_utc(timestamp: datetime) -> str:
     """`20261201T101500.123456Z`: strftime's `%Y%m%dT%H%M%S.%fZ` in UTC, at a third of its cost
     (ISO format without its separators); strftime itself for the years it writes unpadded."""
-    utc = timestamp.astimezone(UTC)
+    utc = timestamp if timestamp.tzinfo is UTC else timestamp.astimezone(UTC)  # validated: UTC
     if utc.year < 1000:
         return f"{utc:%Y%m%dT%H%M%S.%fZ}"
-    iso = utc.replace(tzinfo=None).isoformat(timespec="microseconds")
+    iso = utc.isoformat(timespec="microseconds")[:-6]  # less its "+00:00"
     return iso.replace("-", "").replace(":", "") + "Z"
 
 
