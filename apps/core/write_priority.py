@@ -18,6 +18,13 @@ the writer to commit, then for its next poll. So the batch runner marks its tran
   (`wait_until_lowered`) and runs the batch again, whole. Nothing was committed, so nothing is
   done twice. (Not within a statement: a progress handler would run Python inside SQLite, where
   the soft time limit could then strike, and a hung statement must stay for the hard limit.)
+  Between themselves, yielding transactions queue for the writer in the kernel: each takes an
+  exclusive lock on `<database>-writer` just before its BEGIN and lets it go at commit
+  (`turn.release()`, the runner's first on-commit action) or at the end of the block. A batch
+  that finds the writer taken sleeps in that lock and is woken the moment the holder commits;
+  in SQLite's own polling it slept on for up to a step (25 ms, then 50 and 100 ms), and the
+  pipeline's two general workers, which the writer serialises, took 27-40 ms a batch to start
+  writing instead of 14-23 (docs/performance.md).
 
 The bound this gives: a critical transaction never waits for a general batch to finish, only
 for the statement it is running (a batch's statements take milliseconds) and its rollback. It
@@ -52,16 +59,30 @@ class Preempted(Exception):
 @dataclass
 class Turn:
     preempted: bool = False  # a yielding transaction gave the writer up (and rolled back)
-    release: Callable[[], None] = lambda: None  # lowers an urgent turn's flag; idempotent
+    # Lowers an urgent turn's flag, lets a yielding turn's writer lock go; idempotent.
+    release: Callable[[], None] = lambda: None
 
 
-def _flag_path() -> str | None:
+def _database_path() -> str | None:
+    """The SQLite database file, whose `-priority` and `-writer` files beside it hold the
+    locks; None where there are none to take (another database, in memory, not Linux)."""
     if not _SUPPORTED or connection.vendor != "sqlite":
         return None
     name = str(connection.settings_dict["NAME"])
     if not name or name == ":memory:" or name.startswith("file:"):
         return None
-    return f"{name}-priority"
+    return name
+
+
+def _flag_path() -> str | None:
+    database = _database_path()
+    return None if database is None else f"{database}-priority"
+
+
+def writer_path() -> str | None:
+    """The file yielding transactions lock, one at a time, while they hold SQLite's writer."""
+    database = _database_path()
+    return None if database is None else f"{database}-writer"
 
 
 def _lock(fd: int, command: int, kind: int) -> bytes:
@@ -134,19 +155,29 @@ def _begin_promptly(
 
 @contextlib.contextmanager
 def yielding() -> Iterator[Turn]:
-    """Give the writer up, by failing the next statement, whenever the flag is raised."""
-    path = _flag_path()
+    """Give the writer up, by failing the next statement, whenever the flag is raised; wait
+    for it, in the kernel, while another yielding transaction holds it."""
+    path, queue = _flag_path(), writer_path()
     turn = Turn()
-    if path is None:
+    if path is None or queue is None:
         yield turn
         return
-    with _open(path) as fd:
+    with _open(path) as fd, _open(queue) as writer:
+
+        def release() -> None:
+            with contextlib.suppress(OSError):  # already let go
+                _lock(writer, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
+
+        turn.release = release
 
         def check(
             execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: dict[str, Any]
         ) -> Any:
+            begin = sql.startswith("BEGIN")
+            if begin:  # a signal (the soft time limit) still interrupts this wait
+                _lock(writer, fcntl.F_OFD_SETLKW, fcntl.F_WRLCK)
             # In the transaction (not in its on-commit actions, which follow the commit).
-            in_transaction = sql.startswith("BEGIN") or connection.in_atomic_block
+            in_transaction = begin or connection.in_atomic_block
             if in_transaction and _raised(fd):
                 turn.preempted = True
                 raise Preempted("a critical transaction wants the writer")
