@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connections
 
 from tests import environment
 from tests.factories import OPERATOR_PASSWORD, create_tenant_with_devices, operator, panic
@@ -43,8 +44,15 @@ def browser() -> Iterator[Any]:
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     with playwright_sync.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        try:
+            yield browser
+        finally:
+            browser.close()
+            # While that loop runs, Django keeps the thread's connections apart (asgiref holds
+            # them per context when a loop is running): the test's ORM calls opened their own.
+            # Closed here, while the loop still runs, or the test database's teardown finds
+            # them open (PostgreSQL: "database ... is being accessed by other users").
+            connections.close_all()
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
