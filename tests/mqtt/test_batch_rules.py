@@ -123,6 +123,39 @@ def test_the_queries_of_a_batch_do_not_grow_with_its_devices():
     assert many == 8
 
 
+def device_update(envelopes: list[Envelope]) -> str:
+    """The statement that wrote the batch's devices."""
+    with CaptureQueriesContext(connection) as queries:
+        run(envelopes)
+    table = Device._meta.db_table
+    (update,) = [q["sql"] for q in queries.captured_queries if f'UPDATE "{table}"' in q["sql"]]
+    return update.partition(" SET ")[2].partition(" WHERE ")[0]
+
+
+def test_a_batch_writes_only_the_device_fields_that_changed():
+    create_tenant_with_devices("acme", "sensor-1", "sensor-2")
+    # First heard from: status (unknown -> online), last_seen, battery and signal change.
+    first = device_update(send({"sensor-1": 80.0, "sensor-2": 80.0}))
+    assert [c.split(" = ")[0] for c in first.split(", ")] == [
+        '"status"',
+        '"last_seen"',
+        '"battery"',
+        '"signal"',
+    ]
+    # Same readings again: only the time they were heard.
+    assert device_update(send({"sensor-1": 80.0, "sensor-2": 80.0})) == '"last_seen" = %s'
+    # One battery moves: its column too, and only for what changed on any device.
+    seen = dict(Device.objects.values_list("device_id", "last_seen"))
+    assert device_update(send({"sensor-1": 80.0, "sensor-2": 60.0})) == (
+        '"last_seen" = %s, "battery" = %s'
+    )
+    devices = {d.device_id: d for d in Device.objects.all()}
+    assert devices["sensor-1"].battery == 80.0
+    assert devices["sensor-2"].battery == 60.0
+    assert all(devices[d].last_seen > seen[d] for d in devices)
+    assert {d.status for d in devices.values()} == {Device.Status.ONLINE}
+
+
 def test_a_fleets_first_batch_announces_its_devices_online_in_one_event_per_tenant():
     groups = fleet(per_tenant=40)
     devices = [d for group in groups.values() for d in group]

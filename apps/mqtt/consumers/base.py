@@ -75,13 +75,26 @@ def with_devices(
         events = consumer(batch) if known else []
         events.extend(presence.mark_seen(_last_heard(batch), heartbeat=heartbeat))
         changed = [d for device_id, d in devices.items() if _state(d) != before[device_id]]
-        update_rows(changed, STATE_FIELDS)
+        update_rows(changed, _changed_fields(changed, before))
         moved = [d for d in changed if d.status != before[d.device_id][STATUS]]
         events.extend(status_events(moved))  # one event per tenant, not one per device
         gone = Refusal("unknown_device", "device was removed from the registry")
         return Outcome(events, refused=[(envelope, gone) for envelope in orphans])
 
     return handle
+
+
+def _changed_fields(devices: list[Device], before: dict[str, tuple[Any, ...]]) -> list[str]:
+    """The STATE_FIELDS that changed on any of `devices`: the batch's UPDATE sets only those.
+    Each column costs its conversion and SQLite its binding, and `status` an index entry: a
+    fleet's telemetry that changes only `last_seen` wrote its devices in about two thirds of
+    the time (docs/performance.md)."""
+    states = [(_state(device), before[device.device_id]) for device in devices]
+    return [
+        name
+        for i, name in enumerate(STATE_FIELDS)
+        if any(now[i] != then[i] for now, then in states)  # most stop at the first device
+    ]
 
 
 def received(envelope: Envelope) -> datetime:
