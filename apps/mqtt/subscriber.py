@@ -52,7 +52,7 @@ from apps.core.tasks.base import enqueue
 from apps.core.tasks.celery_settings import TASK_QUEUES, broker_list_keys
 from apps.mqtt.adoption import ADOPT_QUIET_SECONDS, Adopter
 from apps.mqtt.announce import announce_critical
-from apps.mqtt.client import app_client, corked
+from apps.mqtt.client import AppClient, app_client
 from apps.mqtt.intake import Intake, Reason, Rejection
 from apps.mqtt.topics import KINDS_BY_NAME, TOPIC_KINDS, TopicKind
 
@@ -280,7 +280,7 @@ class Subscriber:
         self.received_uncounted: dict[str, int] = {}
         self.client = self._make_client()
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> AppClient:
         client = app_client(self.config.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -628,8 +628,7 @@ class Subscriber:
                 for held in self.rejections
             ]
         )
-        for held in self.rejections:
-            self._ack(held.delivery)
+        self._ack_all([held.delivery for held in self.rejections])
         self.rejections.clear()
 
     def _enqueue(self, kind: str, pending: PendingTask) -> None:
@@ -644,9 +643,7 @@ class Subscriber:
         self._record_received(pending.envelopes)
         metrics.MQTT_MESSAGES_ENQUEUED.labels(queue=queue).inc(len(pending.envelopes))
         metrics.MQTT_BATCH_SIZE.labels(queue=queue).observe(len(pending.envelopes))
-        with corked(self.client.socket()):  # the batch's acknowledgements in full segments
-            for delivery in pending.deliveries:
-                self._ack(delivery)
+        self._ack_all(pending.deliveries)
 
     def _remember(self, handed: HandedOff) -> None:
         self.handed_off.append(handed)
@@ -726,10 +723,21 @@ class Subscriber:
         self.next_heard_note_at = time.monotonic() + HEARD_NOTE_SECONDS
 
     def _ack(self, delivery: Delivery) -> None:
-        # An ack on a later connection could acknowledge a different message with the same
-        # packet id; the broker redelivers instead, and the idempotency key absorbs it.
-        if delivery.qos > 0 and delivery.connection == self.connection:
-            self.client.ack(delivery.mid, delivery.qos)
+        self._ack_all([delivery])
+
+    def _ack_all(self, deliveries: list[Delivery]) -> None:
+        """Acknowledge the messages of `deliveries`, those at QoS 1 in one write. An ack on a
+        later connection could acknowledge a different message with the same packet id: the
+        broker redelivers those instead, and the idempotency key absorbs it."""
+        at_qos1: list[int] = []
+        for delivery in deliveries:
+            if delivery.connection != self.connection or delivery.qos == 0:
+                continue
+            if delivery.qos == 1:
+                at_qos1.append(delivery.mid)
+            else:
+                self.client.ack(delivery.mid, delivery.qos)
+        self.client.ack_all(at_qos1)
 
     # --- main loop ------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The application's paho client (apps/mqtt/client.py): its connection's reads come from one
-larger read (`BufferedReads`), a batch's acknowledgements leave corked, and paho decodes a
+larger read (`BufferedReads`), a batch's acknowledgements leave in one write, and paho decodes a
 received packet's MQTT 5 properties with `ReceivedProperties`: the same attributes as paho's
 own `Properties`, in a fraction of the time for the empty property section devices send."""
 
@@ -156,19 +156,77 @@ def select_readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-def test_a_batch_of_acknowledgements_is_corked_until_it_ends(
-    connection: tuple[socket.socket, socket.socket],
+def test_a_batch_of_acknowledgements_leaves_in_one_write_and_the_broker_forgets_those_messages(
+    mosquitto_broker: Service,
 ) -> None:
-    near, _far = connection
-    option = getattr(socket, "TCP_CORK", None)
-    if option is None:
-        pytest.skip("TCP_CORK is Linux's")
-    with app_mqtt.corked(app_mqtt.BufferedReads(near)):
-        assert near.getsockopt(socket.IPPROTO_TCP, option) == 1
-    assert near.getsockopt(socket.IPPROTO_TCP, option) == 0
-    near.close()
-    with app_mqtt.corked(near):  # a closed socket: nothing to hold, no error
-        pass
+    """`ack_all` acknowledges QoS 1 messages in one write; the broker keeps in the session, and
+    redelivers on the next connection, exactly the messages it was not given."""
+    topic = f"acks-{uuid.uuid4().hex[:8]}/telemetry"
+    client_id = f"test-acks-{uuid.uuid4().hex[:8]}"
+    first = Session(client_id, topic)
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    publisher.connect("127.0.0.1", environment.MQTT_PORT)
+    publisher.loop_start()
+    try:
+        for n in range(60):
+            publisher.publish(topic, f'{{"n": {n}}}'.encode(), qos=1).wait_for_publish(5)
+    finally:
+        publisher.loop_stop()
+        publisher.disconnect()
+    wait_for(lambda: first.pump() == 60, timeout=10, what="60 messages")
+    acked = [message.mid for message in first.received[:50]]
+    writes: list[bytes] = []
+    sock = first.client.socket()
+    sock.send = lambda data: writes.append(bytes(data)) or first.send(data)  # type: ignore[union-attr]
+    first.client.ack_all(acked)
+    assert writes == [b"".join(struct.pack("!BBH", 0x40, 2, mid) for mid in acked)]
+    first.round_trip()  # the broker reads in order: once it answers, it has read the acks
+    first.close()
+
+    again = Session(client_id, topic)  # the same session: what the broker still holds
+    try:
+        wait_for(lambda: again.pump() == 10, timeout=3, what="the unacknowledged 10")
+        assert [message.payload for message in again.received] == [
+            f'{{"n": {n}}}'.encode() for n in range(50, 60)
+        ]
+    finally:
+        again.close(end_session=True)
+
+
+class Session:
+    """An application client with manual acknowledgement on a persistent session, holding what
+    it received; its loop run by `pump`, in the caller's thread, as the subscriber runs it."""
+
+    def __init__(self, client_id: str, topic: str) -> None:
+        self.received: list[mqtt.MQTTMessage] = []
+        self.client = app_mqtt.app_client(client_id, manual_ack=True)
+        self.client.on_message = lambda client, userdata, message: self.received.append(message)
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.SessionExpiryInterval = 300
+        self.client.connect(
+            "127.0.0.1", environment.MQTT_PORT, clean_start=False, properties=connect
+        )
+        self.subscribed: list[bool] = []
+        self.client.on_subscribe = lambda *args: self.subscribed.append(True)
+        self.client.subscribe(topic, qos=1)
+        wait_for(lambda: self.pump() is not None and self.subscribed, timeout=10, what="SUBACK")
+        self.send = self.client.socket().send  # type: ignore[union-attr]
+
+    def round_trip(self) -> None:
+        before = len(self.subscribed)
+        self.client.subscribe(f"acks-{uuid.uuid4().hex[:8]}/none", qos=1)
+        wait_for(lambda: self.pump() is not None and len(self.subscribed) > before, timeout=10)
+
+    def pump(self) -> int:
+        """One turn of the client's loop; how many messages it has received."""
+        self.client.loop(timeout=0.05)
+        return len(self.received)
+
+    def close(self, *, end_session: bool = False) -> None:
+        properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 0 if end_session else 300
+        self.client.disconnect(properties=properties)
+        self.client.loop(timeout=0.05)
 
 
 def test_an_application_clients_connection_is_buffered(mosquitto_broker: Service) -> None:
