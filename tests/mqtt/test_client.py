@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,6 +149,109 @@ def test_small_reads_are_served_from_one_read_in_order(
     far.close()
     wait_for(lambda: select_readable(near), timeout=5, what="the close")
     assert buffered.recv(1) == b""  # the connection closed, as paho expects to learn it
+
+
+def mqtt_packet(first: int, body: bytes) -> bytes:
+    """A whole packet: its first byte, the remaining length (MQTT's variable-length integer)."""
+    length, encoded = len(body), b""
+    while True:
+        length, digit = divmod(length, 128)
+        encoded += bytes([digit | (0x80 if length else 0)])
+        if not length:
+            return bytes([first]) + encoded + body
+
+
+def a_stream_of_every_kind_of_publish() -> tuple[bytes, int]:
+    """Bytes a broker might send a subscriber, and how many messages they hold: QoS 0 and 1,
+    DUP and RETAIN, no properties and every PUBLISH property, remaining lengths of one to
+    three bytes, an empty payload, a PINGRESP between them; repeated past READ_SIZE, so that
+    packets straddle the reads."""
+    packets, messages = [], 0
+    for n in range(60):
+        topic = f"device/d-{n}/telemetry".encode()
+        qos0 = struct.pack("!H", len(topic)) + topic
+        for first, properties, payload in [
+            (0x32, b"\x00", b'{"battery": 80}'),
+            (0x30, b"\x00", b'{"n": %d}' % n),
+            (0x3B, b"\x00", b"x" * 200),  # DUP, QoS 1, RETAIN; two bytes of length
+            (0x32, every_publish_property(), b'{"with": "properties"}'),
+            (0x32, b"\x00", b"y" * 20_000),  # three bytes of length
+            (0x32, b"\x00", b""),
+        ]:
+            mid = struct.pack("!H", messages % 65535 + 1) if first & 0x06 else b""
+            packets.append(mqtt_packet(first, qos0 + mid + properties + payload))
+            messages += 1
+        packets.append(b"\xd0\x00")  # PINGRESP
+    stream = b"".join(packets)
+    assert len(stream) > 10 * app_mqtt.READ_SIZE
+    return stream, messages
+
+
+def received_through(client: mqtt.Client, stream: bytes, count: int) -> list[tuple[Any, ...]]:
+    """What `client` hands its message callback when a broker's connection brings `stream`."""
+    received: list[tuple[Any, ...]] = []
+    client.on_message = lambda _client, _userdata, m: received.append(
+        (m.topic, m.payload, m.mid, m.qos, m.retain, m.dup, m.properties.json())
+    )
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        near = socket.create_connection(server.getsockname())
+        far, _ = server.accept()
+    near.setblocking(False)
+    with near, far:
+        client._sock = (
+            app_mqtt.BufferedReads(near) if isinstance(client, app_mqtt.AppClient) else near
+        )
+        sender = threading.Thread(target=far.sendall, args=(stream,), daemon=True)
+        sender.start()
+
+        def read() -> bool:
+            while client.loop_read() == mqtt.MQTT_ERR_SUCCESS and len(received) < count:
+                pass
+            return len(received) >= count
+
+        wait_for(read, timeout=20, interval=0.01, what=f"{count} messages")
+        sender.join(timeout=5)
+        client._sock = None
+    return received
+
+
+def test_an_application_client_hands_on_every_publish_as_paho_does() -> None:
+    stream, count = a_stream_of_every_kind_of_publish()
+    pahos = received_through(
+        mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True),
+        stream,
+        count,
+    )
+    ours = received_through(app_mqtt.app_client(role="test-reads", manual_ack=True), stream, count)
+    assert len(pahos) == count
+    assert ours == pahos
+    assert {(qos, retain, dup) for _t, _p, _m, qos, retain, dup, _pr in ours} == {
+        (1, False, False),
+        (0, False, False),
+        (1, True, True),
+    }
+
+
+def test_only_a_whole_propertyless_publish_at_qos_0_or_1_is_read_from_the_buffer() -> None:
+    reads = app_mqtt.BufferedReads(socket.socket())
+    topic = struct.pack("!H", 4) + b"a/bc"
+    whole = mqtt_packet(0x32, topic + b"\x00\x07" + b"\x00" + b"{}")
+    refused = [
+        mqtt_packet(0x34, topic + b"\x00\x07" + b"\x00" + b"{}"),  # QoS 2: paho's exchange
+        mqtt_packet(0x32, topic + b"\x00\x07" + b"\x03\x01\x01\x00" + b"{}"),  # properties
+        mqtt_packet(0x32, topic + b"\x00\x00" + b"\x00" + b"{}"),  # packet id 0: malformed
+        mqtt_packet(0x32, struct.pack("!H", 40) + b"a/bc"),  # the topic runs past the packet
+        whole[:-1],  # not all read yet
+        b"\xd0\x00",  # a PINGRESP
+        b"\x32\xff\xff\xff\xff\x7f",  # a remaining length of five bytes: malformed
+    ]
+    for data in refused:
+        reads._data, reads._at = data, 0
+        assert reads.next_publish() is None
+        assert reads._at == 0  # nothing taken: paho reads it, and refuses what is malformed
+    reads._data, reads._at = whole + whole, 0
+    assert reads.next_publish() == (0x32, b"a/bc", 7, b"{}")
+    assert reads._at == len(whole)
 
 
 def select_readable(sock: socket.socket) -> bool:
