@@ -130,16 +130,20 @@ def test_10000_qos1_messages_through_two_subscriber_kills_have_one_effect_each(
             mqtt_publish(PORT, published[start : start + 250])
 
     with Broadcasts(fleet.tenants) as broadcasts:
-        # Batches held half a second: a kill nearly always finds one received, not yet handed on.
+        # Batches held half a second, and each kill when the subscriber holds messages it has
+        # counted and not handed on: a subscriber that keeps up hands on a full batch the turn
+        # it fills, so a kill right after such a turn would find none in hand.
         subscriber = start_subscriber(MQTT_BATCH_INTERVAL_MS="500")
         publisher = Publisher(publish_along_with_intake)
         publisher.start()
         for threshold in (2_000, 5_000):
             wait_for(
-                lambda threshold=threshold: _receipts() - received_before >= threshold,
+                lambda threshold=threshold, pid=subscriber.process.pid: (
+                    _receipts() - received_before >= threshold and _in_hand(pid) > 0
+                ),
                 timeout=120,
-                interval=0.02,
-                what=f"{threshold} messages received before the kill",
+                interval=0.005,
+                what=f"{threshold} messages received, some not yet handed on, before the kill",
             )
             subscriber.signal(signal.SIGKILL)
             subscriber.process.wait(10)
@@ -155,6 +159,35 @@ def test_10000_qos1_messages_through_two_subscriber_kills_have_one_effect_each(
 
 def _receipts() -> float:
     return metric("mqtt_messages_received_total", prefix="device/")
+
+
+def _in_hand(pid: int) -> float:
+    """Device messages the subscriber process `pid` has counted as received and not yet
+    handed on to Celery (nor refused), by its own counters: those the next process is sent
+    again after a kill, and counts again."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    own = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / f"counter_{pid}.db"
+    if not own.exists():
+        return 0.0
+    counts: dict[str, float] = {}
+    for family in MultiProcessCollector.merge([str(own)], accumulate=True):
+        for sample in family.samples:
+            if sample.name == "mqtt_messages_received_total":
+                if sample.labels.get("prefix") != "device/":
+                    continue
+            elif sample.name not in (
+                "mqtt_messages_enqueued_total",
+                "mqtt_messages_rejected_total",
+            ):
+                continue
+            counts[sample.name] = counts.get(sample.name, 0.0) + sample.value
+    handed = counts.get("mqtt_messages_enqueued_total", 0.0)
+    return (
+        counts.get("mqtt_messages_received_total", 0.0)
+        - handed
+        - counts.get("mqtt_messages_rejected_total", 0.0)
+    )
 
 
 def test_a_worker_main_process_killed_with_prefetched_tasks_loses_and_repeats_nothing(
