@@ -1,10 +1,12 @@
 """The one way the application opens an MQTT client: MQTT 5, paho's v2 callbacks, our account.
 
-Three costs paho pays per received message are cut here, for the subscriber's sake: its reads
+Four costs paho pays per received message are cut here, for the subscriber's sake: its reads
 of a packet a byte or two at a time each went to the kernel (`BufferedReads`), each packet's
 MQTT 5 properties were read with tables built anew (`ReceivedProperties`, installed into
-paho's decoder on import), and each acknowledgement was queued and written on its own
-(`AppClient.ack_all` writes a batch's at once).
+paho's decoder on import), each PUBLISH was read field by field through a state machine
+(`AppClient._packet_read` frames the ones devices send from the buffered bytes), and each
+acknowledgement was queued and written on its own (`AppClient.ack_all` writes a batch's at
+once).
 """
 
 from __future__ import annotations
@@ -155,6 +157,8 @@ class AppClient(mqtt.Client):
     def _handle_read_publish(
         self, first: int, topic: bytes, mid: int, payload: bytes
     ) -> MQTTErrorCode:
+        """What paho's `_handle_publish` and the end of its `_packet_read` do with such a
+        packet."""
         message = mqtt.MQTTMessage(mid, topic)
         message.dup = bool(first & 0x08)
         message.qos = (first >> 1) & 3
