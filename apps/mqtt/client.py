@@ -86,8 +86,9 @@ class BufferedReads:
     def next_publish(self) -> tuple[int, bytes, int, bytes] | None:
         """Take the next packet from the bytes read, if it is a whole MQTT 5 PUBLISH at QoS 0
         or 1 without properties, as devices send them: (its first byte, topic, packet id,
-        payload). Else None, and nothing taken: paho reads it (another kind of packet, one with
-        properties, one not all read yet, one malformed, which paho refuses as it does any)."""
+        payload). Else None, and nothing taken: paho reads it as it reads any (another kind of
+        packet, one with properties, one not all read yet, one that does not add up, or a QoS 1
+        packet id of 0, which paho delivers)."""
         data, at = self._data, self._at
         end = len(data)
         if at >= end:
@@ -115,7 +116,7 @@ class BufferedReads:
             return None  # properties to read (their length is not 0), or malformed
         mid = (data[topic_end] << 8) | data[topic_end + 1] if qos else 0
         if qos and mid == 0:
-            return None  # malformed
+            return None  # not a packet id MQTT allows: left to paho, as before
         self._at = packet_end
         return first, data[i + 2 : topic_end], mid, data[properties + 1 : packet_end]
 
@@ -142,12 +143,18 @@ class AppClient(mqtt.Client):
         it, without paho's reading of it field by field: its fixed header a byte at a time,
         a dict of state and struct formats built per packet, a debug line formatted for
         nobody. paho spent about 15 µs a message there, a third of the subscriber's CPU
-        (docs/performance.md). Any other packet, or one not all read yet, is paho's."""
+        (docs/performance.md). Any other packet, or one not all read yet, is paho's, and every
+        packet is while paho's log is on (`enable_logger`, `on_log`), so its "Received PUBLISH"
+        lines stay. One difference: a callback that raises has had its packet taken, so the
+        packet is not read again (paho would read it again); unacknowledged, it comes back on
+        the next connection."""
         sock = self._sock
         if (
             type(sock) is BufferedReads
             and self._in_packet["command"] == 0
-            and (self._protocol == mqtt.MQTTv5)
+            and self._protocol == mqtt.MQTTv5
+            and self._logger is None
+            and self._on_log is None
         ):
             publish = sock.next_publish()
             if publish is not None:

@@ -726,9 +726,10 @@ class Subscriber:
         self._ack_all([delivery])
 
     def _ack_all(self, deliveries: list[Delivery]) -> None:
-        """Acknowledge the messages of `deliveries`, those at QoS 1 in one write. An ack on a
-        later connection could acknowledge a different message with the same packet id: the
-        broker redelivers those instead, and the idempotency key absorbs it."""
+        """Acknowledge the messages of `deliveries`, those at QoS 1 in one write (after any at
+        QoS 2, which the subscriptions never ask for). An ack on a later connection could
+        acknowledge a different message with the same packet id: the broker redelivers those
+        instead, and the idempotency key absorbs it."""
         at_qos1: list[int] = []
         for delivery in deliveries:
             if delivery.connection != self.connection or delivery.qos == 0:
