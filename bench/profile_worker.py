@@ -39,7 +39,7 @@ from django.db import connection
 from kombu.compression import compress, decompress
 from kombu.serialization import dumps, loads
 
-from apps.core import task_json
+from apps.core import gc_tuning, task_json
 from apps.core.envelope import Envelope
 from apps.mqtt.intake import Intake
 from apps.mqtt.tasks import PROCESSING_TASKS
@@ -151,6 +151,7 @@ def main() -> int:
         worker_stage(intake_stage(intake, warmup)[0])  # caches, first status changes, alerts
 
         bodies, intake_cpu = intake_stage(intake, measured)
+        gc_tuning.settle()  # as the general pool runs (intelliwiz_config/celery.py)
         profiler = None
         if args.profile:
             from pyinstrument import Profiler

@@ -18,7 +18,7 @@ from a query's columns without a model's `__init__`.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -30,6 +30,8 @@ from django.db.models import DateTimeField, Field, Model, QuerySet
 from django.db.models.base import ModelState
 from django.db.models.expressions import RawSQL
 from django.db.models.sql.compiler import SQLCompiler
+
+from apps.core.isotime import as_utc, naive_utc_text
 
 Adapt = Callable[[Any], Any]
 M = TypeVar("M", bound=Model)
@@ -121,14 +123,17 @@ def fetch_instances(queryset: QuerySet[M], fields: Sequence[str]) -> list[M]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
+    names = [pk_attname, *attnames[1:]]
+    converting = [(attnames.index(attname), convert) for attname, convert in converters]
+    new = object.__new__
     instances: list[M] = []
     for row in rows:
-        instance = model.__new__(model)
-        values = instance.__dict__
-        values.update(zip(attnames, row, strict=True))
-        for attname, convert in converters:
-            values[attname] = convert(values[attname])
-        values[pk_attname] = values.pop("pk")
+        if converting:
+            row = list(row)
+            for position, convert in converting:
+                row[position] = convert(row[position])
+        instance = new(model)
+        instance.__dict__ = dict(zip(names, row, strict=True))
         state = instance._state = ModelState()
         state.adding, state.db = False, db
         instances.append(instance)
@@ -175,7 +180,7 @@ def _sqlite_aware_reader(connection: BaseDatabaseWrapper) -> Adapt | None:
         # The driver has read the column's text already (Django registers its parser for
         # the column type), naive: it was written in UTC.
         if type(value) is datetime:
-            return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+            return value if value.tzinfo is not None else as_utc(value)
         return slow(value, None, connection)  # None, or text read through an expression
 
     return sqlite_aware
@@ -200,19 +205,11 @@ def column_adapter(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> A
 
         def sqlite_datetime(value: Any) -> Any:
             if type(value) is datetime and value.tzinfo is not None:
-                return aware_datetime_for_sqlite(value)
+                return naive_utc_text(value)  # str() of it naive, as Django stores it
             return prepare(value)  # None, naive (Django warns), an expression
 
         return sqlite_datetime
     return prepare
-
-
-def aware_datetime_for_sqlite(value: datetime) -> str:
-    """What Django's SQLite backend stores for an aware datetime when its connection is in UTC
-    (always, with USE_TZ on and no database TIME_ZONE): `str()` of it made naive in UTC."""
-    if value.tzinfo is UTC:  # most are: the same text less its "+00:00", in half the time
-        return value.isoformat(" ")[:-6]
-    return str(value.astimezone(UTC).replace(tzinfo=None))
 
 
 # Field types whose values of exactly this Python type every backend is given unchanged.

@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 
 from apps.core.events import Event, EventType
+from apps.core.isotime import isoformat
 from apps.devices.models import (
     DEVICE_ID_RULE,
     MIN_REPORT_INTERVAL,
@@ -148,7 +149,7 @@ def device_state(device: Device) -> dict[str, Any]:
         "status": device.status,
         "battery": device.battery,
         "signal": device.signal,
-        "last_seen": device.last_seen.isoformat() if device.last_seen else None,
+        "last_seen": isoformat(device.last_seen) if device.last_seen else None,
     }
 
 

@@ -15,8 +15,9 @@ from django.conf import settings
 from django.db import connections, router
 from django.utils import timezone
 
-from apps.core.bulk import aware_datetime_for_sqlite, insert_rows
+from apps.core.bulk import insert_rows
 from apps.core.envelope import Envelope
+from apps.core.isotime import naive_utc_text
 from apps.core.models import ProcessedMessage
 from apps.core.retention import delete_before
 from apps.core.tasks.celery_settings import PRUNE_PROCESSED_MESSAGES
@@ -37,7 +38,7 @@ def claim(kind: str, envelopes: list[Envelope]) -> list[Envelope]:
     if connection.vendor == "sqlite":
         source = "SELECT value, %s, %s FROM json_each(%s) WHERE true"  # WHERE: SQLite's upsert
         keys: str | list[str] = _json.encode([envelope.key for envelope in envelopes]).decode()
-        now: str | datetime = aware_datetime_for_sqlite(timezone.now())
+        now: str | datetime = naive_utc_text(timezone.now())
     elif connection.vendor == "postgresql":
         source = "SELECT k, %s, %s FROM unnest(%s::text[]) AS k"
         keys, now = [envelope.key for envelope in envelopes], timezone.now()

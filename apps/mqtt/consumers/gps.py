@@ -8,6 +8,7 @@ from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alerts
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
+from apps.core.isotime import isoformat
 from apps.devices.messages import GpsPayload
 from apps.devices.models import Geofence, GuardLocation
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
@@ -57,7 +58,7 @@ def process(batch: DeviceBatch) -> list[Event]:
             "lat": payload.lat,
             "lon": payload.lon,
             "inside_geofence": inside,
-            "recorded_at": payload.timestamp.isoformat(),
+            "recorded_at": isoformat(payload.timestamp),
         }
     insert_rows(GuardLocation, rows)
     return raise_alerts(outside) + telemetry_updates(updates, batch)

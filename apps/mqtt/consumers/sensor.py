@@ -12,6 +12,7 @@ from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, raise_alerts
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
+from apps.core.isotime import isoformat
 from apps.devices.messages import DevicePayload, SensorPayload
 from apps.devices.models import SensorReading
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
@@ -85,7 +86,7 @@ def process(batch: DeviceBatch) -> list[Event]:
             "sensor_type": payload.type,
             "value": payload.value,
             "state": payload.state,
-            "recorded_at": payload.timestamp.isoformat(),
+            "recorded_at": isoformat(payload.timestamp),
         }
     insert_rows(SensorReading, rows)
     return raise_alerts(fired) + telemetry_updates(updates, batch)

@@ -10,6 +10,7 @@ from apps.alerts.models import AlertType, Severity
 from apps.alerts.services import AlertSignal, settle_alerts
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
+from apps.core.isotime import isoformat
 from apps.devices.messages import SystemHealthPayload
 from apps.devices.models import Device, SystemHealthSample
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
@@ -57,7 +58,7 @@ def process(batch: DeviceBatch) -> list[Event]:
             )
         else:
             recovered.append((device, "resources back under the limit"))
-        updates[source_id] = {**resources, "recorded_at": payload.timestamp.isoformat()}
+        updates[source_id] = {**resources, "recorded_at": isoformat(payload.timestamp)}
     events = settle_alerts(AlertType.SYSTEM_HEALTH, overloaded, recovered)
     events.extend(telemetry_updates(updates, batch))
     return events

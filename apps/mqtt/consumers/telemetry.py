@@ -17,6 +17,7 @@ from apps.alerts.services import AlertSignal, settle_alerts
 from apps.anomaly import scoring
 from apps.core.bulk import insert_rows
 from apps.core.events import Event
+from apps.core.isotime import isoformat
 from apps.devices.messages import TelemetryPayload
 from apps.devices.models import Device, TelemetryReading
 from apps.mqtt.consumers.base import DeviceBatch, reading_fields, telemetry_updates
@@ -70,7 +71,7 @@ def process(batch: DeviceBatch) -> list[Event]:
         updates[source_id] = {
             "temperature": payload.temperature,
             "connectivity": payload.connectivity,
-            "recorded_at": recorded_at.isoformat(),
+            "recorded_at": isoformat(recorded_at),
         }
     events.extend(settle_alerts(AlertType.LOW_BATTERY, low, recovered))
     events.extend(scoring.detect(scored))
