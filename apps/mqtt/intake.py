@@ -71,12 +71,20 @@ def idempotency_key(topic: str, msg_id: str | None, timestamp: datetime, payload
 
 def _compact_utc(timestamp: datetime) -> str:
     """`20261201T101500.123456Z`: strftime's `%Y%m%dT%H%M%S.%fZ` in UTC, at a third of its cost
-    (ISO format without its separators); strftime itself for the years it writes unpadded."""
+    (printf-style, which formats integers faster than datetime's own isoformat formats itself);
+    strftime itself for the years it writes unpadded."""
     utc = timestamp if timestamp.tzinfo is UTC else timestamp.astimezone(UTC)  # validated: UTC
     if utc.year < 1000:
         return f"{utc:%Y%m%dT%H%M%S.%fZ}"
-    iso = utc.isoformat(timespec="microseconds")[:-6]  # less its "+00:00"
-    return iso.replace("-", "").replace(":", "") + "Z"
+    return "%04d%02d%02dT%02d%02d%02d.%06dZ" % (  # noqa: UP031 - a third faster than f-string
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond,
+    )
 
 
 # A device publishes under a handful of topics, so each topic is parsed once; the bound keeps a
