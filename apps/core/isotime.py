@@ -27,9 +27,17 @@ def isoformat(value: datetime) -> str:
 def naive_utc_text(value: datetime) -> str:
     """An aware `value` in UTC, as `str()` writes it naive: 2026-12-04 15:27:58.886173 (what
     Django's SQLite backend stores)."""
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return f"{value.date().isoformat()} {value.time().isoformat()}"
+    global _last_written
+    last = _last_written  # one read: another thread may replace it meanwhile
+    if last[0] is value:  # a device's last_seen and last_heartbeat: one object, written twice
+        return last[1]
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    text = f"{utc.date().isoformat()} {utc.time().isoformat()}"
+    _last_written = (value, text)  # held alive by this, so never another object at its address
+    return text
+
+
+_last_written: tuple[datetime | None, str] = (None, "")
 
 
 def as_utc(value: datetime) -> datetime:

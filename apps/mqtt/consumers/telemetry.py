@@ -30,13 +30,9 @@ def process(batch: DeviceBatch) -> list[Event]:
     scored: list[scoring.Reading] = []
     for envelope in batch.messages:
         payload = TelemetryPayload.model_validate(envelope.payload)
-        row = {
-            **reading_fields(batch, envelope, payload.timestamp),
-            "battery": payload.battery,
-            "signal": payload.signal,
-            "temperature": payload.temperature,
-            "connectivity": payload.connectivity or "",
-        }
+        row = reading_fields(batch, envelope, payload.timestamp)
+        row["battery"], row["signal"] = payload.battery, payload.signal
+        row["temperature"], row["connectivity"] = payload.temperature, payload.connectivity or ""
         rows.append(row)
         scored.append((batch.device(envelope), row))
         current = latest.get(envelope.source_id)
