@@ -92,7 +92,8 @@ def table(r: dict[str, Any]) -> str:
          f"{r['limit_messages']:,} messages, median of "
          f"{len(r.get('limit_runs_msgs_per_s') or [1])} rounds"),
         ("Pipeline: publish -> stored -> NOC WebSocket", _rate(r["pipeline_msgs_per_s"]),
-         f"{r['pipeline_messages']:,} msgs, {r['devices']:,} devices, {r['tenants']} tenants"),
+         f"{r['pipeline_messages']:,} msgs, {r['devices']:,} devices, {r['tenants']} tenants, "
+         f"median of {len(r.get('pipeline_runs_msgs_per_s') or [1])}"),
         ("Baseline: one Celery task per message", _rate(r["baseline_msgs_per_s"]),
          f"{r['baseline_messages']:,} msgs, MQTT_BATCH_SIZE=1"),
         ("Pipeline / limit", f"{r['ratio_to_limit']:.3f}x", "target >= 0.6x"),

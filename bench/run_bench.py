@@ -7,7 +7,8 @@ One run, on free ports in a scratch directory, measures:
    parses JSON (bench/raw_subscriber.py);
 3. the pipeline: a fleet of devices over several tenants, published -> validated -> queued ->
    stored -> broadcast -> received by a real NOC WebSocket client per tenant, every message
-   held to exactly one effect (tests/ledger.py);
+   held to exactly one effect (tests/ledger.py); 2 and 3 in ROUNDS rounds each, alternated,
+   their medians compared;
 4. alert latency: panic published -> `critical_alert` on the tenant's WebSocket, p50/p95/p99,
    under background telemetry at 2,000 msg/s (--background-rate) or, if lower, the rate the
    pipeline sustained in 3, and where the time went (ALERT_STAGES);
@@ -107,8 +108,10 @@ ALERT_STAGES = (
 
 
 # One run of the limit swung from 11,000 to 14,900 msg/s between runs of the bench on a quiet
-# machine. Its median over rounds is the denominator of the ratio.
-LIMIT_ROUNDS = 3
+# machine, and the machine's speed drifts by 10-20 % within minutes. So the limit and the
+# pipeline are measured in ROUNDS rounds each, alternated (limit, pipeline, limit, …), and the
+# ratio is of their medians: a slow minute weighs on both alike.
+ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -620,27 +623,39 @@ def measure_all(
     generator_rate, processes = bench.generator_alone(sample)
     print(f"      {generator_rate:,.0f} msg/s from {processes} processes", flush=True)
 
-    step(4, f"the limit: broker -> plain paho subscriber (parse only), {LIMIT_ROUNDS} rounds")
-    limit_runs = [bench.limit(sample) for _ in range(LIMIT_ROUNDS)]
+    step(
+        4,
+        f"the limit (broker -> plain paho subscriber, parse only) and the pipeline "
+        f"({plan.pipeline_messages:,} messages, full stack), {ROUNDS} rounds each, alternated",
+    )
+    limit_runs: list[float] = []
+    pipelines: list[Throughput] = []
+    for round_number in range(1, ROUNDS + 1):
+        limit_runs.append(bench.limit(sample))
+        pipelines.append(bench.throughput(f"pipe{round_number}", plan.pipeline_messages))
+        print(
+            f"      round {round_number}: limit {limit_runs[-1]:,.0f} msg/s, "
+            f"pipeline {pipelines[-1].rate:,.0f} msg/s",
+            flush=True,
+        )
     limit_rate = statistics.median(limit_runs)
-    shown = " / ".join(f"{rate:,.0f}" for rate in limit_runs)
-    print(f"      {shown} msg/s: median {limit_rate:,.0f}", flush=True)
+    pipeline = sorted(pipelines, key=lambda run: run.rate)[len(pipelines) // 2]  # the median
+    print(
+        f"      medians: limit {limit_rate:,.0f} msg/s, pipeline {pipeline.rate:,.0f} msg/s",
+        flush=True,
+    )
     if generator_rate < 1.5 * limit_rate:
         bench.failures.append(
             f"the generator ({generator_rate:,.0f} msg/s) is not well above the limit "
             f"({limit_rate:,.0f} msg/s): the limit may be the generator's; raise --generators"
         )
 
-    step(5, f"pipeline: {plan.pipeline_messages:,} messages, full stack")
-    pipeline = bench.throughput("pipe", plan.pipeline_messages)
-    print(f"      {pipeline.rate:,.0f} msg/s", flush=True)
-
     if pipeline.rate >= plan.background_rate:
         background_rate, source = plan.background_rate, "target"
     else:
         background_rate, source = math.floor(pipeline.rate), "sustained max"
     step(
-        6,
+        5,
         f"alert latency: {plan.alert_samples} panics, one every {plan.alert_interval} s, "
         f"under {background_rate:,.0f} msg/s of telemetry ({source})",
     )
@@ -654,7 +669,7 @@ def measure_all(
     )
     stages = _print_stages(alerts["stages"])
 
-    step(7, f"baseline: {plan.baseline_messages:,} messages, a task per message")
+    step(6, f"baseline: {plan.baseline_messages:,} messages, a task per message")
     subscriber = bench.baseline_subscriber()
     try:
         baseline = bench.throughput("base", plan.baseline_messages)
@@ -662,10 +677,11 @@ def measure_all(
         subscriber.stop()
     print(f"      {baseline.rate:,.0f} msg/s", flush=True)
 
-    runs = [pipeline.effects, baseline.effects, alerts["background"]]
+    runs = [*(run.effects for run in pipelines), baseline.effects, alerts["background"]]
+    names = [f"pipeline round {n}" for n in range(1, ROUNDS + 1)] + ["baseline", "background"]
     lost = sum(e.lost_count for e in runs) + alerts["lost"]
     duplicates = sum(e.duplicate_count for e in runs) + alerts["duplicates"]
-    for effects, name in zip(runs, ("pipeline", "baseline", "background"), strict=True):
+    for effects, name in zip(runs, names, strict=True):
         if effects.lost_count or effects.duplicate_count or effects.dead_letters:
             bench.failures.append(
                 f"{name}: {effects.lost_count} lost (not stored: {effects.lost[:5]}, "
@@ -693,6 +709,7 @@ def measure_all(
         "limit_runs_msgs_per_s": [round(rate) for rate in limit_runs],
         "limit_messages": plan.limit_messages,
         "pipeline_msgs_per_s": round(pipeline.rate),
+        "pipeline_runs_msgs_per_s": [round(run.rate) for run in pipelines],
         "pipeline_messages": plan.pipeline_messages,
         "pipeline_seconds": round(pipeline.seconds, 1),
         "pipeline_generator_msgs_per_s": round(pipeline.generator_rate),
@@ -734,7 +751,7 @@ def run(plan: Plan, quick: bool, only_alerts: bool = False) -> int:
     started = time.monotonic()
 
     def step(n: int, what: str) -> None:
-        print(f"[{n}/7 {time.monotonic() - started:4.0f} s] {what} …", flush=True)
+        print(f"[{n}/6 {time.monotonic() - started:4.0f} s] {what} …", flush=True)
 
     machine = report.machine()
     print(
