@@ -654,9 +654,12 @@ class Subscriber:
         if self.adopter is None:
             return  # only an adopter reads the record in Redis (apps/mqtt/adoption.py)
         try:
-            messages = [envelope.to_message() for envelope in handed.envelopes]
-            intake_status.record_hand_off(
-                self._redis(), self.config.client_id, handed.task, messages, len(self.handed_off)
+            intake_status.record_hand_off(  # each envelope written as its to_message()
+                self._redis(),
+                self.config.client_id,
+                handed.task,
+                handed.envelopes,
+                len(self.handed_off),
             )
         except redis.RedisError as exc:  # handed on all the same; only the record is missing
             self.kept_redis = None

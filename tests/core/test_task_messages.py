@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from apps.core import task_json
+from apps.core.envelope import Envelope
 from tests.environment import free_port, redis_url
 from tests.services import ROOT, queued_task_args, start_redis
 
@@ -135,3 +136,19 @@ def test_a_large_batch_s_retry_waits_compressed_as_its_first_sending_did(tmp_pat
     assert message["content-type"] == task_json.CONTENT_TYPE
     (batch,) = queued_task_args(retried)
     assert [m["key"] for m in batch] == [f"cam-7:m-{n}" for n in range(count)]
+
+
+def test_the_codec_writes_an_envelope_as_its_message_field_for_field():
+    # enqueue() and the hand-off record put envelopes in the body as they are.
+    envelope = Envelope(
+        key="20261204T101500.000001Z|device/cam-7/telemetry#m-1",
+        topic="device/cam-7/telemetry",
+        source_id="cam-7",
+        kind="telemetry",
+        payload={"battery": 50.5, "note": 'ß \u2028 \\ "', "nested": {"a": [1, None]}},
+        received_at=1764842100.123456,
+    )
+    written = task_json.dumps([[envelope], {}])
+    assert written == task_json.dumps([[envelope.to_message()], {}])
+    assert list(json.loads(written)[0][0]) == list(envelope.to_message())  # the same order
+    assert Envelope.from_message(task_json.loads(written)[0][0]) == envelope

@@ -81,13 +81,14 @@ def enqueue(task_name: str, envelopes: list[Envelope]) -> QueueSpec:
 
     Routing (queue and priority) comes from task_routes in celery_settings. One attempt, bounded
     by the broker's socket timeouts: a caller that fails holds the messages and retries itself.
+    The envelopes go into the body as they are: the codec (core/task_json.py) writes each as
+    its `to_message()` dict, field for field, without building that dict first.
     """
-    messages = [envelope.to_message() for envelope in envelopes]
     current_app.send_task(
         task_name,
-        args=[messages],
+        args=[envelopes],
         retry=False,
-        **_publish_options(messages),
+        **_publish_options(envelopes),
     )
     return TASK_QUEUES[task_name]
 
