@@ -119,12 +119,11 @@ def fetch_instances(queryset: QuerySet[M], fields: Sequence[str]) -> list[M]:
         sql, params = compiler.as_sql()
     except EmptyResultSet:  # `__in` an empty list: Django runs no query either
         return []
-    converters = _row_converters(compiler, connection, attnames)
+    converting = _row_converters(compiler, connection, attnames)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     names = [pk_attname, *attnames[1:]]
-    converting = [(attnames.index(attname), convert) for attname, convert in converters]
     new = object.__new__
     instances: list[M] = []
     for row in rows:
@@ -142,17 +141,17 @@ def fetch_instances(queryset: QuerySet[M], fields: Sequence[str]) -> list[M]:
 
 def _row_converters(
     compiler: SQLCompiler, connection: BaseDatabaseWrapper, names: list[str]
-) -> list[tuple[str, Adapt]]:
-    """(name, converter) for each selected column (`names`, in the order selected) the ORM
+) -> list[tuple[int, Adapt]]:
+    """(position, converter) for each selected column (`names`, in the order selected) the ORM
     would convert on reading."""
     selected = [expression for expression, _, _ in compiler.select]
     if len(selected) != len(names):
         raise ValueError(f"selected {len(selected)} columns for {names}")
     fast = _sqlite_aware_reader(connection)
-    converters: list[tuple[str, Adapt]] = []
+    converters: list[tuple[int, Adapt]] = []
     for position, (convs, expression) in compiler.get_converters(selected).items():
         if fast is not None and convs == [getattr(connection.ops, _SQLITE_DATETIME)]:
-            converters.append((names[position], fast))
+            converters.append((position, fast))
             continue
 
         def convert(value: Any, convs: list[Any] = convs, expression: Any = expression) -> Any:
@@ -160,7 +159,7 @@ def _row_converters(
                 value = converter(value, expression, connection)
             return value
 
-        converters.append((names[position], convert))
+        converters.append((position, convert))
     return converters
 
 

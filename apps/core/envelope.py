@@ -64,6 +64,8 @@ class Envelope(msgspec.Struct, frozen=True):
         # A task or a dead letter of an earlier release may carry the key's former form. A
         # message without a string key stays as it came: refused by the constructor or later,
         # as before, and dead-lettered (core/tasks/base.py), never dropped here.
+        if not isinstance(message, dict):  # a TypeError, which the batch runner dead-letters
+            raise TypeError(f"an envelope is a JSON object, not {type(message).__name__}")
         key = message.get("key")
         if isinstance(key, str):
             message = {**message, "key": current_key(key)}

@@ -6,6 +6,7 @@ import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from pydantic import AwareDatetime, TypeAdapter
 
 from apps.core import isotime
 
@@ -54,3 +55,20 @@ def test_as_utc_is_replace_with_utc_fold_included() -> None:
         naive = value.replace(tzinfo=None, fold=n % 2)
         made, expected = isotime.as_utc(naive), naive.replace(tzinfo=UTC)
         assert (made, made.tzinfo, made.fold) == (expected, UTC, expected.fold)
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-12-04T15:27:58.886173Z", "2026-12-04T15:27:58+00:00", "0999-01-02T03:04:05Z"]
+)
+def test_a_zone_of_pydantic_s_own_is_written_as_datetime_writes_it(text: str) -> None:
+    parsed = TypeAdapter(AwareDatetime).validate_python(text)
+    assert parsed.tzinfo is not UTC  # pydantic's TzInfo: the general path, not the UTC one
+    assert isotime.isoformat(parsed) == parsed.isoformat()
+    assert isotime.naive_utc_text(parsed) == str(parsed.astimezone(UTC).replace(tzinfo=None))
+
+
+def test_the_same_datetime_written_twice_gives_its_own_text_both_times() -> None:
+    # A device's last_seen and last_heartbeat are one object: the second write is remembered.
+    first, second = VALUES[1], VALUES[2]
+    for value in (first, first, second, first, second, second):
+        assert isotime.naive_utc_text(value) == str(value.replace(tzinfo=None))

@@ -152,6 +152,15 @@ def test_an_envelope_without_a_string_key_is_refused_as_before_not_rewritten() -
     assert Envelope.from_message({**message, "key": 7}).key == 7
 
 
+@pytest.mark.parametrize("message", [["k-1"], "k-1", None, 7], ids=["list", "str", "null", "int"])
+def test_a_task_argument_that_is_no_object_is_refused_as_the_batch_runner_expects(
+    message: object,
+) -> None:
+    # The batch runner dead-letters what raises TypeError or ValueError here as unreadable.
+    with pytest.raises(TypeError):
+        Envelope.from_message(message)  # type: ignore[arg-type]
+
+
 def test_a_task_of_an_earlier_release_finds_the_claim_of_its_rewritten_key() -> None:
     # Claimed before the upgrade (then rewritten by the migration), delivered again after it in
     # a task queued by the earlier release: the same message, no second effect.
