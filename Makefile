@@ -18,7 +18,7 @@ help:
 	@echo "make test-faults  the fault suite: crashes and outages under load (about 5 min)"
 	@echo "make test-multihost  three hosts as network namespaces, one killed mid-stream (root, ~70 s)"
 	@echo "make lint    ruff (lint + format check), mypy and the layer contract (lint-imports)"
-	@echo "make bench   end-to-end throughput and latency on the make-run stack (QUICK=1: ~2 min)"
+	@echo "make bench   end-to-end throughput and latency on the make-run stack (~3 min; QUICK=1: ~1 min)"
 	@echo "make bench-scale  1,000 WebSockets, 10,000 MQTT devices and a 5-minute soak (~10 min)"
 	@echo "make status  the state of each service of a running stack"
 	@echo "make stop    stop a running stack (in reverse start order)"

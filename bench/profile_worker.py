@@ -76,7 +76,7 @@ def intake_stage(
     size = settings.MQTT_BATCH_SIZE
     bodies = []
     for batch in (envelopes[i : i + size] for i in range(0, len(envelopes), size)):
-        body = dumps([[[e.to_message() for e in batch]], {}, {}], serializer=task_json.SERIALIZER)
+        body = dumps([[batch], {}, {}], serializer=task_json.SERIALIZER)  # as enqueue() writes it
         method = task_json.compression_for(len(batch))
         packed = compress(body[2], method) if method else (body[2], None)
         bodies.append((*body, *packed))

@@ -111,7 +111,7 @@ ALERT_STAGES = (
 # machine, and the machine's speed drifts by 10-20 % within minutes. So the limit and the
 # pipeline are measured in ROUNDS rounds each, alternated (limit, pipeline, limit, …), and the
 # ratio is of their medians: a slow minute weighs on both alike.
-ROUNDS = 3
+ROUNDS = 3  # odd: each median is one round's
 
 
 @dataclass(frozen=True)
@@ -613,7 +613,7 @@ def run_alerts_only(bench: Bench, started: float) -> bool:
 def measure_all(
     bench: Bench, started: float, step: Any, machine: dict[str, Any], quick: bool
 ) -> bool:
-    """Steps 2-7 on a healthy stack; True when none failed."""
+    """Steps 2-6 on a healthy stack; True when none failed."""
     plan, monitor = bench.plan, bench.monitor
     step(2, f"fleet: {plan.devices:,} devices over {plan.tenants} tenants")
     bench.populate()

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import psutil
 import pytest
 from django.db import transaction
-from kombu import serialization
 
+from apps.core import task_json
 from apps.core.envelope import Envelope
 from apps.core.models import DeadLetter, ProcessedMessage
 from apps.core.tasks import ledger
@@ -94,14 +94,13 @@ def assert_consumable(envelope: Envelope, topic: str) -> None:
     a strict JSON reader or a database refuses, re-validates against its kind's schema to the
     same values, and its idempotency key fits the ledger."""
     assert envelope.topic == topic
-    # What enqueue() sends (Envelope.to_message), without its deep copy: the run is 100,000.
     message = {name: getattr(envelope, name) for name in ENVELOPE_FIELDS}
     # Nothing a strict JSON reader refuses (NaN), nor a database (NUL, a lone surrogate).
     strict = json.dumps(message, allow_nan=False, ensure_ascii=False)
     strict.encode("utf-8")
     assert "\\u0000" not in strict, strict
-    content_type, encoding, body = serialization.dumps([message], serializer="json")
-    assert serialization.loads(body, content_type, encoding) == [message]
+    # What enqueue() writes (the envelope itself, by the task codec), read back as a worker does.
+    assert task_json.loads(task_json.dumps([envelope])) == [message]
     again = KINDS_BY_NAME[envelope.kind].schema.model_validate(message["payload"])
     assert again.model_dump(mode="json") == message["payload"], strict
     assert len(envelope.key) <= KEY_MAX_LENGTH, envelope.key
