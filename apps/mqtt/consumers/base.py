@@ -115,7 +115,7 @@ def _last_heard(batch: DeviceBatch) -> list[tuple[Device, datetime]]:
 
 def reading_fields(batch: DeviceBatch, envelope: Envelope, recorded_at: Any) -> dict[str, Any]:
     """The columns every reading row has (tenant, device, key, times), for core.bulk's
-    `insert_rows`."""
+    `insert_rows`: a new dict each call, which the caller may add its kind's columns to."""
     device = batch.device(envelope)
     return {
         "tenant_id": device.tenant_id,
