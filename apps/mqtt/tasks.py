@@ -18,7 +18,7 @@ from apps.mqtt.topics import TOPIC_KINDS, TopicKind
 
 
 def _processing_task(kind: TopicKind) -> BusTask:
-    handler = with_devices(kind.consumer, heartbeat=kind.heartbeat)
+    handler = with_devices(kind.consumer, schema=kind.schema, heartbeat=kind.heartbeat)
 
     def process(self: BusTask, messages: list[dict[str, Any]]) -> dict[str, int]:
         return run_batch(self, kind.name, handler, messages)

@@ -4,15 +4,20 @@ the number of devices (the consumer's handler, in the batch runner's transaction
 from __future__ import annotations
 
 from collections import Counter
+from typing import ClassVar, Self
 
+import msgspec
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from pydantic import ValidationError, model_validator
 
 from apps.alerts.models import Alert, AlertStatus
 from apps.core.envelope import Envelope
-from apps.core.tasks.base import Outcome
-from apps.devices.models import Device
+from apps.core.tasks.base import Outcome, _process
+from apps.core.tasks.celery_settings import PROCESS_DEVICE_TELEMETRY, TASK_QUEUES
+from apps.devices.messages import TelemetryPayload
+from apps.devices.models import Device, TelemetryReading
 from apps.mqtt.consumers import telemetry as telemetry_consumer
 from apps.mqtt.consumers.base import with_devices
 from apps.mqtt.intake import Intake
@@ -20,7 +25,7 @@ from tests.factories import create_tenant_with_devices, now_iso, telemetry
 
 pytestmark = pytest.mark.django_db
 
-handle = with_devices(telemetry_consumer.process)
+handle = with_devices(telemetry_consumer.process, schema=TelemetryPayload)
 _sent = Counter[str]()
 
 
@@ -38,8 +43,9 @@ def send(batteries: dict[str, float]) -> list[Envelope]:
 
 
 def run(envelopes: list[Envelope]) -> Outcome:
+    apply = handle(envelopes)  # validates, before the transaction as the batch runner calls it
     with transaction.atomic():
-        return handle(envelopes)
+        return apply(envelopes)
 
 
 def fleet(per_tenant: int) -> dict[str, list[str]]:
@@ -173,3 +179,56 @@ def test_a_fleets_first_batch_announces_its_devices_online_in_one_event_per_tena
     # Heard again, nothing changes status: nothing is announced.
     outcome = run(send(dict.fromkeys(devices, 80.0)))
     assert not [e for e in outcome.events if e.message_type.value == "device_status"]
+
+
+class _RecordingPayload(TelemetryPayload):
+    """A telemetry payload that notes whether a transaction was open when it was validated."""
+
+    in_transaction: ClassVar[list[bool]] = []
+
+    @model_validator(mode="after")
+    def _note(self) -> Self:
+        self.in_transaction.append(connection.in_atomic_block)
+        return self
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_batch_runner_validates_payloads_before_its_transaction_and_applies_them_in_it():
+    # The writer is held for the transaction only: the validation of each payload is done
+    # before it opens (the critical worker and the other general process wait for the writer).
+    create_tenant_with_devices("acme", "sensor-1", "sensor-2")
+    recorded = with_devices(telemetry_consumer.process, schema=_RecordingPayload)
+    _RecordingPayload.in_transaction.clear()
+    envelopes = send({"sensor-1": 55.0, "sensor-2": 65.0})
+
+    result = _process(TASK_QUEUES[PROCESS_DEVICE_TELEMETRY], "telemetry", recorded, envelopes, [])
+
+    assert result == {"processed": 2, "duplicates": 0, "dead": 0}
+    assert _RecordingPayload.in_transaction == [False, False]
+    assert dict(TelemetryReading.objects.values_list("device__device_id", "battery")) == {
+        "sensor-1": 55.0,
+        "sensor-2": 65.0,
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_payload_that_no_longer_validates_fails_its_batch_only_if_it_is_to_be_applied():
+    create_tenant_with_devices("acme", "sensor-1", "sensor-2")
+    queue = TASK_QUEUES[PROCESS_DEVICE_TELEMETRY]
+    (applied,) = send({"sensor-1": 50.0})
+    assert _process(queue, "telemetry", handle, [applied], [])["processed"] == 1
+
+    # Its copy, redelivered with a payload this release cannot read (no timestamp), is a
+    # duplicate: skipped, as before payloads were validated ahead of the transaction.
+    unreadable_copy = msgspec.structs.replace(applied, payload={"battery": 40})
+    (fresh,) = send({"sensor-2": 70.0})
+    result = _process(queue, "telemetry", handle, [unreadable_copy, fresh], [])
+    assert result == {"processed": 1, "duplicates": 1, "dead": 0}
+
+    # A fresh message whose payload cannot be read fails its batch, which is retried, then
+    # split, and the message dead-lettered (tests/mqtt/test_delivery.py, the poison message).
+    (later,) = send({"sensor-1": 45.0})
+    unreadable = msgspec.structs.replace(later, payload={"battery": 45})
+    with pytest.raises(ValidationError, match="timestamp"):
+        _process(queue, "telemetry", handle, [unreadable], [])
+    assert sorted(TelemetryReading.objects.values_list("battery", flat=True)) == [50.0, 70.0]

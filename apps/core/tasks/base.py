@@ -1,7 +1,8 @@
 """What every message-processing task shares, written once: the generic batch runner.
 
 A processing task receives a batch of envelopes and a handler holding the rest (for device
-messages, apps/mqtt/consumers/base.py `with_devices`). This module adds what every batch needs:
+messages, apps/mqtt/consumers/base.py `with_devices`), in two steps: what reads no row (parsing,
+validating) before the transaction, the rest in it. This module adds what every batch needs:
 
 - idempotency: the batch's keys are claimed in the ledger (ledger.py) inside the same
   transaction as the handler's effects, so a redelivered message, retried task or re-run batch
@@ -73,7 +74,14 @@ class Outcome:
     refused: list[tuple[Envelope, Refusal]] = field(default_factory=list)
 
 
-Handler = Callable[[list[Envelope]], Outcome]
+# The step of a batch's work that runs in its transaction: given the fresh envelopes (those the
+# ledger claimed), the effects, and what they produced.
+Apply = Callable[[list[Envelope]], Outcome]
+# A handler is called with the whole batch before the transaction and returns its Apply. What it
+# does then (validating payloads, say) is done outside the writer's hold: on SQLite a general
+# batch holds the one writer for its whole transaction, and critical alerts and the other
+# general worker wait for it. Called again for each message if the batch is split.
+Handler = Callable[[list[Envelope]], Apply]
 
 
 def enqueue(task_name: str, envelopes: list[Envelope]) -> QueueSpec:
@@ -294,12 +302,14 @@ def _process(
     unreadable: list[Any],
 ) -> dict[str, int]:
     """Run the batch in one transaction; a general one that a critical transaction preempted
-    (core/write_priority.py) rolled back whole, and runs again once that one is done."""
+    (core/write_priority.py) rolled back whole, and runs again once that one is done. The
+    handler's first step runs once, before any of it."""
+    apply = handler(envelopes)
     turn_for = write_priority.urgent if queue.urgent else write_priority.yielding
     while True:
         with turn_for() as turn:
             try:
-                return _process_once(turn, kind, handler, envelopes, unreadable)
+                return _process_once(turn, kind, apply, envelopes, unreadable)
             except Exception:
                 if not turn.preempted:
                     raise
@@ -310,7 +320,7 @@ def _process(
 def _process_once(
     turn: write_priority.Turn,
     kind: str,
-    handler: Handler,
+    apply: Apply,
     envelopes: list[Envelope],
     unreadable: list[Any],
 ) -> dict[str, int]:
@@ -318,7 +328,7 @@ def _process_once(
         transaction.on_commit(turn.release)  # first: the writer is free again before the rest
         _dead_letter_unreadable(unreadable)
         fresh = ledger.claim(kind, envelopes)
-        outcome = handler(fresh) if fresh else Outcome()
+        outcome = apply(fresh) if fresh else Outcome()
         _dead_letter(outcome.refused)
         refused_keys = {envelope.key for envelope, _ in outcome.refused}
         applied = [envelope for envelope in fresh if envelope.key not in refused_keys]

@@ -17,7 +17,7 @@ def alert_raised(payload: DevicePayload) -> AlertType | None:
 def process(batch: DeviceBatch) -> list[Event]:
     signals = []
     for envelope in batch.messages:
-        payload = AlertPayload.model_validate(envelope.payload)
+        payload = batch.payload(envelope, AlertPayload)
         signals.append(
             AlertSignal(
                 device=batch.device(envelope),

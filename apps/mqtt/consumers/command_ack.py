@@ -16,7 +16,7 @@ log = structlog.get_logger(__name__)
 
 
 def process(batch: DeviceBatch) -> list[Event]:
-    answers = [(e, CommandAckPayload.model_validate(e.payload)) for e in batch.messages]
+    answers = [(e, batch.payload(e, CommandAckPayload)) for e in batch.messages]
     commands = {
         command.pk: command
         for command in DeviceCommand.objects.select_for_update(of=("self",))

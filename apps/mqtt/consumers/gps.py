@@ -24,7 +24,7 @@ def process(batch: DeviceBatch) -> list[Event]:
     outside: list[AlertSignal] = []
     updates: dict[str, dict[str, Any]] = {}
     for envelope in batch.messages:
-        payload = GpsPayload.model_validate(envelope.payload)
+        payload = batch.payload(envelope, GpsPayload)
         device = batch.device(envelope)
         tenant_fences = fences[device.tenant_id]
         inside = (

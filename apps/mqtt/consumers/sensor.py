@@ -62,7 +62,7 @@ def process(batch: DeviceBatch) -> list[Event]:
     fired: list[AlertSignal] = []
     updates: dict[str, dict[str, Any]] = {}
     for envelope in batch.messages:
-        payload = SensorPayload.model_validate(envelope.payload)
+        payload = batch.payload(envelope, SensorPayload)
         rows.append(
             {
                 **reading_fields(batch, envelope, payload.timestamp),

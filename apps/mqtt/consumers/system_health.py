@@ -20,7 +20,7 @@ def process(batch: DeviceBatch) -> list[Event]:
     rows: list[dict[str, Any]] = []
     latest: dict[str, SystemHealthPayload] = {}
     for envelope in batch.messages:
-        payload = SystemHealthPayload.model_validate(envelope.payload)
+        payload = batch.payload(envelope, SystemHealthPayload)
         rows.append(
             {
                 **reading_fields(batch, envelope, payload.timestamp),

@@ -29,7 +29,7 @@ def process(batch: DeviceBatch) -> list[Event]:
     latest: dict[str, tuple[Any, TelemetryPayload]] = {}
     scored: list[scoring.Reading] = []
     for envelope in batch.messages:
-        payload = TelemetryPayload.model_validate(envelope.payload)
+        payload = batch.payload(envelope, TelemetryPayload)
         row = reading_fields(batch, envelope, payload.timestamp)
         row["battery"], row["signal"] = payload.battery, payload.signal
         row["temperature"], row["connectivity"] = payload.temperature, payload.connectivity or ""
