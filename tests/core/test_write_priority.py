@@ -112,3 +112,45 @@ def test_a_general_batch_waits_for_the_writer_in_the_kernel_and_begins_at_the_ho
         assert begun.is_set()
     assert committed == ["first", "second"]
     assert ledger.claim("telemetry", _envelopes("second", 1)) == []
+
+
+def test_the_log_index_is_read_as_sqlite_counts_its_frames(transactional_db: None) -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's write-ahead log")
+    connection.ensure_connection()
+    raw = connection.connection
+    raw.execute("PRAGMA wal_autocheckpoint = 0")
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # an empty log to start from
+    assert write_priority.frames_to_checkpoint() == 0
+
+    with transaction.atomic():
+        ledger.claim("telemetry", _envelopes("counted", 500))
+    behind = write_priority.frames_to_checkpoint()
+    busy, written, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert (busy, copied) == (0, written)
+    assert behind == written > 0
+    assert write_priority.frames_to_checkpoint() == 0
+
+
+def test_a_general_commit_leaves_the_checkpoint_until_its_turn_is_over(
+    transactional_db: None,
+) -> None:
+    """Not in the commit, where the next batch would wait for it: after the turn, when due."""
+    if write_priority.writer_path() is None:
+        pytest.skip("PostgreSQL has no write-ahead log checkpoints of its own to run")
+    connection.ensure_connection()
+    connection.connection.execute("PRAGMA wal_autocheckpoint = 1")  # any commit would copy
+    database = str(connection.settings_dict["NAME"])
+    before = _contents(database)
+    at_commit: list[str] = []
+
+    with write_priority.yielding() as turn:
+        with transaction.atomic():
+            transaction.on_commit(turn.release)
+            ledger.claim("telemetry", _envelopes("general", 200))
+            transaction.on_commit(lambda: at_commit.append(_contents(database)))
+        assert write_priority.frames_to_checkpoint()
+    assert at_commit == [before], "the commit ran the checkpoint, in the batch's turn"
+    assert _contents(database) != before, "no checkpoint after the turn"
+    assert write_priority.frames_to_checkpoint() == 0
+    assert _autocheckpoint() == 1, "the connection's own setting came back after the turn"
