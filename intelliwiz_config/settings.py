@@ -197,8 +197,7 @@ if SQLITE_SYNCHRONOUS not in {"FULL", "NORMAL"}:
 # wal_autocheckpoint; its own default is 1,000). A page rewritten between two checkpoints is
 # copied once: at 8,000 (32 MB) the general worker wrote a quarter less and spent 9 % less CPU
 # per message at 150,000 readings than at 1,000 (docs/performance.md). Critical transactions
-# never run one; general batches run it after their turn at the writer, not in their commit
-# (apps/core/write_priority.py).
+# never run one (apps/core/write_priority.py).
 SQLITE_WAL_AUTOCHECKPOINT = env_int("SQLITE_WAL_AUTOCHECKPOINT", 8000, minimum=1)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (Daphne, workers, subscriber) write to one file: WAL lets readers run

@@ -24,10 +24,7 @@ the writer to commit, then for its next poll. So the batch runner marks its tran
   that finds the writer taken sleeps in that lock and is woken the moment the holder commits;
   in SQLite's own polling it slept on for up to a step (25 ms, then 50 and 100 ms), and the
   pipeline's two general workers, which the writer serialises, took 27-40 ms a batch to start
-  writing instead of 14-23 (docs/performance.md). Their commits do not run the automatic
-  checkpoint either: the batch runs it once its turn is over, when the log holds
-  SQLITE_WAL_AUTOCHECKPOINT pages not yet copied, so that the next batch writes meanwhile.
-  Run in the commit, it held the turn 25-40 ms longer every twenty-odd batches.
+  writing instead of 14-23 (docs/performance.md).
 
 The bound this gives: a critical transaction never waits for a general batch to finish, only
 for the statement it is running (a batch's statements take milliseconds) and its rollback. It
@@ -50,12 +47,6 @@ from typing import Any
 from django.db import OperationalError, connection
 
 BEGIN_POLL_SECONDS = 0.0002
-# The write-ahead log's index, `<database>-shm`, begins with its header in native byte order:
-# iVersion at byte 0 and mxFrame (the last frame written) at 16; after two copies of that
-# 48-byte header, nBackfill (the frames copied into the database) at 96. Documented for the
-# unix VFS in https://www.sqlite.org/walformat.html ("The WAL-Index Header").
-_SHM_HEADER = struct.Struct("=I12xI76xI")
-_SHM_VERSION = 3007000
 # struct flock on Linux: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
 _FLOCK = "=hh4xqqi4x"
 _SUPPORTED = hasattr(fcntl, "F_OFD_GETLK")
@@ -178,12 +169,6 @@ def yielding() -> Iterator[Turn]:
                 _lock(writer, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
 
         turn.release = release
-        connection.ensure_connection()
-        raw = connection.connection
-        pages = int(raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-        checkpoints = pages > 0 and frames_to_checkpoint() is not None
-        if checkpoints:
-            raw.execute("PRAGMA wal_autocheckpoint = 0")  # run below, after the turn
 
         def check(
             execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: dict[str, Any]
@@ -198,34 +183,8 @@ def yielding() -> Iterator[Turn]:
                 raise Preempted("a critical transaction wants the writer")
             return execute(sql, params, many, ctx)
 
-        try:
-            with connection.execute_wrapper(check):
-                yield turn
-        finally:
-            release()
-            if checkpoints and connection.connection is raw:
-                with contextlib.suppress(sqlite3.Error):  # never hide the turn's own error
-                    raw.execute(f"PRAGMA wal_autocheckpoint = {pages}")
-                    behind = frames_to_checkpoint()
-                    if behind is not None and behind >= pages and not connection.in_atomic_block:
-                        raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
-def frames_to_checkpoint() -> int | None:
-    """The frames of the write-ahead log not yet copied into the database, as its index says;
-    None when the index cannot be read as documented (then SQLite checkpoints as it would)."""
-    database = _database_path()
-    if database is None:
-        return None
-    try:
-        with open(f"{database}-shm", "rb") as index:
-            header = index.read(_SHM_HEADER.size)
-    except OSError:
-        return None
-    if len(header) < _SHM_HEADER.size:
-        return None
-    version, written, copied = _SHM_HEADER.unpack(header)
-    return written - copied if version == _SHM_VERSION else None
+        with connection.execute_wrapper(check):
+            yield turn
 
 
 def wait_until_lowered() -> None:
