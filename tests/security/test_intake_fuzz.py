@@ -126,9 +126,12 @@ def apply_with_consumers(sample: dict[str, list[Envelope]]) -> int:
 
 
 def apply_batch(kind: str, batch: list[Envelope]) -> int:
-    """As the batch runner does: claim the keys (a repeat is a duplicate), then apply."""
+    """As the batch runner does: validate, then claim the keys (a repeat is a duplicate) and
+    apply in one transaction."""
+    spec = KINDS_BY_NAME[kind]
+    apply = with_devices(spec.consumer, schema=spec.schema)(batch)
     with transaction.atomic():
-        outcome = with_devices(KINDS_BY_NAME[kind].consumer)(fresh := ledger.claim(kind, batch))
+        outcome = apply(fresh := ledger.claim(kind, batch))
         transaction.set_rollback(True)
     assert not outcome.refused, outcome.refused[:3]
     return len(fresh)
