@@ -22,8 +22,6 @@ from itertools import repeat
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
 from apps.core.bulk import fetch_instances, one_of, update_rows
 from apps.core.envelope import Envelope
 from apps.core.events import Event, EventType
@@ -44,8 +42,8 @@ class DeviceBatch:
     messages: list[Envelope]
     devices: dict[str, Device]
     # By the envelope's identity (a key may come twice in a batch; the ledger applies the
-    # first): the payload validated before the transaction, or why it failed validation.
-    payloads: dict[int, DevicePayload | ValidationError]
+    # first): the payload validated before the transaction, or the error validating it raised.
+    payloads: dict[int, DevicePayload | Exception]
 
     def device(self, envelope: Envelope) -> Device:
         return self.devices[envelope.source_id]
@@ -55,7 +53,7 @@ class DeviceBatch:
         validation raises here, as it did when consumers validated it: the batch is retried,
         then split, and the message dead-lettered (core/tasks/base.py)."""
         payload = self.payloads[id(envelope)]
-        if isinstance(payload, ValidationError):
+        if isinstance(payload, Exception):
             raise payload
         if not isinstance(payload, schema):
             found, wanted = type(payload).__name__, schema.__name__
@@ -90,7 +88,7 @@ def with_devices(
         return partial(handle, payloads=payloads)
 
     def handle(
-        envelopes: list[Envelope], payloads: dict[int, DevicePayload | ValidationError]
+        envelopes: list[Envelope], payloads: dict[int, DevicePayload | Exception]
     ) -> Outcome:
         # Locked for the transaction: workers of several queues update the same devices
         # (PostgreSQL; SQLite serialises writers anyway). Ordered to avoid deadlocks.
@@ -120,10 +118,12 @@ def with_devices(
 
 def _validated(
     envelope: Envelope, schema: type[DevicePayload]
-) -> tuple[int, DevicePayload | ValidationError]:
+) -> tuple[int, DevicePayload | Exception]:
     try:
         return id(envelope), schema.model_validate(envelope.payload)
-    except ValidationError as invalid:  # raised if the message is applied (DeviceBatch.payload)
+    # A ValidationError, or whatever else a validator let through: raised only if the message
+    # is applied (DeviceBatch.payload), as when consumers validated in the transaction.
+    except Exception as invalid:
         return id(envelope), invalid
 
 
