@@ -22,6 +22,8 @@ from itertools import repeat
 from operator import attrgetter
 from typing import Any, TypeVar
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from apps.core.bulk import fetch_instances, one_of, update_rows
 from apps.core.envelope import Envelope
 from apps.core.events import Event, EventType
@@ -123,6 +125,8 @@ def _validated(
         return id(envelope), schema.model_validate(envelope.payload)
     # A ValidationError, or whatever else a validator let through: raised only if the message
     # is applied (DeviceBatch.payload), as when consumers validated in the transaction.
+    except SoftTimeLimitExceeded:  # the task's own limit, not the payload's fault: at once
+        raise
     except Exception as invalid:
         return id(envelope), invalid
 
