@@ -8,6 +8,7 @@ from typing import ClassVar, Self
 
 import msgspec
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from pydantic import ValidationError, model_validator
@@ -232,3 +233,15 @@ def test_a_payload_that_no_longer_validates_fails_its_batch_only_if_it_is_to_be_
     with pytest.raises(ValidationError, match="timestamp"):
         _process(queue, "telemetry", handle, [unreadable], [])
     assert sorted(TelemetryReading.objects.values_list("battery", flat=True)) == [50.0, 70.0]
+
+
+def test_a_soft_time_limit_while_validating_is_raised_at_once_not_kept_as_the_payloads():
+    class _TimedOut(TelemetryPayload):
+        @model_validator(mode="after")
+        def _limit(self) -> Self:
+            raise SoftTimeLimitExceeded()
+
+    create_tenant_with_devices("acme", "sensor-1")
+    envelopes = send({"sensor-1": 50.0})
+    with pytest.raises(SoftTimeLimitExceeded):
+        with_devices(telemetry_consumer.process, schema=_TimedOut)(envelopes)
