@@ -75,7 +75,8 @@ class Outcome:
 
 
 # The step of a batch's work that runs in its transaction: given the fresh envelopes (those the
-# ledger claimed), the effects, and what they produced.
+# ledger claimed; the same objects the Handler was given, or some of them), the effects, and
+# what they produced.
 Apply = Callable[[list[Envelope]], Outcome]
 # A handler is called with the whole batch before the transaction and returns its Apply. What it
 # does then (validating payloads, say) is done outside the writer's hold: on SQLite a general

@@ -54,7 +54,9 @@ class DeviceBatch:
         """The envelope's payload as `schema` (its kind's) reads it. A payload that failed
         validation raises here, as it did when consumers validated it: the batch is retried,
         then split, and the message dead-lettered (core/tasks/base.py)."""
-        payload = self.payloads[id(envelope)]
+        payload = self.payloads.get(id(envelope))
+        if payload is None:  # an Apply is given the very envelopes its Handler was called with
+            raise LookupError(f"{envelope.topic}: not among the messages validated for its batch")
         if isinstance(payload, Exception):
             raise payload
         if not isinstance(payload, schema):
