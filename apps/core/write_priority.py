@@ -26,6 +26,16 @@ the writer to commit, then for its next poll. So the batch runner marks its tran
   pipeline's two general workers, which the writer serialises, took 27-40 ms a batch to start
   writing instead of 14-23 (docs/performance.md).
 
+A yielding transaction runs in a pool whose processes have the idle CPU policy (`SCHED_IDLE`,
+the general one: QueueSpec.idle), which gives a core to any normal process first. Holding the
+writer, it would wait for every one of them while the other general batches and the critical
+alerts wait for it: its hold lasted 1.6 times its CPU time in the pipeline's rounds, against
+1.3 times under the normal policy (docs/performance.md). So from its BEGIN to its commit (or
+the end of the block) the thread runs under the normal policy at its pool's nice value, and
+goes back to the idle policy after. Leaving `SCHED_IDLE` needs RLIMIT_NICE to allow the nice
+value (`LimitNICE=+5` in deploy/systemd/celery@.service) or CAP_SYS_NICE (root); without
+either the hold stays idle-policy, slower, and the process says so once in its log.
+
 The bound this gives: a critical transaction never waits for a general batch to finish, only
 for the statement it is running (a batch's statements take milliseconds) and its rollback. It
 still waits for transactions that are neither (a NOC action, housekeeping in chunks), which are
@@ -37,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import sqlite3
 import struct
 import time
@@ -44,7 +55,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from django.db import OperationalError, connection
+
+log = structlog.get_logger(__name__)
 
 BEGIN_POLL_SECONDS = 0.0002
 # struct flock on Linux: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
@@ -162,11 +176,13 @@ def yielding() -> Iterator[Turn]:
     if path is None or queue is None:
         yield turn
         return
-    with _open(path) as fd, _open(queue) as writer:
+    hold = _NormalPolicy()
+    with _open(path) as fd, _open(queue) as writer, contextlib.closing(hold):
 
         def release() -> None:
             with contextlib.suppress(OSError):  # already let go
                 _lock(writer, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
+            hold.close()
 
         turn.release = release
 
@@ -176,6 +192,7 @@ def yielding() -> Iterator[Turn]:
             begin = sql.startswith("BEGIN")
             if begin:  # a signal (the soft time limit) still interrupts this wait
                 _lock(writer, fcntl.F_OFD_SETLKW, fcntl.F_WRLCK)
+                hold.enter()
             # In the transaction (not in its on-commit actions, which follow the commit).
             in_transaction = begin or connection.in_atomic_block
             if in_transaction and _raised(fd):
@@ -185,6 +202,39 @@ def yielding() -> Iterator[Turn]:
 
         with connection.execute_wrapper(check):
             yield turn
+
+
+class _NormalPolicy:
+    """The calling thread under the normal CPU policy while it holds the writer, if it runs
+    under the idle one; `close()` puts it back (idempotent)."""
+
+    refused = False  # this process may not leave the idle policy: asked once, said once
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def enter(self) -> None:
+        if self.raised or _NormalPolicy.refused or os.sched_getscheduler(0) != os.SCHED_IDLE:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except PermissionError:
+            _NormalPolicy.refused = True
+            log.warning(
+                "sqlite_writer_hold_stays_idle_policy",
+                nice=os.nice(0),
+                rlimit_nice=resource.getrlimit(resource.RLIMIT_NICE)[0],
+                fix="allow this nice value by RLIMIT_NICE (systemd: LimitNICE=+5 in "
+                "celery@.service) or run as root: the general batches hold SQLite's writer "
+                "longer while every normal process runs first",
+            )
+            return
+        self.raised = True
+
+    def close(self) -> None:
+        if self.raised:
+            self.raised = False
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def wait_until_lowered() -> None:

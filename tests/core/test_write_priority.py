@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+import structlog
 from django.db import connection, transaction
 
 from apps.core import write_priority
 from apps.core.envelope import Envelope
 from apps.core.tasks import ledger
 from tests.services import wait_for
+
+T = TypeVar("T")
 
 
 def _envelopes(prefix: str, count: int) -> list[Envelope]:
@@ -112,3 +118,108 @@ def test_a_general_batch_waits_for_the_writer_in_the_kernel_and_begins_at_the_ho
         assert begun.is_set()
     assert committed == ["first", "second"]
     assert ledger.claim("telemetry", _envelopes("second", 1)) == []
+
+
+def _in_an_idle_thread(work: Callable[[], T]) -> T:
+    """`work` run in a new thread under the idle CPU policy, as a general pool's processes run
+    (the policy is the thread's own: this one's is left as it was)."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            results.append(work())
+        except BaseException as error:  # re-raised in the test's thread
+            errors.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the idle-policy thread did not finish"
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
+class _Failed(Exception):
+    pass
+
+
+def _may_leave_the_idle_policy() -> bool:
+    """CAP_SYS_NICE (root, as CI runs) or an RLIMIT_NICE that allows this process's nice."""
+    allowed = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return os.geteuid() == 0 or allowed == resource.RLIM_INFINITY or allowed >= 20 - os.nice(0)
+
+
+def test_a_general_batch_holds_the_writer_under_the_normal_cpu_policy_and_goes_back_after(
+    transactional_db: None,
+) -> None:
+    """An idle-policy batch would wait, holding the writer, for every normal process; it holds
+    it under the normal policy, and is idle again from its commit (before its broadcast), or
+    from the end of a failed block."""
+    if write_priority.writer_path() is None:
+        pytest.skip("PostgreSQL locks rows: no single writer held")
+    if not _may_leave_the_idle_policy():
+        pytest.skip("this process may not leave SCHED_IDLE (neither root nor RLIMIT_NICE)")
+
+    def batches() -> dict[str, int]:
+        seen = {"before": os.sched_getscheduler(0)}
+        with write_priority.yielding() as turn, transaction.atomic():
+            transaction.on_commit(turn.release)
+            # After the release, as the batch runner's broadcast: still in the turn, idle again.
+            transaction.on_commit(lambda: seen.update(broadcast=os.sched_getscheduler(0)))
+            ledger.claim("telemetry", _envelopes("held", 1))
+            seen["holding"] = os.sched_getscheduler(0)
+        seen["committed"] = os.sched_getscheduler(0)
+        try:
+            with write_priority.yielding() as turn, transaction.atomic():
+                transaction.on_commit(turn.release)
+                ledger.claim("telemetry", _envelopes("failed", 1))
+                seen["holding again"] = os.sched_getscheduler(0)
+                raise _Failed("the batch fails: rolled back, never committed")
+        except _Failed:
+            seen["rolled back"] = os.sched_getscheduler(0)
+        return seen
+
+    assert _in_an_idle_thread(batches) == {
+        "before": os.SCHED_IDLE,
+        "holding": os.SCHED_OTHER,
+        "broadcast": os.SCHED_IDLE,
+        "committed": os.SCHED_IDLE,
+        "holding again": os.SCHED_OTHER,
+        "rolled back": os.SCHED_IDLE,
+    }
+
+
+def test_a_process_that_may_not_leave_the_idle_policy_holds_the_writer_idle_and_says_so_once(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if write_priority.writer_path() is None:
+        pytest.skip("PostgreSQL locks rows: no single writer held")
+    real = os.sched_setscheduler
+
+    def unprivileged(pid: int, policy: int, param: os.sched_param) -> None:
+        if policy != os.SCHED_IDLE:  # as the kernel answers without RLIMIT_NICE or CAP_SYS_NICE
+            raise PermissionError(1, "Operation not permitted")
+        real(pid, policy, param)
+
+    monkeypatch.setattr(os, "sched_setscheduler", unprivileged)
+    monkeypatch.setattr(write_priority._NormalPolicy, "refused", False)
+
+    def batches() -> list[int]:
+        policies = []
+        for n in range(2):
+            with write_priority.yielding() as turn, transaction.atomic():
+                transaction.on_commit(turn.release)
+                ledger.claim("telemetry", _envelopes(f"idle-{n}", 1))
+                policies.append(os.sched_getscheduler(0))
+        return policies
+
+    with structlog.testing.capture_logs() as logs:
+        assert _in_an_idle_thread(batches) == [os.SCHED_IDLE, os.SCHED_IDLE]
+    warned = [entry for entry in logs if entry["event"] == "sqlite_writer_hold_stays_idle_policy"]
+    assert len(warned) == 1, logs
+    assert "LimitNICE" in warned[0]["fix"]
