@@ -216,25 +216,28 @@ class _NormalPolicy:
     def enter(self) -> None:
         if self.raised or _NormalPolicy.refused or os.sched_getscheduler(0) != os.SCHED_IDLE:
             return
+        # Marked first: a signal (the soft time limit) right after the change still finds it
+        # to undo; undoing one that never happened is harmless.
+        self.raised = True
         try:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         except PermissionError:
+            self.raised = False
             _NormalPolicy.refused = True
             log.warning(
                 "sqlite_writer_hold_stays_idle_policy",
                 nice=os.nice(0),
                 rlimit_nice=resource.getrlimit(resource.RLIMIT_NICE)[0],
-                fix="allow this nice value by RLIMIT_NICE (systemd: LimitNICE=+5 in "
+                hint="allow this nice value by RLIMIT_NICE (systemd: LimitNICE=+5 in "
                 "celery@.service) or run as root: the general batches hold SQLite's writer "
                 "longer while every normal process runs first",
             )
             return
-        self.raised = True
 
     def close(self) -> None:
         if self.raised:
-            self.raised = False
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            self.raised = False  # after: interrupted before it, the next close() does it
 
 
 def wait_until_lowered() -> None:

@@ -222,4 +222,4 @@ def test_a_process_that_may_not_leave_the_idle_policy_holds_the_writer_idle_and_
         assert _in_an_idle_thread(batches) == [os.SCHED_IDLE, os.SCHED_IDLE]
     warned = [entry for entry in logs if entry["event"] == "sqlite_writer_hold_stays_idle_policy"]
     assert len(warned) == 1, logs
-    assert "LimitNICE" in warned[0]["fix"]
+    assert "LimitNICE" in warned[0]["hint"]
