@@ -33,8 +33,8 @@ alerts wait for it: its hold lasted 1.6 times its CPU time in the pipeline's rou
 1.3 times under the normal policy (docs/performance.md). So from its BEGIN to its commit (or
 the end of the block) the thread runs under the normal policy at its pool's nice value, and
 goes back to the idle policy after. Leaving `SCHED_IDLE` needs RLIMIT_NICE to allow the nice
-value (`LimitNICE=+5` in deploy/systemd/celery@.service) or CAP_SYS_NICE (root); without
-either the hold stays idle-policy, slower, and the process says so once in its log.
+value (`LimitNICE=+5` in deploy/systemd/celery@.service) or CAP_SYS_NICE; without either the
+hold stays idle-policy, slower, and each pool process says so once in its log.
 
 The bound this gives: a critical transaction never waits for a general batch to finish, only
 for the statement it is running (a batch's statements take milliseconds) and its rollback. It
@@ -50,6 +50,7 @@ import os
 import resource
 import sqlite3
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -176,13 +177,14 @@ def yielding() -> Iterator[Turn]:
     if path is None or queue is None:
         yield turn
         return
-    hold = _NormalPolicy()
-    with _open(path) as fd, _open(queue) as writer, contextlib.closing(hold):
+    # The policy goes back last, once the writer's file is closed (its lock let go) on a
+    # rollback or a preemption; at commit, release() lets go first, then goes back.
+    with _idle_policy_around(), _open(path) as fd, _open(queue) as writer:
 
         def release() -> None:
             with contextlib.suppress(OSError):  # already let go
                 _lock(writer, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
-            hold.close()
+            _back_to_idle_policy()
 
         turn.release = release
 
@@ -192,7 +194,7 @@ def yielding() -> Iterator[Turn]:
             begin = sql.startswith("BEGIN")
             if begin:  # a signal (the soft time limit) still interrupts this wait
                 _lock(writer, fcntl.F_OFD_SETLKW, fcntl.F_WRLCK)
-                hold.enter()
+                _leave_idle_policy()
             # In the transaction (not in its on-commit actions, which follow the commit).
             in_transaction = begin or connection.in_atomic_block
             if in_transaction and _raised(fd):
@@ -204,40 +206,50 @@ def yielding() -> Iterator[Turn]:
             yield turn
 
 
-class _NormalPolicy:
-    """The calling thread under the normal CPU policy while it holds the writer, if it runs
-    under the idle one; `close()` puts it back (idempotent)."""
+# Whether this thread left the idle policy for a hold and has not gone back yet; per thread,
+# not per block: a signal (the soft time limit) that cuts the way back short leaves it set, and
+# the next block's start or end finishes it, so a pool process is never left off SCHED_IDLE.
+_switched = threading.local()
+_refused = False  # this process may not leave the idle policy: asked once, said once
 
-    refused = False  # this process may not leave the idle policy: asked once, said once
 
-    def __init__(self) -> None:
-        self.raised = False
+def _leave_idle_policy() -> None:
+    """The calling thread under the normal CPU policy (at its nice value), if it runs under
+    the idle one: it has just taken the writer."""
+    global _refused
+    if _refused or getattr(_switched, "on", False) or os.sched_getscheduler(0) != os.SCHED_IDLE:
+        return
+    _switched.on = True  # first: a signal right after the change still finds it to undo
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except PermissionError:
+        _switched.on = False
+        _refused = True
+        log.warning(
+            "sqlite_writer_hold_stays_idle_policy",
+            nice=os.nice(0),
+            rlimit_nice=resource.getrlimit(resource.RLIMIT_NICE)[0],
+            hint="allow this nice value by RLIMIT_NICE (systemd: LimitNICE=+5 in "
+            "celery@.service) or grant CAP_SYS_NICE: the general batches hold SQLite's "
+            "writer longer while every normal process runs first",
+        )
 
-    def enter(self) -> None:
-        if self.raised or _NormalPolicy.refused or os.sched_getscheduler(0) != os.SCHED_IDLE:
-            return
-        # Marked first: a signal (the soft time limit) right after the change still finds it
-        # to undo; undoing one that never happened is harmless.
-        self.raised = True
-        try:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except PermissionError:
-            self.raised = False
-            _NormalPolicy.refused = True
-            log.warning(
-                "sqlite_writer_hold_stays_idle_policy",
-                nice=os.nice(0),
-                rlimit_nice=resource.getrlimit(resource.RLIMIT_NICE)[0],
-                hint="allow this nice value by RLIMIT_NICE (systemd: LimitNICE=+5 in "
-                "celery@.service) or run as root: the general batches hold SQLite's writer "
-                "longer while every normal process runs first",
-            )
-            return
 
-    def close(self) -> None:
-        if self.raised:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            self.raised = False  # after: interrupted before it, the next close() does it
+def _back_to_idle_policy() -> None:
+    if getattr(_switched, "on", False):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        _switched.on = False  # after: cut short before it, the next call does it
+
+
+@contextlib.contextmanager
+def _idle_policy_around() -> Iterator[None]:
+    """Back to the idle policy at the block's start (a leftover) and at its very end, after
+    the writer's lock is let go."""
+    _back_to_idle_policy()
+    try:
+        yield
+    finally:
+        _back_to_idle_policy()
 
 
 def wait_until_lowered() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -149,13 +148,21 @@ class _Failed(Exception):
 
 
 def _may_leave_the_idle_policy() -> bool:
-    """CAP_SYS_NICE (root, as CI runs) or an RLIMIT_NICE that allows this process's nice."""
-    allowed = resource.getrlimit(resource.RLIMIT_NICE)[0]
-    return os.geteuid() == 0 or allowed == resource.RLIM_INFINITY or allowed >= 20 - os.nice(0)
+    """Whether a thread of this process may go from the idle policy back to the normal one
+    (CAP_SYS_NICE, or an RLIMIT_NICE that allows its nice value), tried in a throwaway thread."""
+
+    def attempt() -> bool:
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except PermissionError:
+            return False
+        return True
+
+    return _in_an_idle_thread(attempt)
 
 
 def test_a_general_batch_holds_the_writer_under_the_normal_cpu_policy_and_goes_back_after(
-    transactional_db: None,
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An idle-policy batch would wait, holding the writer, for every normal process; it holds
     it under the normal policy, and is idle again from its commit (before its broadcast), or
@@ -163,7 +170,8 @@ def test_a_general_batch_holds_the_writer_under_the_normal_cpu_policy_and_goes_b
     if write_priority.writer_path() is None:
         pytest.skip("PostgreSQL locks rows: no single writer held")
     if not _may_leave_the_idle_policy():
-        pytest.skip("this process may not leave SCHED_IDLE (neither root nor RLIMIT_NICE)")
+        pytest.skip("this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE too low)")
+    monkeypatch.setattr(write_priority, "_refused", False)
 
     def batches() -> dict[str, int]:
         seen = {"before": os.sched_getscheduler(0)}
@@ -207,7 +215,7 @@ def test_a_process_that_may_not_leave_the_idle_policy_holds_the_writer_idle_and_
         real(pid, policy, param)
 
     monkeypatch.setattr(os, "sched_setscheduler", unprivileged)
-    monkeypatch.setattr(write_priority._NormalPolicy, "refused", False)
+    monkeypatch.setattr(write_priority, "_refused", False)
 
     def batches() -> list[int]:
         policies = []
@@ -223,3 +231,51 @@ def test_a_process_that_may_not_leave_the_idle_policy_holds_the_writer_idle_and_
     warned = [entry for entry in logs if entry["event"] == "sqlite_writer_hold_stays_idle_policy"]
     assert len(warned) == 1, logs
     assert "LimitNICE" in warned[0]["hint"]
+
+
+def test_a_way_back_to_the_idle_policy_cut_short_is_finished_by_the_next_batch(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal (the soft time limit) may strike just before the thread goes back to the idle
+    policy, at the commit and again at the block's end: the pool process must not stay under
+    the normal policy for its remaining tasks."""
+    if write_priority.writer_path() is None:
+        pytest.skip("PostgreSQL locks rows: no single writer held")
+    if not _may_leave_the_idle_policy():
+        pytest.skip("this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE too low)")
+    monkeypatch.setattr(write_priority, "_refused", False)
+    real = os.sched_setscheduler
+    strikes = [0]  # ways back to cut short, as a signal just before the call would
+
+    def struck(pid: int, policy: int, param: os.sched_param) -> None:
+        if policy == os.SCHED_IDLE and strikes[0] > 0:
+            strikes[0] -= 1
+            raise _Failed("the soft time limit")
+        real(pid, policy, param)
+
+    monkeypatch.setattr(os, "sched_setscheduler", struck)
+
+    def batches() -> dict[str, int]:
+        seen = {}
+        strikes[0] = 2  # at the commit and at the block's end
+        try:
+            with write_priority.yielding() as turn, transaction.atomic():
+                transaction.on_commit(turn.release)
+                ledger.claim("telemetry", _envelopes("struck", 1))
+        except _Failed:
+            seen["after the struck batch"] = os.sched_getscheduler(0)
+        with write_priority.yielding() as turn:
+            seen["next batch, before its BEGIN"] = os.sched_getscheduler(0)
+            with transaction.atomic():
+                transaction.on_commit(turn.release)
+                ledger.claim("telemetry", _envelopes("next", 1))
+                seen["next batch, holding"] = os.sched_getscheduler(0)
+        seen["next batch, committed"] = os.sched_getscheduler(0)
+        return seen
+
+    assert _in_an_idle_thread(batches) == {
+        "after the struck batch": os.SCHED_OTHER,
+        "next batch, before its BEGIN": os.SCHED_IDLE,
+        "next batch, holding": os.SCHED_OTHER,
+        "next batch, committed": os.SCHED_IDLE,
+    }
