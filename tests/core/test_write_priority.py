@@ -4,6 +4,7 @@ batches queue for the writer in the kernel, and the next one starts at the last 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -161,52 +162,69 @@ def _may_leave_the_idle_policy() -> bool:
     return _in_an_idle_thread(attempt)
 
 
+@pytest.fixture
+def writer_held(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's single writer to hold, and a process that has not been refused the normal
+    policy yet (the refusal is remembered per process)."""
+    if write_priority.writer_path() is None:
+        pytest.skip("PostgreSQL locks rows: no single writer held")
+    monkeypatch.setattr(write_priority, "_refused", False)
+
+
+@pytest.fixture
+def may_leave_idle(writer_held: None) -> None:
+    if not _may_leave_the_idle_policy():
+        pytest.skip("this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE too low)")
+
+
+def _batch(seen: dict[str, int], label: str, *, fail: bool = False) -> None:
+    """One general batch (a claim) in its turn, as the batch runner runs it, noting the
+    thread's CPU policy before its BEGIN, while it holds the writer and at its broadcast (an
+    on-commit action after the release); `fail`: the block fails, rolled back."""
+    with write_priority.yielding() as turn:
+        seen[f"{label}: before"] = os.sched_getscheduler(0)
+        with transaction.atomic():
+            transaction.on_commit(turn.release)
+            transaction.on_commit(
+                lambda: seen.update({f"{label}: broadcast": os.sched_getscheduler(0)})
+            )
+            ledger.claim("telemetry", _envelopes(label, 1))
+            seen[f"{label}: holding"] = os.sched_getscheduler(0)
+            if fail:
+                raise _Failed("the batch fails: rolled back, never committed")
+
+
 def test_a_general_batch_holds_the_writer_under_the_normal_cpu_policy_and_goes_back_after(
-    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+    may_leave_idle: None,
 ) -> None:
     """An idle-policy batch would wait, holding the writer, for every normal process; it holds
     it under the normal policy, and is idle again from its commit (before its broadcast), or
     from the end of a failed block."""
-    if write_priority.writer_path() is None:
-        pytest.skip("PostgreSQL locks rows: no single writer held")
-    if not _may_leave_the_idle_policy():
-        pytest.skip("this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE too low)")
-    monkeypatch.setattr(write_priority, "_refused", False)
 
     def batches() -> dict[str, int]:
-        seen = {"before": os.sched_getscheduler(0)}
-        with write_priority.yielding() as turn, transaction.atomic():
-            transaction.on_commit(turn.release)
-            # After the release, as the batch runner's broadcast: still in the turn, idle again.
-            transaction.on_commit(lambda: seen.update(broadcast=os.sched_getscheduler(0)))
-            ledger.claim("telemetry", _envelopes("held", 1))
-            seen["holding"] = os.sched_getscheduler(0)
-        seen["committed"] = os.sched_getscheduler(0)
-        try:
-            with write_priority.yielding() as turn, transaction.atomic():
-                transaction.on_commit(turn.release)
-                ledger.claim("telemetry", _envelopes("failed", 1))
-                seen["holding again"] = os.sched_getscheduler(0)
-                raise _Failed("the batch fails: rolled back, never committed")
-        except _Failed:
-            seen["rolled back"] = os.sched_getscheduler(0)
+        seen: dict[str, int] = {}
+        _batch(seen, "committed")
+        seen["committed: after"] = os.sched_getscheduler(0)
+        with contextlib.suppress(_Failed):
+            _batch(seen, "failed", fail=True)
+        seen["failed: after"] = os.sched_getscheduler(0)
         return seen
 
+    idle, normal = os.SCHED_IDLE, os.SCHED_OTHER
     assert _in_an_idle_thread(batches) == {
-        "before": os.SCHED_IDLE,
-        "holding": os.SCHED_OTHER,
-        "broadcast": os.SCHED_IDLE,
-        "committed": os.SCHED_IDLE,
-        "holding again": os.SCHED_OTHER,
-        "rolled back": os.SCHED_IDLE,
+        "committed: before": idle,
+        "committed: holding": normal,
+        "committed: broadcast": idle,
+        "committed: after": idle,
+        "failed: before": idle,
+        "failed: holding": normal,
+        "failed: after": idle,
     }
 
 
 def test_a_process_that_may_not_leave_the_idle_policy_holds_the_writer_idle_and_says_so_once(
-    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+    writer_held: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if write_priority.writer_path() is None:
-        pytest.skip("PostgreSQL locks rows: no single writer held")
     real = os.sched_setscheduler
 
     def unprivileged(pid: int, policy: int, param: os.sched_param) -> None:
@@ -215,35 +233,26 @@ def test_a_process_that_may_not_leave_the_idle_policy_holds_the_writer_idle_and_
         real(pid, policy, param)
 
     monkeypatch.setattr(os, "sched_setscheduler", unprivileged)
-    monkeypatch.setattr(write_priority, "_refused", False)
 
-    def batches() -> list[int]:
-        policies = []
-        for n in range(2):
-            with write_priority.yielding() as turn, transaction.atomic():
-                transaction.on_commit(turn.release)
-                ledger.claim("telemetry", _envelopes(f"idle-{n}", 1))
-                policies.append(os.sched_getscheduler(0))
-        return policies
+    def batches() -> set[int]:
+        seen: dict[str, int] = {}
+        _batch(seen, "first")
+        _batch(seen, "second")
+        return set(seen.values())
 
     with structlog.testing.capture_logs() as logs:
-        assert _in_an_idle_thread(batches) == [os.SCHED_IDLE, os.SCHED_IDLE]
+        assert _in_an_idle_thread(batches) == {os.SCHED_IDLE}
     warned = [entry for entry in logs if entry["event"] == "sqlite_writer_hold_stays_idle_policy"]
     assert len(warned) == 1, logs
     assert "LimitNICE" in warned[0]["hint"]
 
 
 def test_a_way_back_to_the_idle_policy_cut_short_is_finished_by_the_next_batch(
-    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+    may_leave_idle: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A signal (the soft time limit) may strike just before the thread goes back to the idle
     policy, at the commit and again at the block's end: the pool process must not stay under
     the normal policy for its remaining tasks."""
-    if write_priority.writer_path() is None:
-        pytest.skip("PostgreSQL locks rows: no single writer held")
-    if not _may_leave_the_idle_policy():
-        pytest.skip("this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE too low)")
-    monkeypatch.setattr(write_priority, "_refused", False)
     real = os.sched_setscheduler
     strikes = [0]  # ways back to cut short, as a signal just before the call would
 
@@ -256,26 +265,22 @@ def test_a_way_back_to_the_idle_policy_cut_short_is_finished_by_the_next_batch(
     monkeypatch.setattr(os, "sched_setscheduler", struck)
 
     def batches() -> dict[str, int]:
-        seen = {}
+        seen: dict[str, int] = {}
         strikes[0] = 2  # at the commit and at the block's end
-        try:
-            with write_priority.yielding() as turn, transaction.atomic():
-                transaction.on_commit(turn.release)
-                ledger.claim("telemetry", _envelopes("struck", 1))
-        except _Failed:
-            seen["after the struck batch"] = os.sched_getscheduler(0)
-        with write_priority.yielding() as turn:
-            seen["next batch, before its BEGIN"] = os.sched_getscheduler(0)
-            with transaction.atomic():
-                transaction.on_commit(turn.release)
-                ledger.claim("telemetry", _envelopes("next", 1))
-                seen["next batch, holding"] = os.sched_getscheduler(0)
-        seen["next batch, committed"] = os.sched_getscheduler(0)
+        with contextlib.suppress(_Failed):
+            _batch(seen, "struck")
+        seen["struck: after"] = os.sched_getscheduler(0)
+        _batch(seen, "next")
+        seen["next: after"] = os.sched_getscheduler(0)
         return seen
 
+    idle, normal = os.SCHED_IDLE, os.SCHED_OTHER
     assert _in_an_idle_thread(batches) == {
-        "after the struck batch": os.SCHED_OTHER,
-        "next batch, before its BEGIN": os.SCHED_IDLE,
-        "next batch, holding": os.SCHED_OTHER,
-        "next batch, committed": os.SCHED_IDLE,
+        "struck: before": idle,
+        "struck: holding": normal,
+        "struck: after": normal,  # both ways back cut short
+        "next: before": idle,
+        "next: holding": normal,
+        "next: broadcast": idle,
+        "next: after": idle,
     }
