@@ -423,13 +423,15 @@ def queued_task_args(raw: bytes | str) -> list[Any]:
 
 
 def metric(name: str, **labels: str) -> float:
-    """A metric summed over every process of the test run (prometheus multiprocess files)."""
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
+    """A metric summed over every process of the test run (prometheus multiprocess files), as
+    a scrape reads them (apps/core/metric_files.py), without folding any."""
+    from apps.core.metric_files import recorded
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    return registry.get_sample_value(name, labels) or 0.0
+    for family in recorded(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
 
 
 def worker_answers(node: str) -> bool:

@@ -22,6 +22,11 @@ are deleted. A lost count would look like a counter reset to Prometheus, a doubl
 burst: neither can happen.
 
 One merge at a time, and no scrape during one: both hold `merge.lock` (flock) in the directory.
+
+An empty file holds nothing yet: prometheus_client creates a process's file and sizes it a
+moment later, and a process killed (SIGKILL) between the two leaves it empty for good. Its
+reader fails on one (prometheus/client_python#1199, unreleased in 0.26), and every scrape with
+it; here it is read as no values (`recorded`, `_read`) and deleted with its dead process's files.
 """
 
 from __future__ import annotations
@@ -99,8 +104,21 @@ class ArchivingCollector(Collector):
             finish_merge(self.directory)
             dead = {pid for pid in _files_by_pid(self.directory) if not psutil.pid_exists(pid)}
             _merge(self.directory, dead)
-            recorded = multiprocess.MultiProcessCollector(None, str(self.directory))  # type: ignore[no-untyped-call]
-            return list(recorded.collect())  # type: ignore[no-untyped-call]
+            return recorded(self.directory)
+
+
+def recorded(directory: Path) -> list[Metric]:
+    """The metrics of every file in `directory`, summed as prometheus_client sums them, without
+    folding anything; empty files (a process's file not yet sized) hold nothing."""
+    files = [str(path) for path in directory.glob("*.db") if not _empty(path)]
+    return list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:  # folded and deleted since the listing
+        return True
 
 
 @contextmanager
@@ -166,6 +184,8 @@ def finish_merge(directory: Path) -> None:
 
 
 def _read(path: Path) -> dict[str, Value]:
+    if _empty(path):
+        return {}
     values = MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
     return {key: (value, timestamp) for key, value, timestamp, _ in values}
 

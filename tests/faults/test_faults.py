@@ -168,7 +168,7 @@ def _in_hand(pid: int) -> float:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     own = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / f"counter_{pid}.db"
-    if not own.exists():
+    if not own.exists() or own.stat().st_size == 0:  # not sized yet: nothing recorded
         return 0.0
     counts: dict[str, float] = {}
     for family in MultiProcessCollector.merge([str(own)], accumulate=True):

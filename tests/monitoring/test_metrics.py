@@ -16,7 +16,6 @@ import redis
 from django.conf import settings
 from django.test import Client
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps.core import metric_files
@@ -301,7 +300,7 @@ def samples_of(families: Iterable[Metric]) -> Samples:
 
 def recorded(directory: Path) -> Samples:
     """What a scrape of `directory` shows, read without folding anything."""
-    return samples_of(MultiProcessCollector(None, str(directory)).collect())
+    return samples_of(metric_files.recorded(directory))
 
 
 def scrape_dir(directory: Path) -> Samples:
@@ -344,6 +343,34 @@ def test_a_dead_process_files_are_folded_into_archives_and_no_total_moves(
     folded = contents(tmp_path)
     assert scrape_dir(tmp_path) == after
     assert contents(tmp_path) == folded
+
+
+def test_an_empty_file_a_killed_process_left_breaks_no_scrape_and_goes_with_its_process(
+    tmp_path: Path, live_recorder: subprocess.Popen[str]
+):
+    """prometheus_client creates a process's file and sizes it a moment later: a process
+    killed in between leaves it empty for good, and one being created is empty for a moment.
+    Neither may fail a scrape (its reader raises on one: prometheus/client_python#1199)."""
+    dead_recorder(tmp_path, 3)
+    before = recorded(tmp_path)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    killed_while_creating = tmp_path / f"histogram_{int(gone.stdout)}.db"
+    being_created = tmp_path / f"summary_{live_recorder.pid}.db"
+    killed_while_creating.touch()
+    being_created.touch()
+
+    after = scrape_dir(tmp_path)
+
+    assert totals(after) == totals(before)
+    assert not killed_while_creating.exists(), "the dead process's empty file stayed"
+    assert being_created.exists(), "a living process's file was deleted"
+    assert totals(scrape_dir(tmp_path)) == totals(before)
 
 
 def test_a_pool_child_folds_its_own_files_as_it_exits_counting_itself(tmp_path: Path):
