@@ -107,10 +107,11 @@ class ArchivingCollector(Collector):
             return recorded(self.directory)
 
 
-def recorded(directory: Path) -> list[Metric]:
-    """The metrics of every file in `directory`, summed as prometheus_client sums them, without
-    folding anything; empty files (a process's file not yet sized) hold nothing."""
-    files = [str(path) for path in directory.glob("*.db") if not _empty(path)]
+def recorded(directory: Path, pattern: str = "*.db") -> list[Metric]:
+    """The metrics of the files in `directory` (those `pattern` matches: one process's, say),
+    summed as prometheus_client sums them, without folding anything; empty files (a process's
+    file not yet sized) hold nothing."""
+    files = [str(path) for path in directory.glob(pattern) if not _empty(path)]
     return list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
 
 

@@ -165,13 +165,11 @@ def _in_hand(pid: int) -> float:
     """Device messages the subscriber process `pid` has counted as received and not yet
     handed on to Celery (nor refused), by its own counters: those the next process is sent
     again after a kill, and counts again."""
-    from prometheus_client.multiprocess import MultiProcessCollector
+    from apps.core.metric_files import recorded
 
-    own = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / f"counter_{pid}.db"
-    if not own.exists() or own.stat().st_size == 0:  # not sized yet: nothing recorded
-        return 0.0
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     counts: dict[str, float] = {}
-    for family in MultiProcessCollector.merge([str(own)], accumulate=True):
+    for family in recorded(directory, f"counter_{pid}.db"):
         for sample in family.samples:
             if sample.name == "mqtt_messages_received_total":
                 if sample.labels.get("prefix") != "device/":
